@@ -1,0 +1,1 @@
+"""ISIC readers, synthetic ISIC data, TFDS builders and the input pipeline."""

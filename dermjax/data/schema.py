@@ -1,0 +1,72 @@
+"""The one record format every ISIC reader yields and every model consumes.
+
+A *record* is a plain dict of numpy values, one per image:
+
+  id             str                 e.g. "ISIC_0000000"
+  split          str                 "train" | "validation" | "test"
+  image          uint8  [H, W, 3]    RGB as decoded from the file
+  melanoma       int32  []           1 melanoma, 0 not, -1 unknown
+  keratosis      int32  []           1 seborrheic keratosis, 0 not, -1 unknown
+  label          int32  []           index into the set's CLASSES, -1 if the set has none
+  lesion_mask    uint8  [H, W]       0/1 lesion segmentation (all 0 if absent)
+  attribute_masks uint8 [H, W, A]    0/1 masks, channel order ATTRIBUTES (all 0 if absent)
+  has_lesion_mask bool  []           whether lesion_mask is ground truth
+  has_attributes  bool  []           whether attribute_masks are ground truth
+  age            float32 []          years, NaN if missing
+  sex            int32  []           index into SEXES, -1 if missing
+  site           int32  []           index into SITES, -1 if missing
+  patient_id     str                 "" if unknown
+
+After the input pipeline, a *batch* is a dict of arrays with a leading batch axis:
+
+  image          float32 [B, H, W, 3]    normalised with the training split's mean/std
+  masks          float32 [B, H, W, 1+A]  channel 0 lesion, then ATTRIBUTES (0/1 values)
+  has_masks      float32 [B, 2]          (has_lesion_mask, has_attributes)
+  label          int32   [B]             diagnosis target chosen by config.data.target
+  melanoma       int32   [B]
+  meta           float32 [B, M]          metadata features (see metadata_features), M = META_DIM
+  valid          float32 [B]             0 for padding rows of the last eval batch
+
+Gaze structure masks (the thesis's eqs. 17-19) are derived from `masks` on device by
+`dermjax.data.structures.structure_masks`, so augmentation touches one mask stack only.
+"""
+
+# Dermoscopic attributes in channel order. ISIC 2017 annotates the first four;
+# ISIC 2018 Task 2 adds globules.
+ATTRIBUTES = ("pigment_network", "negative_network", "milia_like_cyst", "streaks", "globules")
+NUM_ATTRIBUTES = len(ATTRIBUTES)
+
+# The six structures the gaze model segments, one per gaze (thesis Sec. 4.1, Table 1).
+STRUCTURES = ("lesion", "skin", "pigment_network", "negative_network", "milia_like_cyst", "streaks")
+NUM_STRUCTURES = len(STRUCTURES)
+# Attributes that count as "dermo" structures for the gaze model (eq. 17), by ATTRIBUTES index.
+GAZE_ATTRIBUTE_INDICES = (0, 1, 2, 3)
+
+SPLITS = ("train", "validation", "test")
+
+SEXES = ("male", "female")
+# ISIC 2019/2020 `anatom_site_general(_challenge)` vocabulary.
+SITES = (
+    "head/neck",
+    "upper extremity",
+    "lower extremity",
+    "torso",
+    "anterior torso",
+    "posterior torso",
+    "lateral torso",
+    "palms/soles",
+    "oral/genital",
+)
+
+# Diagnosis classes per layout (index = record["label"]).
+CLASSES = {
+    "isic2016": ("benign", "malignant"),
+    "isic2017": ("nevus", "melanoma", "seborrheic_keratosis"),
+    "isic2018": ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"),
+    "isic2019": ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"),
+    "isic2020": ("benign", "malignant"),
+}
+
+# Metadata feature vector: [age/100, age_missing, sex one-hot (2), sex_missing,
+# site one-hot (len(SITES)), site_missing].
+META_DIM = 2 + len(SEXES) + 1 + len(SITES) + 1

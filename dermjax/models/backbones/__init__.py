@@ -1,0 +1,1 @@
+"""Backbone CNNs with torchvision-mappable parameter names."""

@@ -1,0 +1,71 @@
+"""VGG-16 / VGG-16-BN as five addressable blocks (torchvision layout, NHWC).
+
+Parameters are named `block{b}/conv{k}` and `block{b}/bn{k}` (b = 1..5, k = 1..3) so a
+torchvision `features.N` checkpoint maps onto them by a fixed table
+(`dermjax.weights`). Any subset of blocks can be instantiated: the gaze model's encoder is
+blocks (1, 2, 3), its diagnosis branch blocks (4, 5); both load from one checkpoint.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# (output channels, convolutions) per block.
+VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+
+class VGGBlock(nn.Module):
+  """`num_convs` x (3x3 conv [+ BN] + ReLU). [B, H, W, C] -> [B, H, W, features] (not pooled)."""
+
+  features: int
+  num_convs: int
+  batch_norm: bool = True
+  frozen_bn: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    for k in range(1, self.num_convs + 1):
+      x = nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype, name=f"conv{k}")(x)
+      if self.batch_norm:
+        x = nn.BatchNorm(
+            use_running_average=not train or self.frozen_bn,
+            momentum=0.9,  # torch momentum 0.1
+            epsilon=1e-5,
+            dtype=self.dtype,
+            name=f"bn{k}",
+        )(x)
+      x = nn.relu(x)
+    return x
+
+
+def max_pool(x):
+  """2x2 max pool, stride 2: [B, H, W, C] -> [B, H/2, W/2, C]."""
+  return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+class VGGStages(nn.Module):
+  """The chosen VGG-16 blocks run in order.
+
+  Input [B, H, W, C]; returns a dict with, for each block b run, `block{b}` (pre-pool
+  features, [B, H/2^(b-1)/.., C_b]) and `pool{b}` (pooled). For the full network at 224 px:
+  pool3 [B, 28, 28, 256], pool4 [B, 14, 14, 512], pool5 [B, 7, 7, 512].
+  """
+
+  blocks: Sequence[int] = (1, 2, 3, 4, 5)
+  batch_norm: bool = True
+  frozen_bn: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    taps = {}
+    for b in self.blocks:
+      features, num_convs = VGG16_BLOCKS[b - 1]
+      x = VGGBlock(features, num_convs, self.batch_norm, self.frozen_bn, self.dtype, name=f"block{b}")(
+          x, train=train)
+      taps[f"block{b}"] = x
+      x = max_pool(x)
+      taps[f"pool{b}"] = x
+    return taps
