@@ -17,15 +17,20 @@ A *record* is a plain dict of numpy values, one per image:
   site           int32  []           index into SITES, -1 if missing
   patient_id     str                 "" if unknown
 
-After the input pipeline, a *batch* is a dict of arrays with a leading batch axis:
+The input pipeline's host side yields *batches* (dict of arrays, leading batch axis B),
+kept uint8 where possible so host->device transfer stays small:
 
-  image          float32 [B, H, W, 3]    normalised with the training split's mean/std
-  masks          float32 [B, H, W, 1+A]  channel 0 lesion, then ATTRIBUTES (0/1 values)
+  image          uint8   [B, H, W, 3]    resized/cropped to config.data.image_size
+  masks          uint8   [B, H, W, 1+A]  channel 0 lesion, then ATTRIBUTES (0/1 values)
   has_masks      float32 [B, 2]          (has_lesion_mask, has_attributes)
   label          int32   [B]             diagnosis target chosen by config.data.target
   melanoma       int32   [B]
-  meta           float32 [B, M]          metadata features (see metadata_features), M = META_DIM
+  meta           float32 [B, META_DIM]   metadata features (see META_DIM below)
   valid          float32 [B]             0 for padding rows of the last eval batch
+
+On device, inside the jitted step, `dermjax.data.augment` turns that into the model's
+batch: image float [B, H, W, 3] normalised with the training split's mean/std (and
+augmented when training), masks float32 [B, H, W, 1+A] transformed identically.
 
 Gaze structure masks (the thesis's eqs. 17-19) are derived from `masks` on device by
 `dermjax.data.structures.structure_masks`, so augmentation touches one mask stack only.
