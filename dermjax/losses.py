@@ -1,0 +1,53 @@
+"""Loss terms shared by every model: pure functions on arrays.
+
+Model-specific objectives (e.g. the gaze model's matched structure loss) compose these.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def focal_loss(logits, labels, *, gamma: float = 2.0, weights=None):
+  """Mean focal loss (Lin et al.; thesis eq. 12, theta = gamma).
+
+  logits: [B, K]. K == 1: binary (sigmoid) with labels in {0, 1}; K > 1: softmax with
+  integer labels in [0, K). weights: optional [B] (e.g. `valid`). Returns a scalar.
+  gamma = 0 gives (binary) cross-entropy.
+  """
+  labels = labels.astype(jnp.int32)
+  if logits.shape[-1] == 1:
+    per_example = optax.sigmoid_focal_loss(logits[:, 0], labels.astype(logits.dtype), gamma=gamma)
+  else:
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    log_pt = jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
+    per_example = -((1.0 - jnp.exp(log_pt)) ** gamma) * log_pt
+  return weighted_mean(per_example, weights)
+
+
+def weighted_mean(values, weights=None):
+  """Mean of `values` [B] weighted by `weights` [B] (None: plain mean); 0 if all weights are 0."""
+  if weights is None:
+    return jnp.mean(values)
+  weights = weights.astype(values.dtype)
+  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
+
+
+def soft_iou(pred, target, *, axis=(-2, -1), eps: float = 1e-6):
+  """Soft IoU <p, m> / (|p|_1 + |m|_1 - <p, m>) of mask probabilities (no sigmoid here).
+
+  Thesis eq. 10 (after Salvador et al.'s RSIS, whose loss is 1 - soft_iou; the "+" in
+  the thesis's printed denominator is the union's "-"). Reduces over `axis`.
+  """
+  inter = jnp.sum(pred * target, axis=axis)
+  union = jnp.sum(pred, axis=axis) + jnp.sum(target, axis=axis) - inter
+  return (inter + eps) / (union + eps)
+
+
+def dice_loss(pred, target, *, eps: float = 1e-6):
+  """1 - Dice over the whole batch as one tensor (AttnMel): empty masks in some images are fine.
+
+  pred, target: same shape, values in [0, 1]. Returns a scalar; 0 for pred == target (binary).
+  """
+  inter = jnp.sum(pred * target)
+  return 1.0 - (2.0 * inter + eps) / (jnp.sum(pred) + jnp.sum(target) + eps)

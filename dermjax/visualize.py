@@ -1,0 +1,78 @@
+"""Host-side drawing for explanations: heat-map overlays, numbered gaze points, PNG strips.
+
+All functions take and return numpy uint8 RGB images [H, W, 3]; nothing here is jitted.
+"""
+
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def resize_map(heat, size):
+  """Bilinearly resize a 2-D map [h, w] (any float) to `size` = (H, W); returns float32 [H, W]."""
+  img = Image.fromarray(np.asarray(heat, np.float32), mode="F")
+  return np.asarray(img.resize((size[1], size[0]), Image.BILINEAR), np.float32)
+
+
+def normalize_map(heat):
+  """Min-max normalise a map to [0, 1] (a constant map gives zeros)."""
+  heat = np.asarray(heat, np.float32)
+  lo, hi = float(heat.min()), float(heat.max())
+  return (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
+
+
+def _jet(x):
+  """[H, W] in [0, 1] -> uint8 [H, W, 3] with a jet-like colour map."""
+  r = np.clip(1.5 - np.abs(4 * x - 3), 0, 1)
+  g = np.clip(1.5 - np.abs(4 * x - 2), 0, 1)
+  b = np.clip(1.5 - np.abs(4 * x - 1), 0, 1)
+  return (np.stack([r, g, b], -1) * 255).astype(np.uint8)
+
+
+def overlay_heatmap(image, heat, *, alpha: float = 0.45):
+  """Image uint8 [H, W, 3] + map [h, w] -> uint8 [H, W, 3]: the map resized, normalised, blended."""
+  image = np.asarray(image, np.uint8)
+  heat = normalize_map(resize_map(heat, image.shape[:2]))
+  return ((1 - alpha) * image + alpha * _jet(heat)).astype(np.uint8)
+
+
+def overlay_mask(image, mask, *, color=(255, 0, 0), alpha: float = 0.5):
+  """Blend a [H, W] mask in [0, 1] over image uint8 [H, W, 3] in `color`."""
+  image = np.asarray(image, np.float32)
+  m = np.asarray(mask, np.float32)[..., None] * alpha
+  return (image * (1 - m) + np.asarray(color, np.float32) * m).astype(np.uint8)
+
+
+def draw_points(image, points, *, color=(255, 32, 32), radius=None):
+  """Draw numbered points (the thesis's Fig. 7) on image uint8 [H, W, 3].
+
+  points: sequence of (y, x) pixel coordinates, drawn in order and labelled 0, 1, ...
+  Consecutive points are joined by a line so the order of the gazes reads at a glance.
+  """
+  img = Image.fromarray(np.asarray(image, np.uint8))
+  draw = ImageDraw.Draw(img)
+  radius = radius or max(3, min(img.size) // 40)
+  pts = [(float(x), float(y)) for y, x in points]
+  if len(pts) > 1:
+    draw.line(pts, fill=(255, 255, 0), width=max(1, radius // 3))
+  for i, (x, y) in enumerate(pts):
+    draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=color, outline=(0, 0, 0))
+    draw.text((x + radius, y - 2 * radius), str(i), fill=(255, 255, 255))
+  return np.asarray(img)
+
+
+def hstack(images, *, pad: int = 2):
+  """Concatenate uint8 [H, W, 3] images (same H) left to right with white gaps."""
+  h = max(im.shape[0] for im in images)
+  gap = np.full((h, pad, 3), 255, np.uint8)
+  parts = []
+  for im in images:
+    parts += [np.asarray(im, np.uint8), gap]
+  return np.concatenate(parts[:-1], axis=1)
+
+
+def save_png(image, path):
+  """Write uint8 [H, W, 3] (or [H, W]) to `path`, creating parent folders."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  Image.fromarray(np.asarray(image, np.uint8)).save(path)
