@@ -182,23 +182,27 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
-def machine_info(torch_device: str | None = None) -> dict:
-  """Machine and library versions for a benchmark record (torch only if importable/asked)."""
+def machine_info(torch_device: str | None = None, *, jax_devices: bool = True) -> dict:
+  """Machine and library versions for a benchmark record.
+
+  torch_device: also record torch's version/threads (and GPU name). jax_devices=False
+  leaves jax's backends uninitialised (a torch-only run keeps all GPU memory to torch).
+  """
   import flax
   import jaxlib
 
-  device = jax.devices()[0]
   info = {
       "cpu": cpu_model(),
       "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-      "platform": device.platform,
-      "device_kind": device.device_kind,
-      "num_devices": jax.device_count(),
       "python": sys.version.split()[0],
       "jax": jax.__version__,
       "jaxlib": jaxlib.__version__,
       "flax": flax.__version__,
   }
+  if jax_devices:
+    device = jax.devices()[0]
+    info.update(platform=device.platform, device_kind=device.device_kind,
+                num_devices=jax.device_count())
   if torch_device is not None:
     import torch
 
