@@ -1,0 +1,342 @@
+"""Host side of the input pipeline: prepared ISIC records -> global batches on a device mesh.
+
+  record (schema.py, original resolution)
+    -> crop + resize to data.image_size (uint8 image, nearest-neighbour masks)   host, grain
+    -> host batch (schema.py batch format + int32 `index`)                      host, grain
+    -> jax.Array sharded along the batch over mesh axis "data"                  device
+    -> dermjax.data.augment.device_preprocess (normalise, augment)              in the step
+
+Each process loads only its rows of every global batch (`jax.process_index`). Training
+cycles endlessly over epochs drawn by dermjax.data.sampling (deterministic in the seed);
+its iterator state (grain's, JSON-serialisable) resumes it exactly. Evaluation passes
+are finite and in order, the last batch padded with rows that have valid = 0, index = -1.
+
+Geometry (data.crop), with S = image_size, R = resize_size:
+  "resize_center_crop"  resize the whole image to R x R, keep the central S x S (thesis:
+                        R = 256, S = 224).
+  "center_fraction"     keep the central square of side crop_fraction * min(H, W), resize it
+                        to R x R, keep the central S x S (AttnMel: fraction 0.8, R = S).
+Both come down to one crop box in the original image, resampled straight to S x S.
+"""
+
+import dataclasses
+import logging
+import math
+import os
+from typing import Callable, Iterator
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from dermjax.data import sampling
+from dermjax.data import schema
+
+CROPS = ("resize_center_crop", "center_fraction")
+TARGETS = ("melanoma", "multiclass", "keratosis")
+MASK_CHANNELS = 1 + schema.NUM_ATTRIBUTES
+_ENDLESS = 2**62  # "Infinite" length of the training position stream.
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """config.data defaults (the thesis's ISIC 2017 setting); experiment configs override."""
+  c = ml_collections.ConfigDict()
+  c.dir = None                    # Raw ISIC directory; None -> synthetic data.
+  c.layout = "isic2017"
+  c.prepared_dir = None           # None -> <dir or synthetic_dir>/prepared.
+  c.synthetic_dir = None          # None -> <workdir>/synthetic_<layout>.
+  c.synthetic_num_images = None   # {split: count} for the synthetic set; None: its default.
+  c.image_size = 224
+  c.resize_size = 256
+  c.crop = "resize_center_crop"   # | "center_fraction"
+  c.crop_fraction = 0.8
+  c.target = "melanoma"           # | "multiclass" | "keratosis"
+  c.batch_size = 8                # global, over all processes and devices.
+  c.eval_batch_size = 8
+  c.num_workers = 0               # grain worker processes (0 = threads in this process).
+  c.num_threads = 4               # reader threads per process / worker.
+  c.prefetch = 2                  # batches buffered per worker.
+  c.sampling = "none"             # | "oversample" | "balanced"
+  c.oversample_factor = 4
+  c.augment = ml_collections.ConfigDict(dict(
+      rotation=True, max_rotation_deg=180.0, hflip=True, vflip=True, zoom=None,
+      fill="reflect"))
+  c.fold = ml_collections.FieldReference(None, field_type=int)  # None: official validation.
+  c.num_folds = 5
+  c.seed = 0
+  return c
+
+
+# --- per-example host preprocessing -------------------------------------------------
+
+
+def crop_box(height, width, *, image_size, resize_size, crop, crop_fraction=0.8):
+  """The region of an H x W image that becomes the S x S output: (left, top, right, bottom)."""
+  if crop not in CROPS:
+    raise ValueError(f"data.crop must be one of {CROPS}, got {crop!r}")
+  if not 0 < image_size <= resize_size:
+    raise ValueError(f"data.image_size ({image_size}) must be in (0, data.resize_size = "
+                     f"{resize_size}]")
+  if crop == "center_fraction":
+    if not 0 < crop_fraction <= 1:
+      raise ValueError(f"data.crop_fraction must be in (0, 1], got {crop_fraction}")
+    side_h = side_w = crop_fraction * min(height, width)
+  else:
+    side_h, side_w = height, width
+  keep = image_size / resize_size
+  half_h, half_w = side_h * keep / 2, side_w * keep / 2
+  return (width / 2 - half_w, height / 2 - half_h, width / 2 + half_w, height / 2 + half_h)
+
+
+def resize_image(image, box, size):
+  """uint8 [H, W, 3] -> uint8 [size, size, 3]: the box resampled bilinearly (antialiased)."""
+  return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, box=box))
+
+
+def resize_masks(masks, box, size):
+  """uint8 [H, W, C] -> uint8 [size, size, C] by nearest neighbour (values stay as they are)."""
+  height, width = masks.shape[:2]
+  left, top, right, bottom = box
+  centres = (np.arange(size) + 0.5) / size
+  rows = np.clip(np.floor(top + centres * (bottom - top)), 0, height - 1).astype(np.intp)
+  cols = np.clip(np.floor(left + centres * (right - left)), 0, width - 1).astype(np.intp)
+  return masks[rows[:, None], cols[None, :]]
+
+
+def meta_features(record):
+  """float32 [META_DIM]: age/100, age missing, sex one-hot, sex missing, site one-hot, missing."""
+  out = np.zeros(schema.META_DIM, np.float32)
+  age = float(record.get("age", math.nan))
+  out[0], out[1] = (0.0, 1.0) if math.isnan(age) else (age / 100.0, 0.0)
+  for value, start, n in ((int(record.get("sex", -1)), 2, len(schema.SEXES)),
+                          (int(record.get("site", -1)), 2 + len(schema.SEXES) + 1,
+                           len(schema.SITES))):
+    out[start + value if 0 <= value < n else start + n] = 1.0
+  return out
+
+
+def target_label(record, target):
+  """The diagnosis target of one record (int, -1 if unknown)."""
+  if target not in TARGETS:
+    raise ValueError(f"data.target must be one of {TARGETS}, got {target!r}")
+  key = {"melanoma": "melanoma", "keratosis": "keratosis", "multiclass": "label"}[target]
+  return int(record[key])
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleLoader:
+  """Split position -> one host example (batch format without the batch axis).
+
+  Picklable for grain worker processes. Position -1 gives a padding example (valid = 0).
+  """
+  source: object
+  image_size: int
+  resize_size: int
+  crop: str
+  crop_fraction: float
+  target: str
+
+  def padding(self):
+    s = self.image_size
+    return {
+        "image": np.zeros((s, s, 3), np.uint8),
+        "masks": np.zeros((s, s, MASK_CHANNELS), np.uint8),
+        "has_masks": np.zeros((2,), np.float32),
+        "label": np.int32(-1), "melanoma": np.int32(-1),
+        "meta": np.zeros((schema.META_DIM,), np.float32),
+        "valid": np.float32(0.0), "index": np.int32(-1),
+    }
+
+  def __call__(self, index):
+    index = int(index)
+    if index < 0:
+      return self.padding()
+    record = self.source[index]
+    image = record["image"]
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+      raise ValueError(f"record {record.get('id', index)}: image must be uint8 [H, W, 3], got "
+                       f"{image.dtype} {image.shape}")
+    masks = np.concatenate([record["lesion_mask"][..., None], record["attribute_masks"]], -1)
+    if masks.shape != image.shape[:2] + (MASK_CHANNELS,):
+      raise ValueError(f"record {record.get('id', index)}: masks {masks.shape} do not match "
+                       f"image {image.shape} with {schema.NUM_ATTRIBUTES} attributes")
+    box = crop_box(*image.shape[:2], image_size=self.image_size, resize_size=self.resize_size,
+                   crop=self.crop, crop_fraction=self.crop_fraction)
+    return {
+        "image": resize_image(image, box, self.image_size),
+        "masks": resize_masks(masks, box, self.image_size),
+        "has_masks": np.array([record["has_lesion_mask"], record["has_attributes"]], np.float32),
+        "label": np.int32(target_label(record, self.target)),
+        "melanoma": np.int32(record["melanoma"]),
+        "meta": meta_features(record),
+        "valid": np.float32(1.0),
+        "index": np.int32(index),
+    }
+
+
+def loader_from_config(source, data_config) -> ExampleLoader:
+  c = data_config
+  return ExampleLoader(source, int(c.image_size), int(c.resize_size), c.crop,
+                       float(c.crop_fraction), c.target)
+
+
+# --- grain pipelines ----------------------------------------------------------------
+
+
+def host_batch_size(global_batch_size, process_count=None):
+  process_count = jax.process_count() if process_count is None else process_count
+  if global_batch_size % process_count:
+    raise ValueError(f"batch size {global_batch_size} is not divisible by the {process_count} "
+                     "processes")
+  return global_batch_size // process_count
+
+
+@dataclasses.dataclass(frozen=True)
+class _HostRows:
+  """Host example j -> its global position: this process's rows of each global batch."""
+  global_batch_size: int
+  process_index: int
+  process_count: int
+  then: Callable = int  # global position -> split position
+
+  def __call__(self, j):
+    local = self.global_batch_size // self.process_count
+    batch, row = divmod(int(j), local)
+    return self.then(batch * self.global_batch_size + self.process_index * local + row)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PadTo:
+  """Global eval position -> split position, -1 past the end."""
+  num_examples: int
+
+  def __call__(self, position):
+    return position if position < self.num_examples else -1
+
+
+def _finish(dataset, host_batch, *, num_threads, num_workers, prefetch):
+  dataset = dataset.batch(host_batch, drop_remainder=True)
+  dataset = dataset.to_iter_dataset(grain.ReadOptions(
+      num_threads=max(int(num_threads), 1),
+      prefetch_buffer_size=max(int(prefetch), int(num_threads), 1)))
+  if num_workers:
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=int(num_workers), per_worker_buffer_size=max(int(prefetch), 1)))
+  return dataset
+
+
+def train_dataset(loader, schedule, *, global_batch_size, process_index=None,
+                  process_count=None, num_threads=4, num_workers=0, prefetch=2):
+  """Endless grain IterDataset of this process's host batches of the training split.
+
+  schedule: global position -> split position (dermjax.data.sampling.EpochSchedule).
+  The batches do not depend on num_workers / num_threads.
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  local = host_batch_size(global_batch_size, process_count)
+  rows = _HostRows(global_batch_size, process_index, process_count, schedule)
+  dataset = grain.MapDataset.range(_ENDLESS).map(rows).map(loader)
+  return _finish(dataset, local, num_threads=num_threads, num_workers=num_workers,
+                 prefetch=prefetch)
+
+
+def eval_dataset(loader, num_examples, *, global_batch_size, process_index=None,
+                 process_count=None, num_threads=4, prefetch=2):
+  """Finite, ordered grain IterDataset over a split, padded to whole global batches."""
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  local = host_batch_size(global_batch_size, process_count)
+  num_batches = -(-num_examples // global_batch_size)
+  rows = _HostRows(global_batch_size, process_index, process_count, _PadTo(num_examples))
+  dataset = grain.MapDataset.range(num_batches * local).map(rows).map(loader)
+  return _finish(dataset, local, num_threads=num_threads, num_workers=0, prefetch=prefetch)
+
+
+def to_global(host_batch, sharding):
+  """Host batch (this process's rows) -> dict of global jax.Arrays with `sharding`."""
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), host_batch)
+
+
+class TrainIterator:
+  """Endless iterator of global training batches; get_state/set_state resume it exactly."""
+
+  def __init__(self, dataset, sharding):
+    self._iterator = iter(dataset)
+    self._sharding = sharding
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return to_global(next(self._iterator), self._sharding)
+
+  def get_state(self) -> dict:
+    """JSON-serialisable position (batches consumed so far)."""
+    return self._iterator.get_state()
+
+  def set_state(self, state: dict):
+    self._iterator.set_state(state)
+
+
+def batch_sharding(mesh):
+  """Batch axis over mesh axis "data", everything else replicated."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+
+# --- from config to datasets ---------------------------------------------------------
+
+
+class Subset:
+  """Random-access view of `source` at `indices` (a fold of the training split)."""
+
+  def __init__(self, source, indices):
+    self.source, self.indices = source, np.asarray(indices, np.int64)
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[int(self.indices[i])]
+
+
+def class_names(layout, target):
+  """Names of the values `label` takes for `target`."""
+  if target == "melanoma":
+    return ("other", "melanoma")
+  if target == "keratosis":
+    return ("other", "seborrheic_keratosis")
+  if target == "multiclass":
+    from dermjax.data import isic  # pylint: disable=g-import-not-at-top
+    return isic.classes(layout)
+  raise ValueError(f"data.target must be one of {TARGETS}, got {target!r}")
+
+
+def synthetic_dir(data_config, workdir):
+  """Where the synthetic stand-in for data.dir lives."""
+  if data_config.synthetic_dir:
+    return data_config.synthetic_dir
+  return os.path.join(workdir or ".", f"synthetic_{data_config.layout}")
+
+
+def ensure_synthetic(data_config, workdir) -> str:
+  """Writes the synthetic dataset once (a marker file records what was written)."""
+  import json  # pylint: disable=g-import-not-at-top
+  from dermjax.data import synthetic  # pylint: disable=g-import-not-at-top
+  out_dir = synthetic_dir(data_config, workdir)
+  num_images = data_config.synthetic_num_images
+  num_images = None if num_images is None else {k: int(v) for k, v in dict(num_images).items()}
+  spec = {"layout": data_config.layout, "num_images": num_images, "seed": 0}
+  marker = os.path.join(out_dir, "SYNTHETIC.json")
+  if os.path.exists(marker):
+    with open(marker) as f:
+      if json.load(f) == spec:
+        return out_dir
+    raise ValueError(f"{marker}: the synthetic data there was written with other settings; "
+                     f"delete {out_dir} or set config.data.synthetic_dir elsewhere")
+  synthetic.write_synthetic(data_config.layout, out_dir, num_images=num_images, seed=0)
+  with open(marker, "w") as f:
+    json.dump(spec, f)
+  return out_dir

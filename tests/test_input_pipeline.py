@@ -1,0 +1,234 @@
+"""Host input pipeline: crop geometry, batch format, sharding over processes, resume, eval."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from dermjax import input_pipeline as ip
+from dermjax.data import sampling
+from dermjax.data import schema
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _record(i, rng):
+  h, w = (int(v) for v in rng.integers(40, 72, 2))
+  lesion = np.zeros((h, w), np.uint8)
+  lesion[h // 4: 3 * h // 4, w // 3: 2 * w // 3] = 1
+  attributes = np.zeros((h, w, schema.NUM_ATTRIBUTES), np.uint8)
+  attributes[: h // 2, :, i % schema.NUM_ATTRIBUTES] = 1
+  return {
+      "id": f"ISIC_{i:07d}", "split": "train",
+      "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+      "melanoma": np.int32(i % 4 == 0), "keratosis": np.int32(i % 4 == 1),
+      "label": np.int32(1 if i % 4 == 0 else 2 if i % 4 == 1 else 0),
+      "lesion_mask": lesion, "attribute_masks": attributes,
+      "has_lesion_mask": np.bool_(True), "has_attributes": np.bool_(i % 2 == 0),
+      "age": np.float32(45.0 if i % 3 else np.nan), "sex": np.int32(i % 3 - 1),
+      "site": np.int32(i % 10 - 1), "patient_id": "",
+  }
+
+
+@pytest.fixture(scope="module")
+def records():
+  rng = np.random.default_rng(0)
+  return [_record(i, rng) for i in range(22)]
+
+
+def _loader(source, size=16):
+  return ip.ExampleLoader(source, size, 20, "resize_center_crop", 0.8, "melanoma")
+
+
+def _schedule(source, mode="oversample", seed=0):
+  mel = np.array([r["melanoma"] for r in source])
+  return sampling.EpochSchedule(mel, mel, mode=mode, seed=seed)
+
+
+# --- geometry ------------------------------------------------------------------------
+
+
+def test_resize_center_crop_at_unit_scale_is_the_centre():
+  img = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+  box = ip.crop_box(40, 40, image_size=32, resize_size=40, crop="resize_center_crop")
+  assert box == (4, 4, 36, 36)
+  np.testing.assert_array_equal(ip.resize_image(img, box, 32), img[4:36, 4:36])
+  np.testing.assert_array_equal(ip.resize_masks(img, box, 32), img[4:36, 4:36])
+
+
+def test_center_fraction_keeps_the_central_square():
+  img = np.random.default_rng(1).integers(0, 256, (50, 80, 3), dtype=np.uint8)
+  box = ip.crop_box(50, 80, image_size=40, resize_size=40, crop="center_fraction",
+                    crop_fraction=0.8)  # side 0.8 * 50 = 40.
+  assert box == (20, 5, 60, 45)
+  np.testing.assert_array_equal(ip.resize_image(img, box, 40), img[5:45, 20:60])
+
+
+def test_downscaled_crop_maps_coordinates_and_masks_stay_binary():
+  # Thesis-style: a 64 px image resized to 32 then centre-cropped to 24 reads rows/cols 8..56.
+  cols = np.tile(np.arange(64, dtype=np.uint8)[None, :] * 4, (64, 1))
+  img = np.stack([cols, cols.T, np.zeros_like(cols)], -1)
+  box = ip.crop_box(64, 64, image_size=24, resize_size=32, crop="resize_center_crop")
+  assert box == (8, 8, 56, 56)
+  out = ip.resize_image(img, box, 24).astype(float)
+  expected = 4 * (8 + 2 * np.arange(24) + 0.5)   # centre of output pixel j in input pixels.
+  np.testing.assert_allclose(out[12, :, 0], expected, atol=2.5)
+  np.testing.assert_allclose(out[:, 12, 1], expected, atol=2.5)
+  mask = np.zeros((64, 64, 2), np.uint8)
+  mask[20:40, 30:50, 0] = 1
+  small = ip.resize_masks(mask, box, 24)
+  assert small.shape == (24, 24, 2) and set(np.unique(small)) <= {0, 1}
+  ys, xs = np.nonzero(small[..., 0])
+  assert (ys.min(), ys.max(), xs.min(), xs.max()) == (6, 15, 11, 20)  # (20-8)/2 ... (40-8)/2-1
+
+
+def test_bad_geometry_is_rejected():
+  with pytest.raises(ValueError, match="image_size"):
+    ip.crop_box(10, 10, image_size=32, resize_size=24, crop="resize_center_crop")
+  with pytest.raises(ValueError, match="data.crop "):
+    ip.crop_box(10, 10, image_size=8, resize_size=8, crop="random")
+
+
+# --- batches ---------------------------------------------------------------------------
+
+
+def test_host_batch_format(records):
+  batch = next(iter(ip.train_dataset(_loader(records), _schedule(records), global_batch_size=4)))
+  expected = {
+      "image": ((4, 16, 16, 3), np.uint8), "masks": ((4, 16, 16, 1 + schema.NUM_ATTRIBUTES), np.uint8),
+      "has_masks": ((4, 2), np.float32), "label": ((4,), np.int32), "melanoma": ((4,), np.int32),
+      "meta": ((4, schema.META_DIM), np.float32), "valid": ((4,), np.float32),
+      "index": ((4,), np.int32),
+  }
+  assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
+  for row, i in enumerate(batch["index"]):
+    r = records[i]
+    assert batch["label"][row] == r["melanoma"] == batch["melanoma"][row]
+    np.testing.assert_array_equal(batch["has_masks"][row], [1.0, float(r["has_attributes"])])
+  assert set(np.unique(batch["masks"])) <= {0, 1} and batch["masks"][..., 0].any()
+  assert (batch["valid"] == 1).all()
+
+
+def test_meta_features():
+  meta = ip.meta_features({"age": np.float32(60), "sex": np.int32(1), "site": np.int32(3)})
+  assert meta.shape == (schema.META_DIM,)
+  np.testing.assert_allclose(meta[:5], [0.6, 0, 0, 1, 0])
+  assert meta[5 + 3] == 1 and meta.sum() == pytest.approx(0.6 + 2)
+  missing = ip.meta_features({"age": np.float32(np.nan), "sex": np.int32(-1), "site": np.int32(-1)})
+  np.testing.assert_array_equal(np.nonzero(missing)[0], [1, 4, schema.META_DIM - 1])
+
+
+def test_processes_load_their_own_rows(records):
+  whole = ip.train_dataset(_loader(records), _schedule(records), global_batch_size=6,
+                           process_index=0, process_count=1)
+  halves = [iter(ip.train_dataset(_loader(records), _schedule(records), global_batch_size=6,
+                                  process_index=p, process_count=2)) for p in range(2)]
+  for batch, _ in zip(whole, range(3)):
+    parts = [next(h) for h in halves]
+    assert all(len(p["index"]) == 3 for p in parts)
+    np.testing.assert_array_equal(np.concatenate([p["index"] for p in parts]), batch["index"])
+    np.testing.assert_array_equal(np.concatenate([p["image"] for p in parts]), batch["image"])
+
+
+def test_train_follows_the_sampler_across_epochs(records):
+  schedule = _schedule(records, mode="oversample", seed=3)
+  seen = np.concatenate([b["index"] for b, _ in zip(
+      ip.train_dataset(_loader(records), schedule, global_batch_size=4, num_threads=2),
+      range(2 * schedule.length // 4))])
+  expected = np.concatenate([sampling.epoch_indices(
+      schedule.classes, schedule.melanoma, mode="oversample", epoch=e, seed=3) for e in (0, 1)])
+  np.testing.assert_array_equal(seen, expected[:len(seen)])
+
+
+def test_resume_gives_the_same_next_batches(records):
+  make = lambda: iter(ip.train_dataset(_loader(records), _schedule(records, seed=1),
+                                       global_batch_size=4, num_threads=3))
+  first = make()
+  for _ in range(5):
+    next(first)
+  state = json.loads(json.dumps(first.get_state()))
+  expected = [next(first) for _ in range(3)]
+  resumed = make()
+  resumed.set_state(state)
+  for want in expected:
+    got = next(resumed)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+  other_seed = next(iter(ip.train_dataset(_loader(records), _schedule(records, seed=2),
+                                          global_batch_size=4)))
+  assert not np.array_equal(other_seed["index"], next(iter(make()))["index"])
+
+
+def test_eval_covers_every_example_once(records):
+  n = len(records)  # 22 = 2 * 8 + 6: the last global batch has 2 padding rows.
+  indices, valid = [], []
+  parts = [list(ip.eval_dataset(_loader(records), n, global_batch_size=8, process_index=p,
+                                process_count=2)) for p in range(2)]
+  assert len(parts[0]) == len(parts[1]) == 3
+  for a, b in zip(*parts):
+    indices.append(np.concatenate([a["index"], b["index"]]))
+    valid.append(np.concatenate([a["valid"], b["valid"]]))
+  indices, valid = np.concatenate(indices), np.concatenate(valid)
+  np.testing.assert_array_equal(indices[valid == 1], np.arange(n))
+  assert (indices[valid == 0] == -1).all() and (valid == 0).sum() == 2
+  last = parts[1][-1]
+  assert (last["image"][last["valid"] == 0] == 0).all()
+
+
+def test_global_batch_on_a_one_device_mesh(records):
+  mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  train = ip.TrainIterator(ip.train_dataset(_loader(records), _schedule(records),
+                                            global_batch_size=4), ip.batch_sharding(mesh))
+  batch = next(train)
+  assert isinstance(batch["image"], jax.Array) and batch["image"].dtype == np.uint8
+  assert train.get_state() == {"next_index": 1}
+
+
+_SHARDED = textwrap.dedent("""
+  import os
+  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  import sys
+  sys.path.insert(0, {repo!r})
+  import jax, numpy as np
+  from dermjax import input_pipeline as ip
+  from dermjax.data import augment, sampling
+  sys.path.insert(0, {tests!r})
+  from test_input_pipeline import _record
+  rng = np.random.default_rng(0)
+  records = [_record(i, rng) for i in range(20)]
+  mel = np.array([r["melanoma"] for r in records])
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  assert len(jax.devices()) == 8
+  loader = ip.ExampleLoader(records, 16, 20, "resize_center_crop", 0.8, "melanoma")
+  train = ip.TrainIterator(
+      ip.train_dataset(loader, sampling.EpochSchedule(mel, mel, mode="none"), global_batch_size=16),
+      ip.batch_sharding(mesh))
+  batch = next(train)
+  for k, v in batch.items():
+    assert isinstance(v, jax.Array), k
+    assert v.sharding.spec == jax.sharding.PartitionSpec("data"), (k, v.sharding)
+    assert len(v.addressable_shards) == 8 and v.addressable_shards[0].data.shape[0] == 2, k
+  aug = dict(rotation=True, max_rotation_deg=180, hflip=True, vflip=True, zoom=(0.8, 1.0))
+  fn = jax.jit(lambda b, k: augment.device_preprocess(b, k, mean=np.zeros(3), std=np.ones(3),
+                                                      aug_config=aug, train=True))
+  out = fn(batch, jax.random.key(0))
+  assert out["image"].sharding.spec == jax.sharding.PartitionSpec("data"), out["image"].sharding
+  local = fn(jax.tree.map(np.asarray, batch), jax.random.key(0))
+  np.testing.assert_allclose(np.asarray(out["image"]), np.asarray(local["image"]), atol=1e-3)
+  np.testing.assert_array_equal(np.asarray(out["masks"]), np.asarray(local["masks"]))
+  print("SHARDED OK")
+""")
+
+
+def test_batches_are_sharded_over_eight_devices():
+  script = _SHARDED.format(repo=REPO, tests=os.path.join(REPO, "tests"))
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+  assert "SHARDED OK" in result.stdout, result.stdout + result.stderr
