@@ -1,0 +1,491 @@
+"""Pretrained ImageNet weights: torchvision / timm checkpoints -> dermjax Flax variables.
+
+Sources
+  *.pth / *.pt      a torch state dict (optionally under "state_dict" or "model"), read with
+                    torch.load(weights_only=True): torch must be installed, nothing is unpickled
+                    beyond tensors and plain containers.
+  *.safetensors     torchvision or timm key names, read with `safetensors` (no torch needed).
+  converted dir     what scripts/convert_weights.py writes: DIR/variables.safetensors holding the
+                    dermjax variables as flat float32 tensors named "params/block1/conv1/kernel",
+                    with the architecture in the file's metadata. Read without torch or JAX tracing.
+
+Mapping: one table per architecture (`TABLES`) of rows (dermjax module path, torch module
+prefix, kind); a kind (`KINDS`) lists the tensors of one torch layer and how each becomes a Flax
+leaf (conv OIHW -> HWIO, BN affine + running stats, dense [O, I] -> [I, O], torchvision VGG's
+NCHW-flattened fc6 and timm VGG's conv-ified fc6/fc7 -> NHWC-flattened dense kernels). Key
+normalisation handles DataParallel's "module." prefix and torchvision's legacy DenseNet names
+("denselayer1.norm.1.weight" -> "denselayer1.norm1.weight").
+
+Names: torchvision and timm agree for ResNet/ResNeXt/DenseNet; timm's VGG classifier is
+`pre_logits.fc1` (7x7 conv), `pre_logits.fc2` (1x1 conv), `head.fc`, which dermjax maps onto
+torchvision's head (`head/fc6..fc8`; the same function at 224 px input).
+
+Every mismatch (missing key, unexpected key, wrong shape) is collected and raised together in a
+`CheckpointMismatchError` naming the file, each key and both shapes. A checkpoint's classifier
+head is optional (absent -> the tree has no head); its class count is read from the checkpoint.
+`graft` copies a pretrained tree into chosen submodules of a model (partial loading is always
+explicit), and `apply_pretrained` does both from a model config.
+"""
+
+import functools
+import os
+import re
+from typing import Any, Callable, Mapping, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from dermjax.models.backbones import BACKBONES, build_backbone
+from dermjax.models.backbones.vgg import VGG16_BLOCKS
+
+CONVERTED_FILE = "variables.safetensors"
+SOURCE_FORMATS = ("torchvision", "timm")
+# Torch buffers with no Flax counterpart.
+IGNORED_SUFFIXES = (".num_batches_tracked",)
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint does not fit the architecture / model; the message lists every offending key."""
+
+
+# ----------------------------------------------------------------------------- kinds
+
+
+class Field(NamedTuple):
+  """One torch tensor of a layer: `torch_name` -> variables[collection][path/leaf]."""
+
+  torch_name: str
+  collection: str
+  leaf: str
+  to_flax: Callable[[np.ndarray], np.ndarray]    # torch tensor -> Flax leaf
+  torch_shape: Callable[[tuple], tuple]         # Flax leaf shape -> expected torch shape
+
+
+def _same(x):
+  return x
+
+
+def _conv(w):  # [O, I, kh, kw] -> [kh, kw, I, O]
+  return w.transpose(2, 3, 1, 0)
+
+
+def _conv_shape(s):
+  return (s[3], s[2], s[0], s[1])
+
+
+def _dense(w):  # [O, I] -> [I, O]
+  return w.T
+
+
+def _dense_shape(s):
+  return (s[1], s[0])
+
+
+def _nchw_dense(window: int):
+  """Linear over an NCHW-flattened [C, k, k] map -> dense kernel over the NHWC flattening."""
+
+  def to_flax(w):
+    return w.reshape(w.shape[0], -1, window, window).transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
+
+  return to_flax, _dense_shape
+
+
+def _conv_dense(window: int):
+  """A k x k conv applied to a k x k map (timm's conv-ified fc) -> dense kernel over NHWC."""
+
+  def to_flax(w):
+    return w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
+
+  def torch_shape(s):
+    return (s[1], s[0] // (window * window), window, window)
+
+  return to_flax, torch_shape
+
+
+def _affine(kernel_fns):
+  to_flax, torch_shape = kernel_fns
+  return (Field("weight", "params", "kernel", to_flax, torch_shape),
+          Field("bias", "params", "bias", _same, _same))
+
+
+KINDS = {
+    "conv": _affine((_conv, _conv_shape)),
+    "dense": _affine((_dense, _dense_shape)),
+    "dense_nchw7": _affine(_nchw_dense(7)),      # torchvision VGG classifier.0
+    "conv7_dense": _affine(_conv_dense(7)),      # timm VGG pre_logits.fc1
+    "conv1_dense": _affine(_conv_dense(1)),      # timm VGG pre_logits.fc2
+    "bn": (
+        Field("weight", "params", "scale", _same, _same),
+        Field("bias", "params", "bias", _same, _same),
+        Field("running_mean", "batch_stats", "mean", _same, _same),
+        Field("running_var", "batch_stats", "var", _same, _same),
+    ),
+}
+
+# ----------------------------------------------------------------------------- tables
+
+Row = tuple  # (dermjax module path, torch module prefix, kind)
+
+
+class Table(NamedTuple):
+  """Rows for the body and for the classifier head; the last head row's weight gives K."""
+
+  body: list
+  head: list
+
+
+def vgg_table(batch_norm: bool, source_format: str) -> Table:
+  """VGG-16(-BN): `features.N` counted as torchvision builds it (conv[, bn], relu per conv; pool)."""
+  body, index = [], 0
+  for b, (_, num_convs) in enumerate(VGG16_BLOCKS, start=1):
+    for k in range(1, num_convs + 1):
+      body.append((f"block{b}/conv{k}", f"features.{index}", "conv"))
+      if batch_norm:
+        body.append((f"block{b}/bn{k}", f"features.{index + 1}", "bn"))
+      index += 3 if batch_norm else 2
+    index += 1  # max pool
+  head = {
+      "torchvision": [("head/fc6", "classifier.0", "dense_nchw7"), ("head/fc7", "classifier.3", "dense"),
+                      ("head/fc8", "classifier.6", "dense")],
+      "timm": [("head/fc6", "pre_logits.fc1", "conv7_dense"), ("head/fc7", "pre_logits.fc2", "conv1_dense"),
+               ("head/fc8", "head.fc", "dense")],
+  }[source_format]
+  return Table(body, head)
+
+
+def resnet_table(stage_sizes, bottleneck: bool, source_format: str) -> Table:
+  """ResNet/ResNeXt: identical names in torchvision and timm."""
+  del source_format
+  body = [("conv1", "conv1", "conv"), ("bn1", "bn1", "bn")]
+  for i, num_blocks in enumerate(stage_sizes, start=1):
+    for j in range(num_blocks):
+      path, prefix = f"layer{i}_{j}", f"layer{i}.{j}"
+      for k in range(1, 4 if bottleneck else 3):
+        body += [(f"{path}/conv{k}", f"{prefix}.conv{k}", "conv"), (f"{path}/bn{k}", f"{prefix}.bn{k}", "bn")]
+      if j == 0:  # Rows whose leaves the architecture lacks are skipped (layer1 of ResNet-18).
+        body += [(f"{path}/downsample_conv", f"{prefix}.downsample.0", "conv"),
+                 (f"{path}/downsample_bn", f"{prefix}.downsample.1", "bn")]
+  return Table(body, [("fc", "fc", "dense")])
+
+
+def densenet_table(block_config, source_format: str) -> Table:
+  """DenseNet: identical (modern) names in torchvision and timm."""
+  del source_format
+  body = [("conv0", "features.conv0", "conv"), ("norm0", "features.norm0", "bn")]
+  for i, num_layers in enumerate(block_config, start=1):
+    for j in range(1, num_layers + 1):
+      path, prefix = f"denseblock{i}/denselayer{j}", f"features.denseblock{i}.denselayer{j}"
+      body += [(f"{path}/{name}", f"{prefix}.{name}", kind)
+               for name, kind in (("norm1", "bn"), ("conv1", "conv"), ("norm2", "bn"), ("conv2", "conv"))]
+    if i < len(block_config):
+      body += [(f"transition{i}/norm", f"features.transition{i}.norm", "bn"),
+               (f"transition{i}/conv", f"features.transition{i}.conv", "conv")]
+  body.append(("norm5", "features.norm5", "bn"))
+  return Table(body, [("classifier", "classifier", "dense")])
+
+
+TABLES = {
+    "vgg16": functools.partial(vgg_table, False),
+    "vgg16_bn": functools.partial(vgg_table, True),
+    "resnet18": functools.partial(resnet_table, (2, 2, 2, 2), False),
+    "resnet50": functools.partial(resnet_table, (3, 4, 6, 3), True),
+    "resnet101": functools.partial(resnet_table, (3, 4, 23, 3), True),
+    "resnext50_32x4d": functools.partial(resnet_table, (3, 4, 6, 3), True),
+    "densenet121": functools.partial(densenet_table, (6, 12, 24, 16)),
+}
+
+# ----------------------------------------------------------------------------- reading
+
+_LEGACY_DENSENET = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def read_state_dict(path: str) -> dict:
+  """A torch-format checkpoint file -> {key: float32 numpy array} (keys normalised)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"Checkpoint {path!r} does not exist.")
+  if path.endswith(".safetensors"):
+    state = _read_safetensors(path)
+  elif path.endswith((".pth", ".pt", ".bin", ".ckpt")):
+    state = _read_torch(path)
+  else:
+    raise ValueError(f"{path}: unknown checkpoint type; expected .pth/.pt/.bin/.ckpt, .safetensors "
+                     f"or a directory written by scripts/convert_weights.py.")
+  return normalise_keys(state)
+
+
+def _read_torch(path: str) -> dict:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f"{path}: reading .pth needs PyTorch (pip install torch); or convert the file "
+                      f"to .safetensors elsewhere.") from e
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # torch raises various types for bad / non-weights-only files.
+    raise ValueError(f"{path}: not a weights-only torch checkpoint ({e})") from e
+  for wrapper in ("state_dict", "model"):
+    if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+      obj = obj[wrapper]
+  if not isinstance(obj, Mapping):
+    raise ValueError(f"{path}: expected a state dict (mapping of tensors), got {type(obj).__name__}.")
+  bad = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
+  if bad:
+    raise ValueError(f"{path}: entries that are not tensors: {bad}")
+  return {k: v.detach().to(torch.float32).numpy() for k, v in obj.items()}
+
+
+def _read_safetensors(path: str) -> dict:
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  state = {}
+  with safe_open(path, framework="np") as f:
+    for key in f.keys():
+      try:
+        state[key] = np.asarray(f.get_tensor(key), np.float32)
+      except TypeError:  # bfloat16 and friends: numpy cannot view them, JAX can.
+        with safe_open(path, framework="flax") as g:
+          state[key] = np.asarray(g.get_tensor(key), np.float32)
+  return state
+
+
+def _safetensors_metadata(path: str) -> dict:
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  with safe_open(path, framework="np") as f:
+    return f.metadata() or {}
+
+
+def normalise_keys(state: Mapping[str, Any]) -> dict:
+  """Drops buffers without a Flax counterpart, DataParallel's "module." and legacy DenseNet names."""
+  state = {k: v for k, v in state.items() if not k.endswith(IGNORED_SUFFIXES)}
+  if state and all(k.startswith("module.") for k in state):
+    state = {k[len("module."):]: v for k, v in state.items()}
+  out = {}
+  for key, value in state.items():
+    m = _LEGACY_DENSENET.match(key)
+    out[m.group(1) + m.group(2) if m else key] = value
+  return out
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+@functools.lru_cache(maxsize=32)
+def expected_shapes(arch: str, num_classes: Optional[int]) -> dict:
+  """{(collection, "a/b/leaf"): shape} of `arch`'s variables (abstract init, nothing computed)."""
+  module = build_backbone(arch, num_classes=num_classes)
+  x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: module.init(jax.random.key(0), x), x)
+  return {(c, "/".join(p)): tuple(v.shape)
+          for c, tree in variables.items()
+          for p, v in traverse_util.flatten_dict(tree).items()}
+
+
+def detect_format(state: Mapping[str, Any], arch: str) -> str:
+  """The source format whose table names the most of the checkpoint's keys (ties: torchvision)."""
+  def hits(fmt):
+    table = TABLES[arch](fmt)
+    keys = {f"{prefix}.{f.torch_name}" for _, prefix, kind in table.body + table.head for f in KINDS[kind]}
+    return len(keys & set(state))
+  return max(SOURCE_FORMATS, key=hits)
+
+
+def convert(state: Mapping[str, np.ndarray], arch: str, source_format: str = "auto", *,
+            source: str = "checkpoint") -> dict:
+  """A normalised torch state dict -> {"params": tree, "batch_stats": tree} in dermjax naming.
+
+  Raises CheckpointMismatchError listing every missing / unexpected key and shape mismatch.
+  """
+  if arch not in TABLES:
+    raise ValueError(f"Unknown arch {arch!r}; known: {sorted(TABLES)}")
+  if source_format == "auto":
+    source_format = detect_format(state, arch)
+  if source_format not in SOURCE_FORMATS:
+    raise ValueError(f"Unknown source_format {source_format!r}; known: auto, {', '.join(SOURCE_FORMATS)}")
+  table = TABLES[arch](source_format)
+  head_weight = f"{table.head[-1][1]}.weight"
+  num_classes = state[head_weight].shape[0] if head_weight in state else None
+  expected = expected_shapes(arch, num_classes)
+
+  out, used, covered, problems = {}, set(), set(), []
+  for path, prefix, kind in table.body + table.head:
+    for f in KINDS[kind]:
+      key, leaf = f"{prefix}.{f.torch_name}", (f.collection, f"{path}/{f.leaf}")
+      present = key in state
+      used.add(key)
+      covered.add(leaf)
+      if leaf not in expected:
+        if present:
+          problems.append(f"unexpected {key} {tuple(state[key].shape)}: {arch} has no {'/'.join(leaf)}")
+        continue
+      want = f.torch_shape(expected[leaf])
+      if not present:
+        problems.append(f"missing {key} {want} (for {'/'.join(leaf)} {expected[leaf]})")
+      elif tuple(state[key].shape) != want:
+        problems.append(f"shape mismatch {key}: checkpoint {tuple(state[key].shape)}, {arch} expects {want}")
+      else:
+        out[leaf] = np.ascontiguousarray(f.to_flax(np.asarray(state[key], np.float32)))
+  problems += [f"unexpected {k} {tuple(state[k].shape)}: not part of {arch} ({source_format} names)"
+               for k in sorted(set(state) - used)]
+  problems += [f"{'/'.join(leaf)} {shape}: no row in the {arch} table" for leaf, shape in expected.items()
+               if leaf not in covered]
+  if problems:
+    raise CheckpointMismatchError(
+        f"{source} does not fit {arch} ({source_format} names), {len(problems)} problem(s):\n  "
+        + "\n  ".join(problems))
+  return _unflatten(out)
+
+
+def _unflatten(flat: Mapping[tuple, Any]) -> dict:
+  """{(collection, "a/b/leaf"): array} -> {"params": nested, "batch_stats": nested}."""
+  variables = {"params": {}, "batch_stats": {}}
+  for (collection, path), value in flat.items():
+    variables.setdefault(collection, {})[tuple(path.split("/"))] = value
+  return {c: traverse_util.unflatten_dict(tree) if tree else {} for c, tree in variables.items()}
+
+
+def _flatten(variables: Mapping[str, Any]) -> dict:
+  return {(c, "/".join(p)): v for c, tree in variables.items()
+          for p, v in traverse_util.flatten_dict(dict(tree)).items()}
+
+
+# ----------------------------------------------------------------------------- converted checkpoints
+
+
+def save_converted(variables: Mapping[str, Any], out_dir: str, arch: str, source: str = "") -> str:
+  """Writes `variables` as out_dir/variables.safetensors (float32); returns the file's path."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  tensors = {f"{c}/{p}": np.ascontiguousarray(np.asarray(v, np.float32)) for (c, p), v in _flatten(variables).items()}
+  path = os.path.join(out_dir, CONVERTED_FILE)
+  save_file(tensors, path, metadata={"format": "dermjax", "arch": arch, "source": os.path.basename(source)})
+  return path
+
+
+def load_converted(path: str, arch: str) -> dict:
+  """Reads a converted checkpoint (dir or its variables.safetensors), checked against `arch`."""
+  if os.path.isdir(path):
+    path = os.path.join(path, CONVERTED_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no converted checkpoint (write one with scripts/convert_weights.py).")
+  meta = _safetensors_metadata(path)
+  if meta.get("format") != "dermjax":
+    raise ValueError(f"{path}: not a dermjax converted checkpoint (metadata {meta}).")
+  if meta.get("arch") != arch:
+    raise ValueError(f"{path}: converted for arch {meta.get('arch')!r}, but {arch!r} was asked for.")
+  flat = {}
+  for key, value in _read_safetensors(path).items():
+    collection, _, leaf = key.partition("/")
+    flat[(collection, leaf)] = value
+  head = TABLES[arch]("torchvision").head[-1][0] + "/kernel"
+  num_classes = flat[("params", head)].shape[-1] if ("params", head) in flat else None
+  expected = expected_shapes(arch, num_classes)
+  problems = [f"missing {'/'.join(k)} {s}" for k, s in expected.items() if k not in flat]
+  problems += [f"unexpected {'/'.join(k)} {v.shape}" for k, v in flat.items() if k not in expected]
+  problems += [f"shape mismatch {'/'.join(k)}: file {v.shape}, {arch} expects {expected[k]}"
+               for k, v in flat.items() if k in expected and tuple(v.shape) != expected[k]]
+  if problems:
+    raise CheckpointMismatchError(f"{path} does not fit {arch}:\n  " + "\n  ".join(problems))
+  return _unflatten(flat)
+
+
+def load_pretrained(path: str, arch: str, *, source_format: str = "auto") -> dict:
+  """Any supported checkpoint -> {"params": tree, "batch_stats": tree} in dermjax naming for `arch`.
+
+  `path`: a converted dir / file, or an original .pth / .safetensors (torchvision or timm names).
+  """
+  if arch not in BACKBONES:
+    raise ValueError(f"Unknown arch {arch!r}; known: {sorted(BACKBONES)}")
+  if os.path.isdir(path) or (path.endswith(".safetensors") and os.path.isfile(path)
+                             and _safetensors_metadata(path).get("format") == "dermjax"):
+    return load_converted(path, arch)
+  return convert(read_state_dict(path), arch, source_format, source=path)
+
+
+# ----------------------------------------------------------------------------- grafting
+
+
+def _split(path: str) -> tuple:
+  return tuple(p for p in path.split("/") if p)
+
+
+def _subtree(tree: Any, parts: tuple) -> Any:
+  for p in parts:
+    if not isinstance(tree, Mapping) or p not in tree:
+      return None
+    tree = tree[p]
+  return tree
+
+
+def graft(variables: Mapping[str, Any], pretrained: Mapping[str, Any], targets: Mapping[str, str]) -> dict:
+  """Copies pretrained leaves into the model's submodules; returns new variables.
+
+  targets: {model submodule path: path inside `pretrained`} ("/"-separated, "" = root), e.g.
+  {"encoder": "", "diagnosis_vgg": ""}. Every leaf (in every collection) under each model
+  submodule is replaced by the leaf at the same relative path under the pretrained path; leaves
+  outside the targets keep their values and unused pretrained leaves are ignored. Raises
+  CheckpointMismatchError listing every missing / mis-shaped leaf with both shapes.
+  """
+  flat = {c: traverse_util.flatten_dict(dict(tree)) for c, tree in variables.items()}
+  problems = []
+  for target, src in targets.items():
+    t_parts, s_parts = _split(target), _split(src)
+    found = False
+    for collection, tree in variables.items():
+      sub = _subtree(tree, t_parts)
+      if sub is None:
+        continue
+      found = True
+      source = _subtree(pretrained.get(collection, {}), s_parts)
+      leaves = traverse_util.flatten_dict(dict(sub)) if isinstance(sub, Mapping) else {(): sub}
+      for rel, leaf in leaves.items():
+        name = "/".join((collection,) + t_parts + rel)
+        src_name = "/".join((collection,) + s_parts + rel)
+        value = _subtree(source, rel) if source is not None else None
+        if value is None or isinstance(value, Mapping):
+          problems.append(f"{name} {tuple(leaf.shape)}: pretrained has no {src_name}")
+        elif tuple(value.shape) != tuple(leaf.shape):
+          problems.append(f"{name}: model {tuple(leaf.shape)}, pretrained {src_name} {tuple(value.shape)}")
+        else:
+          flat[collection][t_parts + rel] = _like(value, leaf)
+    if not found:
+      top = sorted({k for tree in variables.values() for k in tree})
+      problems.append(f"target {target!r} is not a submodule of the model (top-level: {top})")
+  if problems:
+    raise CheckpointMismatchError(f"pretrained weights do not fit the model, {len(problems)} problem(s):\n  "
+                                  + "\n  ".join(problems))
+  return {c: traverse_util.unflatten_dict(tree) if tree else {} for c, tree in flat.items()}
+
+
+def _like(value, leaf):
+  """`value` with `leaf`'s dtype (and sharding, for a jax.Array leaf)."""
+  value = np.asarray(value, leaf.dtype)
+  if isinstance(leaf, jax.Array):
+    return jax.device_put(value, leaf.sharding)
+  return value
+
+
+def apply_pretrained(variables: Mapping[str, Any], model_config) -> dict:
+  """Grafts `model_config.pretrained` into `variables` (None -> unchanged).
+
+  Reads model_config.pretrained (path), .pretrained_arch (a BACKBONES name) and
+  .pretrained_targets ({submodule path: path in the checkpoint}), see `graft`.
+  """
+  path = model_config.get("pretrained")
+  if not path:
+    return variables
+  targets = model_config.get("pretrained_targets") or {}
+  targets = targets.to_dict() if hasattr(targets, "to_dict") else dict(targets)
+  if not targets:
+    raise ValueError(f"model.pretrained={path!r} is set but model.pretrained_targets is empty; say which "
+                     f"submodule loads which part of the checkpoint, e.g. {{'encoder': ''}}.")
+  pretrained = load_pretrained(path, model_config.get("pretrained_arch"),
+                               source_format=model_config.get("pretrained_format", "auto"))
+  return graft(variables, pretrained, targets)
+
+
+def describe(variables: Mapping[str, Any]) -> str:
+  """One line per leaf, "collection/path shape" (for logs and the converter's summary)."""
+  return "\n".join(f"{c}/{p} {tuple(np.shape(v))}" for (c, p), v in sorted(_flatten(variables).items()))
+
