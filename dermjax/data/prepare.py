@@ -1,0 +1,318 @@
+"""One-off preparation of an ISIC layout into an array_record TFDS dataset, and loading it.
+
+  prepare(layout, raw_dir, prepared_dir)  ->  prepared_dir/<layout>/
+      stats.json    per-split counts, class/melanoma counts, structure presences (thesis
+                    Table 1, via dermjax.data.structures), image sizes, and the training
+                    split's RGB mean/std (0-255)
+      splits.json   ids per split and a stratified fold index per training id
+      tfds/         the `dermjax_isic/<layout>` builder's array_record files
+
+Every file is decoded and checked in one pass; all problems are reported together in
+one DatasetError and nothing is left behind. The dataset is built in a temporary
+directory next to the target and renamed into place at the end, so an earlier good
+prepared dataset survives a failed re-prepare.
+
+  load(prepared_dir, layout).source(split)[i] -> record (schema.py), decoded with PIL.
+"""
+
+import dataclasses
+import io
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+from PIL import Image
+import tqdm
+
+from dermjax.data import isic
+from dermjax.data import schema
+from dermjax.data import structures
+from dermjax.data.errors import DatasetError
+
+__all__ = ["DatasetError", "prepare", "load", "Prepared", "Source", "decode"]
+
+FORMAT_VERSION = 1
+
+
+# --- encoding -----------------------------------------------------------------------
+
+
+def pack_masks(lesion, attributes) -> np.ndarray:
+  """uint8 [H, W] lesion + [H, W, A] attributes (0/1) -> uint8 [H, W] bit-packed codes."""
+  codes = lesion.astype(np.uint8).copy()
+  for k in range(attributes.shape[-1]):
+    codes |= attributes[..., k].astype(np.uint8) << (k + 1)
+  return codes
+
+
+def unpack_masks(codes):
+  """uint8 [H, W] codes -> (lesion [H, W], attributes [H, W, A]), uint8 0/1."""
+  bits = (codes[..., None] >> np.arange(1 + schema.NUM_ATTRIBUTES, dtype=np.uint8)) & 1
+  return bits[..., 0], bits[..., 1:]
+
+
+def _png(array) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format="PNG", compress_level=3)
+  return buffer.getvalue()
+
+
+def _encode(example: isic.Example, record: dict, codes) -> dict:
+  """Example, its record, its packed masks -> the TFDS example (original image bytes, PNG)."""
+  with open(example.image, "rb") as f:
+    image_bytes = f.read()
+  height, width = record["image"].shape[:2]
+  out = {k: record[k] for k in ("id", "melanoma", "keratosis", "label", "has_lesion_mask",
+                                "has_attributes", "age", "sex", "site", "patient_id")}
+  out.update(image=image_bytes, height=np.int32(height), width=np.int32(width),
+             masks=_png(codes))
+  return out
+
+
+def decode(example: dict, split: str) -> dict:
+  """A stored TFDS example -> record (schema.py)."""
+  text = lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v)
+  image = np.asarray(Image.open(io.BytesIO(example["image"])).convert("RGB"))
+  lesion, attributes = unpack_masks(np.asarray(Image.open(io.BytesIO(example["masks"]))))
+  return {
+      "id": text(example["id"]),
+      "split": split,
+      "image": image,
+      "melanoma": np.int32(example["melanoma"]),
+      "keratosis": np.int32(example["keratosis"]),
+      "label": np.int32(example["label"]),
+      "lesion_mask": lesion,
+      "attribute_masks": attributes,
+      "has_lesion_mask": np.bool_(example["has_lesion_mask"]),
+      "has_attributes": np.bool_(example["has_attributes"]),
+      "age": np.float32(example["age"]),
+      "sex": np.int32(example["sex"]),
+      "site": np.int32(example["site"]),
+      "patient_id": text(example["patient_id"]),
+  }
+
+
+# --- statistics ---------------------------------------------------------------------
+
+
+class _SplitStats:
+  """Accumulates one split's counts, sizes, presences and (train) pixel moments."""
+
+  def __init__(self, num_classes, pixels):
+    self.n = self.melanoma = self.keratosis = self.with_masks = self.with_attributes = 0
+    self.classes = np.zeros(num_classes, np.int64)
+    self.presence = np.zeros(schema.NUM_STRUCTURES, np.int64)
+    self.heights, self.widths = [], []
+    self.pixels = pixels
+    self.count, self.sum, self.sumsq = 0, np.zeros(3), np.zeros(3)
+
+  def add(self, record, codes):
+    self.n += 1
+    self.melanoma += int(record["melanoma"] == 1)
+    self.keratosis += int(record["keratosis"] == 1)
+    if record["label"] >= 0:
+      self.classes[record["label"]] += 1
+    h, w = record["image"].shape[:2]
+    self.heights.append(h)
+    self.widths.append(w)
+    if record["has_lesion_mask"] or record["has_attributes"]:
+      self.with_masks += 1
+      self.with_attributes += int(record["has_attributes"])
+      # Presence is an OR over pixels of per-pixel functions, so the distinct mask codes
+      # present stand in for the whole image: [1, n_codes, 1 + A].
+      present = np.flatnonzero(np.bincount(codes.ravel(), minlength=256)).astype(np.uint8)
+      lesion, attributes = unpack_masks(present[None])
+      masks = np.concatenate([lesion[..., None], attributes], -1)
+      self.presence += np.asarray(structures.structure_presence(
+          structures.structure_masks(masks))).astype(np.int64)
+    if self.pixels:
+      for rows in np.array_split(record["image"], max(1, h // 512)):
+        rows = rows.reshape(-1, 3).astype(np.float64)
+        self.count += len(rows)
+        self.sum += rows.sum(0)
+        self.sumsq += np.square(rows).sum(0)
+
+  def summary(self):
+    size = lambda v: {"min": int(min(v)), "max": int(max(v)), "mean": float(np.mean(v))} if v else {}
+    return {
+        "num_images": self.n, "melanoma": self.melanoma, "keratosis": self.keratosis,
+        "class_counts": self.classes.tolist(), "num_with_masks": self.with_masks,
+        "num_with_attributes": self.with_attributes,
+        "structure_presence": dict(zip(schema.STRUCTURES, self.presence.tolist())),
+        "height": size(self.heights), "width": size(self.widths),
+    }
+
+  def moments(self):
+    mean = self.sum / max(self.count, 1)
+    std = np.sqrt(np.maximum(self.sumsq / max(self.count, 1) - mean ** 2, 0))
+    return mean.tolist(), std.tolist()
+
+
+class _Plan:
+  """What the builder writes: `plan(split)` yields (key, example) and records stats and
+  problems on the way (a bad file is skipped and named in `problems`)."""
+
+  def __init__(self, layout, examples, splits, problems):
+    self.splits = [s for s in schema.SPLITS if s in set(splits.values())]
+    self.by_split = {s: [e for e in examples if splits[e.id] == s] for s in self.splits}
+    self.problems = problems
+    num_classes = len(isic.classes(layout))
+    self.stats = {s: _SplitStats(num_classes, pixels=s == "train") for s in self.splits}
+
+  def __call__(self, split, write=True):
+    for example in self.by_split[split]:
+      try:
+        record = isic.load_example(example, split)
+      except DatasetError as e:
+        self.problems.extend(e.problems)
+        continue
+      codes = pack_masks(record["lesion_mask"], record["attribute_masks"])
+      self.stats[split].add(record, codes)
+      if write:
+        yield example.id, _encode(example, record, codes)
+
+
+# --- prepare / load -----------------------------------------------------------------
+
+
+def _builder(layout, data_dir):
+  from dermjax.data.tfds_builders import isic_builder  # pylint: disable=g-import-not-at-top
+  return isic_builder.DermjaxIsic(config=layout, data_dir=data_dir, file_format="array_record")
+
+
+def _config(layout, seed, num_folds):
+  return {"layout": layout, "seed": seed, "num_folds": num_folds, "format": FORMAT_VERSION}
+
+
+def prepare(layout: str, raw_dir: str, prepared_dir: str, *, seed: int = 0,
+            num_folds: int = 5, overwrite: bool = False) -> str:
+  """Checks and converts the raw `layout` dataset at `raw_dir`; returns the dataset dir
+  (`prepared_dir/<layout>`). Returns at once if a complete one with the same layout,
+  seed and folds is there; rebuilds it only with `overwrite`. Raises DatasetError
+  listing every bad file."""
+  isic.layout_spec(layout)
+  target = os.path.join(prepared_dir, layout)
+  config = _config(layout, seed, num_folds)
+  stats_path = os.path.join(target, "stats.json")
+  if os.path.exists(stats_path) and not overwrite:
+    with open(stats_path) as f:
+      found = json.load(f).get("config")
+    if found == config:
+      return target
+    raise ValueError(f"{target} was prepared with {found}, not {config}; "
+                     "pass overwrite=True to rebuild it.")
+
+  examples, problems = isic.list_examples(layout, raw_dir)
+  splits = isic.assign_splits(layout, examples, seed) if examples else {}
+  plan = _Plan(layout, examples, splits, problems)
+  os.makedirs(prepared_dir, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{layout}.tmp-", dir=prepared_dir)
+  try:
+    if problems or not examples:  # bad listing: still decode everything, to report it all
+      for split in plan.splits:
+        for _ in tqdm.tqdm(plan(split, write=False), total=len(plan.by_split[split]),
+                           desc=f"checking {layout} {split}"):
+          pass
+    else:
+      builder = _builder(layout, os.path.join(tmp, "tfds"))
+      builder.plan = plan
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=raw_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+      except Exception:
+        if not problems:
+          raise
+    if problems or not examples:
+      raise DatasetError(problems or [(raw_dir, f"no {layout} images found")],
+                         header=f"cannot prepare {layout} from {raw_dir}")
+    _write_metadata(tmp, layout, plan, splits, config, num_folds, seed, raw_dir)
+    _swap_into_place(tmp, target)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return target
+
+
+def _write_metadata(tmp, layout, plan, splits, config, num_folds, seed, raw_dir):
+  train = plan.by_split.get("train", [])
+  folds = isic.assign_folds(train, num_folds, seed) if len(train) >= num_folds else {}
+  mean, std = plan.stats["train"].moments() if "train" in plan.stats else ([0.] * 3, [1.] * 3)
+  stats = {
+      "config": config, "raw_dir": os.path.abspath(raw_dir), "classes": list(isic.classes(layout)),
+      "splits": {s: plan.stats[s].summary() for s in plan.splits}, "mean": mean, "std": std,
+  }
+  split_file = {"layout": layout, "seed": seed, "num_folds": num_folds,
+                "splits": {s: sorted(e.id for e in plan.by_split[s]) for s in plan.splits},
+                "folds": dict(sorted(folds.items()))}
+  with open(os.path.join(tmp, "splits.json"), "w") as f:
+    json.dump(split_file, f, indent=1)
+  with open(os.path.join(tmp, "stats.json"), "w") as f:  # written last: marks completion
+    json.dump(stats, f, indent=1)
+
+
+def _swap_into_place(tmp, target):
+  """Renames `tmp` to `target`; an existing `target` is removed only after that worked."""
+  old = None
+  if os.path.exists(target):
+    old = tempfile.mkdtemp(prefix=os.path.basename(target) + ".old-", dir=os.path.dirname(target))
+    os.rename(target, os.path.join(old, "data"))
+  try:
+    os.rename(tmp, target)
+  except BaseException:
+    if old:
+      os.rename(os.path.join(old, "data"), target)
+    raise
+  if old:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class Source:
+  """Random-access records of one split (grain RandomAccessDataSource protocol)."""
+
+  def __init__(self, data_source, split):
+    self._data_source = data_source
+    self.split = split
+
+  def __len__(self):
+    return len(self._data_source)
+
+  def __getitem__(self, index):
+    return decode(self._data_source[index], self.split)
+
+  def __repr__(self):
+    return f"Source(split={self.split!r}, len={len(self)})"
+
+
+@dataclasses.dataclass
+class Prepared:
+  """A prepared dataset: `stats` (stats.json), `splits` (splits.json), `source(split)`."""
+  path: str
+  layout: str
+  stats: dict
+  splits: dict
+  builder: object
+
+  def source(self, split: str) -> Source:
+    if split not in self.stats["splits"]:
+      raise ValueError(f"{self.path} has no split {split!r}; it has {list(self.stats['splits'])}")
+    return Source(self.builder.as_data_source(split=split), split)
+
+
+def load(prepared_dir: str, layout: str) -> Prepared:
+  """The dataset `prepare(layout, ..., prepared_dir)` wrote."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  path = os.path.join(prepared_dir, layout)
+  if not os.path.exists(os.path.join(path, "stats.json")):
+    raise FileNotFoundError(f"No prepared {layout} dataset in {path}; run "
+                            f"dermjax.data.prepare.prepare({layout!r}, raw_dir, {prepared_dir!r})")
+  with open(os.path.join(path, "stats.json")) as f:
+    stats = json.load(f)
+  with open(os.path.join(path, "splits.json")) as f:
+    splits = json.load(f)
+  from dermjax.data.tfds_builders import isic_builder  # pylint: disable=g-import-not-at-top
+  builder_dir = os.path.join(path, "tfds", "dermjax_isic", layout, isic_builder.VERSION)
+  builder = tfds.builder_from_directory(builder_dir)
+  return Prepared(path, layout, stats, splits, builder)

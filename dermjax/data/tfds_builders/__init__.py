@@ -1,0 +1,1 @@
+"""TFDS builder classes (array_record, built through the Python API, no TensorFlow)."""
