@@ -1,0 +1,1 @@
+"""Host-side evaluation metrics (numpy in, floats out)."""

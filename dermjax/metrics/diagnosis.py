@@ -1,0 +1,117 @@
+"""Diagnosis metrics as the papers report them (scikit-learn), pure host functions.
+
+Binary (melanoma vs rest): AUC, AP, accuracy / sensitivity / specificity at a threshold
+(0.5), and sensitivity at specificity .95 / .90 / .85. Multiclass (K > 1): per-class
+one-vs-rest AUC and their mean, accuracy and balanced accuracy. A split where a metric is
+undefined (one class only) gives NaN and a warning, never an exception.
+"""
+
+import warnings
+
+import numpy as np
+from sklearn import metrics as skm
+
+SPECIFICITIES = (0.95, 0.90, 0.85)
+
+
+def _nan(reason: str) -> float:
+  warnings.warn(f"diagnosis metric undefined: {reason}; reporting NaN", RuntimeWarning, stacklevel=3)
+  return float("nan")
+
+
+def _check(scores, labels, ndim):
+  scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(np.int64)
+  if scores.ndim != ndim or labels.ndim != 1 or scores.shape[0] != labels.shape[0]:
+    raise ValueError(f"diagnosis metrics: scores {scores.shape} and labels {labels.shape} must be "
+                     f"[N{', K' if ndim == 2 else ''}] and [N]")
+  return scores, labels
+
+
+def sensitivity_at_specificity(scores, labels, specificity: float) -> float:
+  """Largest true-positive rate among ROC operating points with specificity >= `specificity`."""
+  scores, labels = _check(scores, labels, 1)
+  if labels.min(initial=0) == labels.max(initial=0) or len(labels) == 0:
+    return _nan(f"sensitivity at specificity {specificity} needs both classes")
+  fpr, tpr, _ = skm.roc_curve(labels, scores)
+  ok = fpr <= 1.0 - specificity + 1e-12
+  return float(tpr[ok].max())
+
+
+def binary_metrics(scores, labels, *, threshold: float = 0.5, prefix: str = "") -> dict:
+  """scores [N] (probabilities), labels [N] in {0, 1} -> dict of floats."""
+  scores, labels = _check(scores, labels, 1)
+  if np.any((labels != 0) & (labels != 1)):
+    raise ValueError(f"binary diagnosis metrics: labels must be 0/1, got {np.unique(labels)}")
+  pos, neg = labels == 1, labels == 0
+  pred = scores >= threshold
+  both = pos.any() and neg.any()
+  out = {
+      "num_examples": int(len(labels)),
+      "num_positive": int(pos.sum()),
+      "auc": float(skm.roc_auc_score(labels, scores)) if both else _nan("AUC needs both classes"),
+      "ap": float(skm.average_precision_score(labels, scores)) if pos.any() else _nan(
+          "AP needs a positive example"),
+      "accuracy": float(np.mean(pred == pos)) if len(labels) else _nan("no examples"),
+      "sensitivity": float(np.mean(pred[pos])) if pos.any() else _nan(
+          "sensitivity needs a positive example"),
+      "specificity": float(np.mean(~pred[neg])) if neg.any() else _nan(
+          "specificity needs a negative example"),
+  }
+  for spec in SPECIFICITIES:
+    key = f"sensitivity_at_specificity_{round(spec * 100)}"
+    out[key] = sensitivity_at_specificity(scores, labels, spec) if both else float("nan")
+  return {prefix + k: v for k, v in out.items()}
+
+
+def multiclass_metrics(probs, labels, class_names=None) -> dict:
+  """probs [N, K] (softmax), labels [N] in [0, K) -> per-class one-vs-rest AUC, mean, accuracies."""
+  probs, labels = _check(probs, labels, 2)
+  num_classes = probs.shape[1]
+  if np.any((labels < 0) | (labels >= num_classes)):
+    raise ValueError(f"multiclass diagnosis metrics: labels must be in [0, {num_classes}), "
+                     f"got {np.unique(labels)}")
+  names = list(class_names) if class_names is not None else [str(k) for k in range(num_classes)]
+  if len(names) != num_classes:
+    raise ValueError(f"multiclass diagnosis metrics: {len(names)} class names for {num_classes} "
+                     "classes")
+  pred = probs.argmax(axis=1)
+  out = {"num_examples": int(len(labels)),
+         "accuracy": float(np.mean(pred == labels)) if len(labels) else _nan("no examples")}
+  aucs, recalls = [], []
+  for k, name in enumerate(names):
+    is_k = labels == k
+    if is_k.any() and (~is_k).any():
+      out[f"auc_{name}"] = float(skm.roc_auc_score(is_k, probs[:, k]))
+      aucs.append(out[f"auc_{name}"])
+    else:
+      out[f"auc_{name}"] = _nan(f"one-vs-rest AUC of class {name!r} needs both classes")
+    if is_k.any():
+      recalls.append(np.mean(pred[is_k] == k))
+  out["mean_auc"] = float(np.mean(aucs)) if aucs else _nan("no class has a defined AUC")
+  # Balanced accuracy: mean recall over the classes present in the split (sklearn's definition).
+  out["balanced_accuracy"] = float(np.mean(recalls)) if recalls else _nan("no examples")
+  return out
+
+
+def diagnosis_metrics(logits, labels, *, melanoma=None, melanoma_class=None, class_names=None,
+                      threshold: float = 0.5) -> dict:
+  """All diagnosis metrics from model logits.
+
+  logits [N, K]. K == 1: sigmoid scores against `labels` (0/1). K > 1: softmax; multiclass
+  metrics against `labels`, plus the binary metrics of the melanoma score (the probability
+  of class `melanoma_class`) against `melanoma` (0/1; rows with -1 dropped) when given.
+  """
+  logits = np.asarray(logits, np.float64)
+  if logits.ndim != 2:
+    raise ValueError(f"diagnosis metrics: logits must be [N, K], got {logits.shape}")
+  if logits.shape[1] == 1:
+    return binary_metrics(1.0 / (1.0 + np.exp(-logits[:, 0])), labels, threshold=threshold)
+  shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+  probs = shifted / shifted.sum(axis=1, keepdims=True)
+  out = multiclass_metrics(probs, labels, class_names)
+  if melanoma_class is not None and melanoma is not None:
+    melanoma = np.asarray(melanoma)
+    known = melanoma >= 0
+    out.update(binary_metrics(probs[known, melanoma_class], melanoma[known], threshold=threshold,
+                              prefix="melanoma_"))
+  return out

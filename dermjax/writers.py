@@ -1,0 +1,110 @@
+"""Metric output without TensorFlow: TensorBoard event files, a JSONL log, a progress line.
+
+TensorBoard files are written with the `tensorboard` package's own EventFileWriter and
+protos (the path PyTorch's SummaryWriter takes), so `tensorboard --logdir` reads them.
+"""
+
+import io
+import json
+import math
+import os
+import time
+
+import numpy as np
+from absl import logging
+from PIL import Image
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+def _jsonable(value):
+  if isinstance(value, (np.floating, np.integer)):
+    value = value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None if math.isnan(value) else value
+  return value
+
+
+class SummaryWriter:
+  """Scalars (and images) to TensorBoard event files under `logdir`, plus `logdir`/metrics.jsonl.
+
+  Only process 0 of a multi-host run should write: pass `enabled=False` elsewhere.
+  """
+
+  def __init__(self, logdir: str, *, enabled: bool = True, flush_secs: int = 30):
+    self.logdir, self.enabled = logdir, enabled
+    self._events = self._jsonl = None
+    if enabled:
+      os.makedirs(logdir, exist_ok=True)
+      self._events = EventFileWriter(logdir, flush_secs=flush_secs)
+      self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
+
+  def _add(self, step: int, values):
+    event = event_pb2.Event(wall_time=time.time(), step=int(step),
+                            summary=summary_pb2.Summary(value=values))
+    self._events.add_event(event)
+
+  def write_scalars(self, step: int, scalars: dict):
+    """scalars: {tag: number}. Non-finite values go to TensorBoard as they are, to JSONL as null."""
+    if not self.enabled or not scalars:
+      return
+    self._add(step, [summary_pb2.Summary.Value(tag=tag, simple_value=float(v))
+                     for tag, v in scalars.items()])
+    record = {"step": int(step), **{k: _jsonable(float(v)) for k, v in scalars.items()}}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+
+  def write_images(self, step: int, images: dict):
+    """images: {tag: uint8 [H, W, 3] or [H, W]} as PNG image summaries."""
+    if not self.enabled or not images:
+      return
+    values = []
+    for tag, image in images.items():
+      image = np.asarray(image)
+      if image.dtype != np.uint8:
+        raise ValueError(f"write_images: {tag!r} must be uint8, got {image.dtype}")
+      buf = io.BytesIO()
+      Image.fromarray(image).save(buf, format="PNG")
+      values.append(summary_pb2.Summary.Value(tag=tag, image=summary_pb2.Summary.Image(
+          height=image.shape[0], width=image.shape[1],
+          colorspace=1 if image.ndim == 2 else image.shape[2], encoded_image_string=buf.getvalue())))
+    self._add(step, values)
+
+  def flush(self):
+    if self.enabled:
+      self._events.flush()
+      self._jsonl.flush()
+
+  def close(self):
+    if self.enabled:
+      self._events.close()
+      self._jsonl.close()
+      self.enabled = False
+
+
+class Progress:
+  """Progress line with steps/s and ETA: `progress(step)` returns it (and logs it)."""
+
+  def __init__(self, total_steps: int, start_step: int = 0):
+    self.total_steps = total_steps
+    self._last_step, self._last_time = start_step, time.perf_counter()
+
+  def __call__(self, step: int, extra: str = "") -> tuple[float, str]:
+    now = time.perf_counter()
+    steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    eta = (self.total_steps - step) / steps_per_sec if steps_per_sec > 0 else float("inf")
+    line = (f"step {step}/{self.total_steps} ({100.0 * step / max(self.total_steps, 1):.1f}%) "
+            f"{steps_per_sec:.2f} steps/s, ETA {format_seconds(eta)}" + (f" | {extra}" if extra else ""))
+    logging.info(line)
+    return steps_per_sec, line
+
+
+def format_seconds(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"

@@ -1,0 +1,85 @@
+"""Diagnosis metrics against hand-computed values."""
+
+import math
+
+import numpy as np
+import pytest
+
+from dermjax.metrics import diagnosis
+
+
+def test_binary_hand_computed():
+  # Positives 0.9, 0.6, 0.4; negatives 0.7, 0.3, 0.2, 0.1.
+  scores = np.array([0.9, 0.6, 0.4, 0.7, 0.3, 0.2, 0.1])
+  labels = np.array([1, 1, 1, 0, 0, 0, 0])
+  m = diagnosis.binary_metrics(scores, labels)
+  # Pairs (pos > neg): 0.9 beats 4, 0.6 beats 3, 0.4 beats 3 -> 10 / 12.
+  assert m["auc"] == pytest.approx(10 / 12)
+  # Ranking: 0.9(+) 0.7(-) 0.6(+) 0.4(+): precisions at the positives 1, 2/3, 3/4.
+  assert m["ap"] == pytest.approx((1 + 2 / 3 + 3 / 4) / 3)
+  # At 0.5: predicted positive 0.9, 0.6, 0.7 -> TP 2, FP 1, TN 3, FN 1.
+  assert m["accuracy"] == pytest.approx(5 / 7)
+  assert m["sensitivity"] == pytest.approx(2 / 3)
+  assert m["specificity"] == pytest.approx(3 / 4)
+  # Specificity >= .95 / .90 / .85 allows no false positive: threshold above 0.7 -> TPR 1/3.
+  for key in ("95", "90", "85"):
+    assert m[f"sensitivity_at_specificity_{key}"] == pytest.approx(1 / 3)
+  assert m["num_examples"] == 7 and m["num_positive"] == 3
+
+
+def test_sensitivity_at_specificity_allows_false_positives():
+  # 20 negatives, 0.96 ... 0.01 step; positives at 0.5 and 0.97.
+  neg = np.linspace(0.01, 0.96, 20)
+  scores = np.concatenate([neg, [0.5, 0.97]])
+  labels = np.concatenate([np.zeros(20), [1, 1]])
+  # Specificity .95 allows 1 false positive of 20: threshold 0.96 -> TPR 1/2.
+  assert diagnosis.sensitivity_at_specificity(scores, labels, 0.95) == pytest.approx(0.5)
+  # .85 allows 3 false positives: threshold at the 3rd highest negative (0.86) -> still 1/2.
+  assert diagnosis.sensitivity_at_specificity(scores, labels, 0.85) == pytest.approx(0.5)
+  # Negatives 0.01, 0.06, ..., 0.96: 10 lie above the positive at 0.5.
+  # .55 allows 9 false positives: the positive at 0.5 is not reached -> TPR 1/2.
+  assert diagnosis.sensitivity_at_specificity(scores, labels, 0.55) == pytest.approx(0.5)
+  # .5 allows 10 -> both positives.
+  assert diagnosis.sensitivity_at_specificity(scores, labels, 0.5) == pytest.approx(1.0)
+
+
+def test_one_class_gives_nan_and_warning():
+  with pytest.warns(RuntimeWarning, match="undefined"):
+    m = diagnosis.binary_metrics(np.array([0.2, 0.8]), np.array([0, 0]))
+  assert math.isnan(m["auc"]) and math.isnan(m["ap"]) and math.isnan(m["sensitivity"])
+  assert math.isnan(m["sensitivity_at_specificity_95"])
+  assert m["specificity"] == pytest.approx(0.5)
+
+
+def test_multiclass_hand_computed():
+  probs = np.array([[0.7, 0.2, 0.1],
+                    [0.2, 0.5, 0.3],
+                    [0.1, 0.3, 0.6],
+                    [0.4, 0.5, 0.1]])
+  labels = np.array([0, 1, 2, 0])
+  m = diagnosis.multiclass_metrics(probs, labels, ["nevus", "melanoma", "sk"])
+  assert m["accuracy"] == pytest.approx(3 / 4)
+  assert m["balanced_accuracy"] == pytest.approx((1 / 2 + 1 + 1) / 3)
+  # Class 0 positives 0.7, 0.4 vs negatives 0.2, 0.1 -> 1. Class 1: 0.5 vs 0.2, 0.3, 0.5 -> 2.5/3.
+  assert m["auc_nevus"] == pytest.approx(1.0)
+  assert m["auc_melanoma"] == pytest.approx(2.5 / 3)
+  assert m["auc_sk"] == pytest.approx(1.0)
+  assert m["mean_auc"] == pytest.approx((1 + 2.5 / 3 + 1) / 3)
+
+
+def test_diagnosis_metrics_from_logits():
+  logits = np.log(np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.3, 0.6], [0.4, 0.5, 0.1]]))
+  labels = np.array([0, 1, 2, 0])
+  m = diagnosis.diagnosis_metrics(logits, labels, melanoma=(labels == 1).astype(int),
+                                  melanoma_class=1)
+  assert m["melanoma_auc"] == pytest.approx(m["auc_1"])
+  binary = diagnosis.diagnosis_metrics(np.array([[2.0], [-1.0], [0.5]]), np.array([1, 0, 0]))
+  assert binary["auc"] == pytest.approx(1.0)
+  assert binary["accuracy"] == pytest.approx(2 / 3)  # sigmoid(0.5) > 0.5 is a false positive.
+
+
+def test_bad_shapes_raise():
+  with pytest.raises(ValueError, match="must be"):
+    diagnosis.binary_metrics(np.zeros((3, 2)), np.zeros(3))
+  with pytest.raises(ValueError, match="0/1"):
+    diagnosis.binary_metrics(np.zeros(3), np.array([0, 1, 2]))
