@@ -76,3 +76,13 @@ def save_png(image, path):
   """Write uint8 [H, W, 3] (or [H, W]) to `path`, creating parent folders."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   Image.fromarray(np.asarray(image, np.uint8)).save(path)
+
+
+def draw_label(image, text, *, color=(255, 255, 255)):
+  """Write `text` in the top-left corner of image uint8 [H, W, 3] on a dark box (panel titles)."""
+  img = Image.fromarray(np.asarray(image, np.uint8))
+  draw = ImageDraw.Draw(img)
+  left, top, right, bottom = draw.textbbox((2, 1), text)
+  draw.rectangle([0, 0, right + 2, bottom + 1], fill=(0, 0, 0))
+  draw.text((2, 1), text, fill=color)
+  return np.asarray(img)

@@ -1,0 +1,89 @@
+"""Gaze sequences (Esteve-Cogollos 2020): VGG-16-BN encoder, Attentive ConvLSTM, decoder.
+
+get_config()         CPU-sized default: trains end to end on the synthetic ISIC 2017 set in
+                     a few minutes on 2 CPU cores (same architecture, smaller images, T=3).
+get_config("thesis") the thesis's Sec. 4.1 setting (224 px from 256, T=5, batch 8, 20
+                     epochs, Adam (.92, .96), rates encoder 0 / Attentive ConvLSTM 1e-2 /
+                     branches 1e-4, weight decay 1e-6, frozen ImageNet encoder when
+                     --config.model.pretrained=FILE is given). The variants configs/gaze_*.py
+                     start from it.
+"""
+
+import ml_collections
+
+from dermjax.defaults import base_config
+
+# Optimiser groups: regexes over the "/"-joined parameter path.
+ENCODER = r"(^|/)encoder/"
+ATTENTIVE = r"(^|/)attentive_convlstm/"
+BRANCHES = r"(^|/)(decoder|structure_head|diagnosis_vgg|diagnosis_head)/"
+
+
+def thesis_config() -> ml_collections.ConfigDict:
+  """The thesis's training recipe and full-size architecture (skip + frozen BN, Deco_GAP_3)."""
+  config = base_config()
+  config.data.image_size = 224
+  config.data.resize_size = 256
+  config.data.batch_size = 8
+  config.data.eval_batch_size = 8
+
+  m = config.model
+  m.name = "gaze"
+  m.num_classes = 1                 # melanoma vs rest (sigmoid).
+  m.timesteps = 5                   # T gazes (the thesis's figures).
+  m.decoder = True                  # False: VGG_AttentiveConvLSTM(_GAP) ablations.
+  m.skips = True                    # decoder averages with encoder pool3/pool2/pool1.
+  m.batch_norm = True               # VGG-16-BN (False: plain VGG-16, pretrained_arch vgg16).
+  m.frozen_bn = True                # BN with ImageNet running averages (encoder + blocks 4-5).
+  m.freeze_encoder = True           # stop_gradient after blocks 1-3 (lr 0 below).
+  m.head = "gap"                    # diagnosis classifier: "gap" | "fc" (fc6/fc7/fc8).
+  m.step_dim = 0                    # >0: dense reduction of the per-step GAPs (model _17).
+  m.padding = "reflect"             # Attentive ConvLSTM / decoder conv padding (thesis code).
+  m.rescale_attention = False       # True: X~_t = (h*w) A_t X' (uniform attention = X').
+  m.dropout_rate = 0.5              # "fc" head only.
+  m.pretrained_arch = "vgg16_bn"
+  m.pretrained_targets = ml_collections.ConfigDict({"encoder": "", "diagnosis_vgg": ""})
+
+  lo = config.loss
+  lo.focal_gamma = 2.0              # theta of eq. 12.
+  lo.alpha, lo.beta, lo.gamma, lo.mu = 0.25, 0.75, 0.75, 0.25   # eq. 14.
+  lo.balancing = "batch"            # "none" | "presence_others" (eq. 15) | "presence_inverse" (eq. 16) | "batch"
+  lo.matcher = "host"               # "host" (scipy via pure_callback) | "device" (optax).
+
+  o = config.optim
+  o.name = "adam"
+  o.b1, o.b2 = 0.92, 0.96
+  o.weight_decay = 1e-6
+  o.learning_rate = 1e-4
+  o.groups = ml_collections.ConfigDict({
+      "encoder": (ENCODER, 0.0),
+      "attentive_convlstm": (ATTENTIVE, 1e-2),
+      "branches": (BRANCHES, 1e-4),
+  })
+  config.train.num_epochs = 20
+  config.train.checkpoint_metric = "validation/loss"
+  config.train.checkpoint_mode = "min"
+  return config
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+  if arg == "thesis":
+    return thesis_config()
+  if arg not in (None, ""):
+    raise ValueError(f"configs/gaze.py: unknown argument {arg!r} (use no argument or 'thesis')")
+  config = thesis_config()
+  # CPU-sized: the same architecture on small synthetic images. No ImageNet weights here,
+  # so the encoder trains from scratch (lr > 0, BN in training mode, no freezing).
+  config.data.synthetic_num_images = {"train": 240, "validation": 60, "test": 120}
+  config.data.image_size = 64
+  config.data.resize_size = 73      # 64 / 0.875, as 224 / 256.
+  config.data.batch_size = 16
+  config.data.eval_batch_size = 32
+  config.model.timesteps = 3
+  config.model.frozen_bn = False
+  config.model.freeze_encoder = False
+  config.optim.groups.encoder = (ENCODER, 1e-4)
+  config.train.num_epochs = 8
+  config.train.log_every_steps = 5
+  config.eval.num_visualizations = 4
+  return config

@@ -1,0 +1,419 @@
+"""Gaze sequences for explainable skin-lesion diagnosis (Esteve-Cogollos 2020, Secs. 3-4).
+
+VGG-16 blocks 1-3 (the encoder) -> Attentive ConvLSTM run for T steps (the gazes A_t) ->
+  * decoder on every hidden state H_t: one structure mask and structure class per step;
+  * diagnosis branch: VGG-16 blocks 4-5 on the last attended features X~_{T-1}, GAP,
+    concatenated with GAP(X~_t) for every t, then the classifier.
+
+Submodules (and optimiser-group names): encoder, attentive_convlstm, decoder,
+structure_head, diagnosis_vgg, diagnosis_head. Outputs of `GazeNet.__call__`:
+  logits            [B, K]        diagnosis logits
+  attention         [B, T, h, w]  A_t (softmax over the h x w = H/8 x W/8 positions)
+  masks             [B, T, H, W]  per-step structure mask probabilities (decoder only)
+  mask_logits       [B, T, H, W]
+  structure_logits  [B, T, S]     per-step structure classes (decoder only)
+The structure loss matches the S ground-truth structures to the T predicted masks one to
+one (Hungarian, dermjax.matchers) on 1 - softIoU, over the structures present only.
+"""
+
+import functools
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dermjax import balancing, losses, matchers
+from dermjax.data import schema
+from dermjax.data.structures import structure_masks, structure_presence
+from dermjax.metrics import segmentation
+from dermjax.models.backbones.vgg import VGGStages, adaptive_avg_pool
+
+# Decoder blocks: output channels of each 3x3 conv (mirror of VGG-16 blocks 3, 2, 1).
+DECODER_BLOCKS = ((256, 256, 128), (128, 64), (64, 1))
+HEADS = ("gap", "fc")
+PADDINGS = ("zeros", "reflect")
+
+
+def _conv_padding(padding: str):
+  if padding not in PADDINGS:
+    raise ValueError(f"config.model.padding must be one of {PADDINGS}, got {padding!r}")
+  return "REFLECT" if padding == "reflect" else 1
+
+
+def upsample2(x):
+  """Nearest-neighbour x2 upsampling (torch nn.Upsample default): [N, h, w, C] -> [N, 2h, 2w, C]."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class AttentiveConvLSTMCell(nn.Module):
+  """One step (eqs. 1-9). carry (C, H) [B, h, w, F]; wx = W_a * X' + b_a; x = X' [B, h, w, F].
+
+  Returns the new carry and (H_t, A_t [B, h, w], GAP(X~_t) [B, F]).
+  """
+
+  features: int
+  padding: Any = 1
+  rescale_attention: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, carry, wx, x):
+    c, h = carry
+    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=self.padding, dtype=self.dtype)
+    orthogonal = nn.initializers.orthogonal()
+    ua = conv(self.features, use_bias=False, kernel_init=orthogonal, name="U_a")(h)
+    z = conv(1, use_bias=False, kernel_init=nn.initializers.zeros, name="V_a")(jnp.tanh(wx + ua))
+    batch, height, width = z.shape[:3]
+    a = jax.nn.softmax(z.astype(jnp.float32).reshape(batch, height * width), axis=-1)
+    a = a.reshape(batch, height, width, 1)
+    scale = height * width if self.rescale_attention else 1.0
+    x_t = (a * scale).astype(x.dtype) * x  # eq. 3
+    gates = (conv(4 * self.features, name="W")(x_t)
+             + conv(4 * self.features, use_bias=False, kernel_init=orthogonal, name="U")(h))
+    i, f, o, g = jnp.split(gates.astype(jnp.float32), 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)  # eqs. 4, 5, 7, 8
+    h = (jax.nn.sigmoid(o) * jnp.tanh(c)).astype(self.dtype)   # eqs. 6, 9
+    return (c, h), (h, a[..., 0], jnp.mean(x_t.astype(jnp.float32), axis=(1, 2)))
+
+
+class AttentiveConvLSTM(nn.Module):
+  """X' [B, h, w, F] -> H [T, B, h, w, F], A [T, B, h, w], GAP(X~_t) [T, B, F].
+
+  W_a * X' does not depend on t and is computed once; the T steps are one `nn.scan`, so
+  the compiled program does not grow with T. Zero initial state.
+  """
+
+  timesteps: int
+  padding: Any = 1
+  rescale_attention: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    features = x.shape[-1]
+    wx = nn.Conv(features, (3, 3), padding=self.padding, dtype=self.dtype, name="W_a")(x)
+    scan = nn.scan(AttentiveConvLSTMCell, variable_broadcast="params", split_rngs={"params": False},
+                   in_axes=(nn.broadcast, nn.broadcast), length=self.timesteps)
+    cell = scan(features, self.padding, self.rescale_attention, self.dtype, name="cell")
+    carry = (jnp.zeros(x.shape, jnp.float32), jnp.zeros(x.shape, self.dtype))
+    _, (hs, attention, gaps) = cell(carry, wx, x)
+    return hs, attention, gaps
+
+
+class Decoder(nn.Module):
+  """Hidden states [N, h, w, 256] (+ skips pool3, pool2, pool1, each [N', ...] with N = N' * r)
+  -> mask logits [N, 8h, 8w] and the concatenated per-block global pools [N, 448].
+
+  Each block: average with the skip (if `skips`), global pool, x2 upsample, 3x3 convs with
+  ReLU (+ BN), the last conv of the last block giving the one-channel mask logits.
+  """
+
+  skips: bool = True
+  batch_norm: bool = True
+  padding: Any = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, skip_maps, *, train: bool = False):
+    pools = []
+    for b, (features, skip) in enumerate(zip(DECODER_BLOCKS, skip_maps), start=1):
+      if self.skips:
+        if skip.shape[1:] != x.shape[1:]:
+          raise ValueError(f"gaze decoder block {b}: skip {skip.shape} does not match {x.shape}")
+        r = x.shape[0] // skip.shape[0]  # Skips broadcast over the T steps folded into N.
+        x = ((x.reshape((skip.shape[0], r) + x.shape[1:]) + skip[:, None].astype(x.dtype)) / 2
+             ).reshape(x.shape)
+      pools.append(jnp.mean(x.astype(jnp.float32), axis=(1, 2)))
+      x = upsample2(x)
+      for k, f in enumerate(features, start=1):
+        x = nn.Conv(f, (3, 3), padding=self.padding, dtype=self.dtype, name=f"block{b}_conv{k}")(x)
+        if b == len(DECODER_BLOCKS) and k == len(features):
+          break  # Mask logits.
+        if self.batch_norm:
+          x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                           dtype=self.dtype, name=f"block{b}_bn{k}")(x)
+        x = nn.relu(x)
+    return x[..., 0].astype(jnp.float32), jnp.concatenate(pools, axis=-1)
+
+
+class StructureHead(nn.Module):
+  """Pooled decoder features [N, 448] -> structure logits [N, S] (dense 224, ReLU, dense S)."""
+
+  num_structures: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(x.shape[-1] // 2, dtype=self.dtype, name="dense1")(x))
+    return nn.Dense(self.num_structures, dtype=self.dtype, name="dense2")(x).astype(jnp.float32)
+
+
+class DiagnosisHead(nn.Module):
+  """pool5 [B, h5, w5, 512] + per-step GAP(X~_t) [B, T, F] -> logits [B, K].
+
+  head "gap": concat(GAP(pool5), GAP(X~_0), ..., GAP(X~_{T-1})) -> dense K (the thesis's
+  classifier). head "fc": torchvision's classifier (7x7 adaptive pool, fc6, fc7, fc8) on
+  concat(flattened pool5, step GAPs). step_dim > 0: the step GAPs first go through a dense
+  layer of that width (the thesis's `_17` model).
+  """
+
+  num_classes: int
+  head: str = "gap"
+  step_dim: int = 0
+  dropout_rate: float = 0.5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, pool5, step_gaps, *, train: bool = False):
+    steps = step_gaps.reshape(step_gaps.shape[0], -1).astype(self.dtype)
+    if self.step_dim:
+      steps = nn.Dense(self.step_dim, dtype=self.dtype, name="step_reduce")(steps)
+    if self.head == "gap":
+      x = jnp.concatenate([jnp.mean(pool5, axis=(1, 2)), steps], axis=-1)
+      return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.normal(0.01),
+                      name="fc")(x)
+    if self.head == "fc":
+      x = jnp.concatenate([adaptive_avg_pool(pool5, 7).reshape(pool5.shape[0], -1), steps], axis=-1)
+      for name in ("fc6", "fc7"):
+        x = nn.relu(nn.Dense(4096, dtype=self.dtype, name=name)(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      return nn.Dense(self.num_classes, dtype=self.dtype, name="fc8")(x)
+    raise ValueError(f"config.model.head must be one of {HEADS}, got {self.head!r}")
+
+
+class GazeNet(nn.Module):
+  """The whole gaze model; see the module docstring for the outputs."""
+
+  num_classes: int = 1
+  num_structures: int = schema.NUM_STRUCTURES
+  timesteps: int = 5
+  decoder: bool = True
+  skips: bool = True
+  batch_norm: bool = True
+  frozen_bn: bool = False
+  freeze_encoder: bool = False
+  head: str = "gap"
+  step_dim: int = 0
+  padding: str = "zeros"
+  rescale_attention: bool = False
+  dropout_rate: float = 0.5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, batch, *, train: bool = False):
+    image = batch["image"]
+    if image.shape[1] % 8 or image.shape[2] % 8:
+      raise ValueError(f"gaze model: image size {image.shape[1:3]} must be divisible by 8")
+    padding = _conv_padding(self.padding)
+    taps = VGGStages(blocks=(1, 2, 3), batch_norm=self.batch_norm,
+                     frozen_bn=self.frozen_bn or self.freeze_encoder, dtype=self.dtype,
+                     name="encoder")(image.astype(self.dtype), train=train)
+    skip_maps = [taps["pool3"], taps["pool2"], taps["pool1"]]
+    if self.freeze_encoder:
+      skip_maps = [jax.lax.stop_gradient(s) for s in skip_maps]
+    x = skip_maps[0]  # X' [B, h, w, 256]
+    batch_size, t = x.shape[0], self.timesteps
+
+    hs, attention, gaps = AttentiveConvLSTM(t, padding, self.rescale_attention, self.dtype,
+                                            name="attentive_convlstm")(x)
+    attention = jnp.moveaxis(attention, 0, 1)  # [B, T, h, w]
+    out = {"attention": attention}
+
+    if self.decoder:
+      folded = jnp.moveaxis(hs, 0, 1).reshape((batch_size * t,) + hs.shape[2:])  # [B*T, h, w, F]
+      mask_logits, pools = Decoder(self.skips, self.batch_norm, padding, self.dtype, name="decoder")(
+          folded, skip_maps, train=train)
+      mask_logits = mask_logits.reshape((batch_size, t) + mask_logits.shape[1:])
+      out["mask_logits"] = mask_logits
+      out["masks"] = jax.nn.sigmoid(mask_logits)
+      out["structure_logits"] = StructureHead(self.num_structures, self.dtype, name="structure_head")(
+          pools).reshape(batch_size, t, self.num_structures)
+
+    scale = x.shape[1] * x.shape[2] if self.rescale_attention else 1.0
+    x_last = (attention[:, -1, :, :, None] * scale).astype(x.dtype) * x  # X~_{T-1}
+    pool5 = VGGStages(blocks=(4, 5), batch_norm=self.batch_norm, frozen_bn=self.frozen_bn,
+                      dtype=self.dtype, name="diagnosis_vgg")(x_last, train=train)["pool5"]
+    logits = DiagnosisHead(self.num_classes, self.head, self.step_dim, self.dropout_rate, self.dtype,
+                           name="diagnosis_head")(pool5, jnp.moveaxis(gaps, 0, 1), train=train)
+    out["logits"] = logits.astype(jnp.float32)
+    return out
+
+
+def build(config) -> GazeNet:
+  """GazeNet from config.model (see configs/gaze.py for the fields)."""
+  m = config.model
+  if m.head not in HEADS:
+    raise ValueError(f"config.model.head must be one of {HEADS}, got {m.head!r}")
+  if int(m.timesteps) < 1:
+    raise ValueError(f"config.model.timesteps must be >= 1, got {m.timesteps}")
+  _conv_padding(m.padding)
+  return GazeNet(
+      num_classes=int(m.num_classes), num_structures=schema.NUM_STRUCTURES,
+      timesteps=int(m.timesteps), decoder=bool(m.decoder), skips=bool(m.skips),
+      batch_norm=bool(m.batch_norm), frozen_bn=bool(m.frozen_bn),
+      freeze_encoder=bool(m.freeze_encoder), head=m.head, step_dim=int(m.step_dim),
+      padding=m.padding, rescale_attention=bool(m.rescale_attention),
+      dropout_rate=float(m.dropout_rate), dtype=jnp.dtype(m.dtype))
+
+
+# --- loss ---------------------------------------------------------------------------
+
+
+def loss_stats(data_stats: dict, config) -> dict:
+  """Per-structure balancing weights [S] from the training split's structure presences."""
+  mode = config.loss.balancing
+  try:
+    presence = data_stats["presence"]["train"]
+  except (KeyError, TypeError) as e:
+    if mode in ("presence_others", "presence_inverse"):
+      raise ValueError(f"config.loss.balancing={mode!r} needs the dataset's stats.json "
+                       "'presence' -> 'train' structure counts, which are missing") from e
+    presence = [1] * schema.NUM_STRUCTURES
+  if len(presence) != schema.NUM_STRUCTURES:
+    raise ValueError(f"stats.json presence/train has {len(presence)} counts, expected "
+                     f"{schema.NUM_STRUCTURES} ({schema.STRUCTURES})")
+  return {"structure_weights": balancing.structure_weights(presence, mode)}
+
+
+def structure_targets(batch):
+  """Batch -> GT structures [B, H, W, S] and valid rows [B, S] (present and annotated)."""
+  gt = structure_masks(batch["masks"])
+  present = structure_presence(gt)
+  has = batch["has_masks"] > 0.5  # (has_lesion_mask, has_attributes)
+  num_attr = schema.NUM_STRUCTURES - 2
+  annotated = jnp.concatenate([has[:, :1], has[:, :1], jnp.repeat(has[:, 1:2], num_attr, 1)], 1)
+  return gt, present & annotated
+
+
+def soft_iou_matrix(pred, gt, eps: float = 1e-6):
+  """Eq. 10 for every pair: pred [B, T, H, W] probabilities, gt [B, H, W, S] -> [B, S, T]."""
+  pred, gt = pred.astype(jnp.float32), gt.astype(jnp.float32)
+  inter = jnp.einsum("bthw,bhws->bst", pred, gt)
+  union = jnp.sum(gt, axis=(1, 2))[:, :, None] + jnp.sum(pred, axis=(2, 3))[:, None, :] - inter
+  return (inter + eps) / (union + eps)
+
+
+def structure_loss(masks, structure_logits, gt, valid_rows, *, class_weights, balancing_mode,
+                   matcher="host", example_weights=None):
+  """Matched segmentation (1 - softIoU) and classification (CE) losses.
+
+  masks [B, T, H, W] probabilities; structure_logits [B, T, S]; gt [B, H, W, S]; valid_rows
+  [B, S]; class_weights [S]. Returns (L_seg, L_class, assignment [B, S] int, -1 unmatched).
+  Both are weighted means over the matched pairs (weights from dermjax.balancing).
+  """
+  cost = 1.0 - soft_iou_matrix(masks, gt)                       # [B, S, T]
+  assignment = matchers.match(cost, valid_rows, matcher)         # no gradient
+  matched = assignment >= 0
+  idx = jnp.maximum(assignment, 0)
+  seg = jnp.take_along_axis(cost, idx[:, :, None], axis=2)[:, :, 0]              # [B, S]
+  log_p = jax.nn.log_softmax(structure_logits.astype(jnp.float32), axis=-1)       # [B, T, S]
+  log_p_matched = jnp.take_along_axis(log_p, idx[:, :, None], axis=1)             # [B, S, S]
+  ce = -jnp.diagonal(log_p_matched, axis1=1, axis2=2)                             # [B, S]
+  w = balancing.pair_weights(matched, class_weights, balancing_mode, example_weights)
+  total = jnp.maximum(jnp.sum(w), 1e-12)
+  return jnp.sum(w * seg) / total, jnp.sum(w * ce) / total, assignment
+
+
+def loss(outputs, batch, config, stats):
+  """L = alpha L_diag + beta (gamma L_seg + mu L_class) (eq. 14); L_diag alone without decoder."""
+  lc = config.loss
+  valid = batch["valid"]
+  l_diag = losses.focal_loss(outputs["logits"], batch["label"], gamma=lc.focal_gamma, weights=valid)
+  metrics = {"loss_diag": l_diag}
+  if "masks" not in outputs:
+    metrics["loss"] = l_diag
+    return l_diag, metrics
+  gt, valid_rows = structure_targets(batch)
+  class_weights = stats.get("structure_weights", jnp.ones((schema.NUM_STRUCTURES,), jnp.float32))
+  l_seg, l_class, assignment = structure_loss(
+      outputs["masks"], outputs["structure_logits"], gt, valid_rows, class_weights=class_weights,
+      balancing_mode=lc.balancing, matcher=lc.matcher, example_weights=valid)
+  total = lc.alpha * l_diag + lc.beta * (lc.gamma * l_seg + lc.mu * l_class)
+  matched = jnp.sum((assignment >= 0) * valid[:, None]) / jnp.maximum(jnp.sum(valid), 1.0)
+  metrics.update(loss=total, loss_seg=l_seg, loss_class=l_class, matched_per_image=matched)
+  return total, metrics
+
+
+# --- evaluation -----------------------------------------------------------------------
+
+
+def eval_arrays(outputs, batch, config):
+  """Small per-example arrays for the segmentation metrics (empty without decoder).
+
+  iou / soft_iou [B, S, T] (binary masks at 0.5 / probabilities), present [B, S],
+  pred_area [B, T] (pixels of each binarised mask), pred_structure [B, T] int32.
+  """
+  del config
+  if "masks" not in outputs:
+    return {}
+  gt, valid_rows = structure_targets(batch)
+  binary = (outputs["masks"] > 0.5).astype(jnp.float32)
+  inter = jnp.einsum("bthw,bhws->bst", binary, gt)
+  area_pred = jnp.sum(binary, axis=(2, 3))
+  union = jnp.sum(gt, axis=(1, 2))[:, :, None] + area_pred[:, None, :] - inter
+  return {
+      "iou": jnp.where(union > 0, inter / jnp.maximum(union, 1.0), 0.0),
+      "soft_iou": soft_iou_matrix(outputs["masks"], gt),
+      "present": valid_rows,
+      "pred_area": area_pred,
+      "pred_structure": jnp.argmax(outputs["structure_logits"], axis=-1).astype(jnp.int32),
+  }
+
+
+def report(arrays, config):
+  """Split metrics from the gathered eval_arrays: mAP (eq. 20), structure accuracy, Jaccard."""
+  del config
+  if "iou" not in arrays or len(arrays["iou"]) == 0:
+    return {}
+  return segmentation.summary(
+      iou=arrays["iou"], soft_iou=arrays["soft_iou"], present=arrays["present"],
+      pred_nonempty=arrays["pred_area"] > 0, pred_structure=arrays["pred_structure"],
+      names=schema.STRUCTURES)
+
+
+# --- explanations ----------------------------------------------------------------------
+
+
+def gaze_points(attention, image_shape):
+  """Argmax of each attention map, in image pixels: [T, h, w] -> [T, 2] (y, x) float."""
+  attention = np.asarray(attention)
+  t, h, w = attention.shape
+  flat = attention.reshape(t, -1).argmax(-1)
+  ys, xs = np.unravel_index(flat, (h, w))
+  return np.stack([(ys + 0.5) * image_shape[0] / h, (xs + 0.5) * image_shape[1] / w], -1)
+
+
+def explain(outputs, batch, images, ids, config, out_dir) -> None:
+  """Fig. 7-style PNG per example: numbered gazes | attention maps | masks with classes.
+
+  Writes <out_dir>/<id>_gaze.png and <id>_gaze.npz (attention, points, masks, classes).
+  """
+  from dermjax import visualize  # Host-only drawing (PIL).
+
+  del batch
+  os.makedirs(out_dir, exist_ok=True)
+  attention = np.asarray(outputs["attention"], np.float32)
+  masks = outputs.get("masks")
+  classes = outputs.get("structure_logits")
+  score = np.asarray(outputs["logits"], np.float32)
+  for b, example_id in enumerate(ids):
+    image = np.asarray(images[b], np.uint8)
+    points = gaze_points(attention[b], image.shape[:2])
+    diag = (f"p={1 / (1 + np.exp(-score[b, 0])):.2f}" if score.shape[-1] == 1
+            else f"class {int(score[b].argmax())}")
+    panels = [visualize.draw_label(visualize.draw_points(image, points), diag)]
+    panels += [visualize.draw_label(visualize.overlay_heatmap(image, a), f"A{t}")
+               for t, a in enumerate(attention[b])]
+    arrays = {"attention": attention[b], "points": points}
+    if masks is not None:
+      m = np.asarray(masks[b], np.float32)
+      cls = np.asarray(classes[b]).argmax(-1)
+      panels += [visualize.draw_label(visualize.overlay_mask(image, m[t] > 0.5),
+                                      f"M{t} {schema.STRUCTURES[cls[t]]}") for t in range(len(m))]
+      arrays.update(masks=(m > 0.5).astype(np.uint8), structures=cls)
+    name = str(example_id.decode() if isinstance(example_id, bytes) else example_id)
+    visualize.save_png(visualize.hstack(panels), os.path.join(out_dir, f"{name}_gaze.png"))
+    np.savez_compressed(os.path.join(out_dir, f"{name}_gaze.npz"), **arrays)
