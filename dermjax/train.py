@@ -1,0 +1,447 @@
+"""The shared trainer: one jitted train step and eval step over a data-parallel mesh.
+
+Any registered model (dermjax.models) runs under it; the model module supplies `build`,
+`loss` and optionally `loss_stats`, `eval_arrays`, `report`, `explain` (see
+dermjax/models/__init__.py). The trainer owns the mesh, TrainState, optimiser
+(dermjax.optim), checkpoints (dermjax.checkpoint), summaries (dermjax.writers), diagnosis
+metrics (dermjax.metrics.diagnosis) and the results under the workdir:
+
+  workdir/checkpoints/{latest,best_<metric>}/   orbax checkpoints
+  workdir/tensorboard/                          event files + metrics.jsonl
+  workdir/results/<split>.json                  final metrics (best checkpoint)
+  workdir/predictions/<split>.npz               ids, scores, logits, labels
+  workdir/explanations/<split>/                 the model's explain() output
+"""
+
+import functools
+import json
+import math
+import os
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metrics as clu_metrics
+from flax import traverse_util
+from jax.experimental import multihost_utils
+
+from dermjax import checkpoint as ckpt_lib
+from dermjax import input_pipeline
+from dermjax import models
+from dermjax import optim
+from dermjax import writers
+from dermjax.data import augment
+from dermjax.metrics import diagnosis
+
+# Class names whose probability is the "melanoma score" of a multiclass model.
+MELANOMA_CLASS_NAMES = ("melanoma", "MEL", "malignant")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a restart needs besides the data position (kept in the checkpoint's meta)."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array   # raw uint32 key; per-step keys are fold_in(rng, step)
+
+
+def create_mesh():
+  """1-D data-parallel mesh over all devices of all processes."""
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh):
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def _variables(params, batch_stats):
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def _split(tree, mask):
+  """Flat {path: leaf} dicts (trainable, frozen) of a params tree by a bool mask tree."""
+  flat = traverse_util.flatten_dict(flax.core.unfreeze(tree))
+  flat_mask = traverse_util.flatten_dict(flax.core.unfreeze(mask))
+  trainable = {k: v for k, v in flat.items() if flat_mask[k]}
+  frozen = {k: v for k, v in flat.items() if not flat_mask[k]}
+  return trainable, frozen
+
+
+def _merge(trainable, frozen):
+  return traverse_util.unflatten_dict({**trainable, **frozen})
+
+
+def preprocess(batch, rng, config, mean, std, *, train: bool):
+  return augment.device_preprocess(batch, rng, mean=mean, std=std,
+                                   aug_config=config.data.get("augment"), train=train)
+
+
+def init_variables(module, config, batch_shapes, rng, mean, std):
+  """Model variables for host batches shaped like `batch_shapes` ({name: ShapeDtypeStruct})."""
+  params_rng, dropout_rng = jax.random.split(rng)
+  host_batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_shapes.items()}
+  batch = preprocess(host_batch, params_rng, config, mean, std, train=False)
+  variables = module.init({"params": params_rng, "dropout": dropout_rng}, batch, train=False)
+  return flax.core.unfreeze(variables)
+
+
+def apply_pretrained(variables, model_config):
+  """dermjax.weights.apply_pretrained when config.model.pretrained is set; no-op otherwise."""
+  if not model_config.get("pretrained"):
+    return variables
+  from dermjax import weights  # Only runs with pretrained weights configured.
+  return weights.apply_pretrained(variables, model_config)
+
+
+def create_train_state(config, module, batch_shapes, *, mean, std, steps_per_epoch, mesh):
+  """(TrainState replicated on `mesh`, optax transform, trainable mask).
+
+  batch_shapes: {name: ShapeDtypeStruct} of a host batch (Datasets.batch_shapes()).
+  """
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, train_rng = jax.random.split(rng)
+  shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch_shapes.items()}
+  init = jax.jit(functools.partial(init_variables, module, config, shapes),
+                 out_shardings=replicated(mesh))
+  variables = init(init_rng, np.asarray(mean, np.float32), np.asarray(std, np.float32))
+  variables = apply_pretrained(variables, config.model)
+  params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
+  tx = optim.create_optimizer(config.optim, params, steps_per_epoch)
+  opt_state = jax.jit(tx.init, out_shardings=replicated(mesh))(params)
+  mask = optim.trainable_mask(params, config.optim)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                     opt_state=opt_state, rng=train_rng)
+  state = jax.device_put(state, replicated(mesh))
+  return state, tx, mask
+
+
+def make_train_step(module, model_lib, tx, mask, config, loss_stats, mean, std):
+  """(state, host batch) -> (state, {name: clu Average}). Gradients only for trainable params."""
+  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+  def train_step(state, batch):
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    aug_rng, dropout_rng = jax.random.split(step_rng)
+    batch = preprocess(batch, aug_rng, config, mean, std, train=True)
+    trainable, frozen = _split(state.params, mask)
+
+    def loss_fn(trainable):
+      params = _merge(trainable, frozen)
+      outputs, new_vars = module.apply(_variables(params, state.batch_stats), batch, train=True,
+                                       mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+      loss, aux = model_lib.loss(outputs, batch, config, loss_stats)
+      return loss, (aux, new_vars.get("batch_stats", state.batch_stats))
+
+    (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    full_grads = _merge(grads, jax.tree.map(jnp.zeros_like, frozen))
+    updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
+    new_trainable, _ = _split(optax.apply_updates(state.params, updates), mask)
+    params = _merge(new_trainable, frozen)  # Frozen parameters stay bit-identical.
+    scalars = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+    metrics = {k: clu_metrics.Average.from_model_output(jnp.asarray(v, jnp.float32))
+               for k, v in scalars.items()}
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(module, model_lib, config, loss_stats, mean, std, *, with_outputs=False):
+  """(state, host batch) -> (valid-weighted loss sums, per-example arrays[, outputs])."""
+  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+  eval_arrays = getattr(model_lib, "eval_arrays", None)
+
+  def eval_step(state, batch):
+    batch = preprocess(batch, state.rng, config, mean, std, train=False)
+    outputs = module.apply(_variables(state.params, state.batch_stats), batch, train=False)
+    loss, aux = model_lib.loss(outputs, batch, config, loss_stats)
+    count = jnp.sum(batch["valid"])
+    sums = {k: jnp.asarray(v, jnp.float32) * count for k, v in {"loss": loss, **aux}.items()}
+    sums["count"] = count
+    arrays = {"logits": outputs["logits"].astype(jnp.float32), "label": batch["label"],
+              "melanoma": batch["melanoma"], "valid": batch["valid"], "index": batch["index"]}
+    if eval_arrays is not None:
+      extra = eval_arrays(outputs, batch, config)
+      clash = set(extra) & set(arrays)
+      if clash:
+        raise ValueError(f"{model_lib.__name__}.eval_arrays returned reserved keys {sorted(clash)}")
+      arrays.update(extra)
+    if with_outputs:
+      return sums, arrays, outputs
+    return sums, arrays
+
+  return eval_step
+
+
+def _gather(tree):
+  """Global (possibly multi-host) arrays -> numpy on every host."""
+  return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def _melanoma_class(class_names):
+  hits = [i for i, n in enumerate(class_names or ()) if n in MELANOMA_CLASS_NAMES]
+  return hits[0] if hits else None
+
+
+def run_eval(eval_step, state, batches):
+  """Runs a split; returns (mean losses, {name: np.ndarray over valid rows})."""
+  sums, chunks = None, []
+  for batch in batches:
+    batch_sums, arrays = eval_step(state, batch)
+    sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+    chunks.append(_gather(arrays))
+  if sums is None:
+    raise ValueError("evaluation split has no batches")
+  sums = jax.tree.map(float, _gather(sums))
+  count = max(sums.pop("count"), 1e-12)
+  losses = {k: v / count for k, v in sums.items()}
+  arrays = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+  keep = arrays["valid"] > 0
+  return losses, {k: v[keep] for k, v in arrays.items()}
+
+
+def split_metrics(losses, arrays, config, model_lib, class_names=None):
+  """Diagnosis metrics (+ the model's report) of one evaluated split.
+
+  class_names: names of the label values (Datasets.class_names); for K > 1 the melanoma
+  score is the probability of the class named melanoma / MEL / malignant.
+  """
+  logits, labels = arrays["logits"], arrays["label"]
+  known = labels >= 0
+  if logits.shape[1] == 1 or class_names is None or len(class_names) != logits.shape[1]:
+    class_names = None
+  melanoma_class = _melanoma_class(class_names)
+  result = {"losses": losses,
+            "diagnosis": diagnosis.diagnosis_metrics(
+                logits[known], labels[known], melanoma=arrays["melanoma"][known],
+                melanoma_class=melanoma_class,
+                class_names=None if class_names is None else list(class_names))}
+  report = getattr(model_lib, "report", None)
+  if report is not None:
+    result["report"] = report(arrays, config)
+  return result
+
+
+def scalar_summaries(prefix, result):
+  """{prefix/name: float} of the scalar entries of a split result (for TensorBoard)."""
+  out = {f"{prefix}/{k}": v for k, v in result["losses"].items()}
+  for section in ("diagnosis", "report"):
+    for k, v in result.get(section, {}).items():
+      if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+        out[f"{prefix}/{k}" if section == "diagnosis" else f"{prefix}/{section}/{k}"] = float(v)
+  return out
+
+
+def _flat_value(result, metric):
+  """Value of "split/name" (name from losses, diagnosis or report) in {split: result}."""
+  split, name = metric.split("/", 1)
+  scalars = scalar_summaries(split, result[split])
+  if metric not in scalars:
+    raise ValueError(f"config.train metric {metric!r} not found; available: {sorted(scalars)}")
+  return scalars[metric]
+
+
+def _better(value, best, mode):
+  if value is None or not math.isfinite(value):
+    return False
+  return best is None or (value < best if mode == "min" else value > best)
+
+
+def _json_default(value):
+  if isinstance(value, (np.floating, np.integer)):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def _nan_to_none(value):
+  if isinstance(value, float) and math.isnan(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _nan_to_none(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_nan_to_none(v) for v in value]
+  return value
+
+
+def write_json(path, obj):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(_nan_to_none(obj), f, indent=2, default=_json_default)
+
+
+def tracked_metrics(config):
+  """{metric: mode} checkpointed as best: checkpoint_metric (its mode) + keep_best (max)."""
+  tracked = {config.train.checkpoint_metric: config.train.checkpoint_mode}
+  for metric in config.train.keep_best:
+    tracked.setdefault(metric, "max")
+  for metric, mode in tracked.items():
+    if mode not in ("min", "max"):
+      raise ValueError(f"config.train.checkpoint_mode must be 'min' or 'max', got {mode!r}")
+    if "/" not in metric:
+      raise ValueError(f"checkpoint metric {metric!r} must be '<split>/<name>'")
+  return tracked
+
+
+def explain_split(model_lib, module, config, state, datasets, split, loss_stats, out_dir):
+  """Calls model_lib.explain on the first config.eval.num_visualizations examples of `split`."""
+  explain = getattr(model_lib, "explain", None)
+  remaining = int(config.eval.num_visualizations)
+  if explain is None or remaining <= 0:
+    return
+  step = jax.jit(make_eval_step(module, model_lib, config, loss_stats, datasets.mean, datasets.std,
+                                with_outputs=True))
+  os.makedirs(out_dir, exist_ok=True)
+  for batch in datasets.eval(split):
+    _, arrays, outputs = step(state, batch)
+    arrays, outputs, images = _gather((arrays, outputs, batch["image"]))
+    keep = np.flatnonzero(arrays["valid"] > 0)[:remaining]
+    if keep.size == 0:
+      break
+    ids = [datasets.ids[split][int(i)] for i in arrays["index"][keep]]
+    if jax.process_index() == 0:
+      explain(jax.tree.map(lambda x: x[keep], outputs), images[keep], ids, config, out_dir)
+    remaining -= keep.size
+    if remaining <= 0:
+      break
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config.model` as `config` says, resuming from workdir; returns {split: result}."""
+  workdir = os.path.abspath(workdir)
+  mesh = create_mesh()
+  datasets = input_pipeline.create_datasets(config.data, mesh=mesh, workdir=workdir)
+  model_lib = models.get(config.model.name)
+  module = model_lib.build(config)
+  loss_stats_fn = getattr(model_lib, "loss_stats", None)
+  loss_stats = loss_stats_fn(datasets.stats, config) if loss_stats_fn else {}
+  steps_per_epoch = int(datasets.steps_per_epoch)
+  total_steps = int(config.train.num_epochs) * steps_per_epoch
+  if config.train.max_steps > 0:
+    total_steps = min(total_steps, int(config.train.max_steps))
+
+  state, tx, mask = create_train_state(config, module, datasets.batch_shapes(), mean=datasets.mean,
+                                       std=datasets.std, steps_per_epoch=steps_per_epoch,
+                                       mesh=mesh)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  num_trainable = sum(x.size for x, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(mask))
+                      if m)
+  logging.info("model %s: %d parameters, %d trainable; %d steps/epoch, %d steps, %d device(s)",
+               config.model.name, num_params, num_trainable, steps_per_epoch, total_steps,
+               jax.device_count())
+
+  tracked = tracked_metrics(config)
+  checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), tracked)
+  best = {m: None for m in tracked}
+  restored = checkpoints.restore_latest(state)
+  if restored is not None:
+    state, meta = restored
+    datasets.train.set_state(meta["train_iterator"])
+    best.update({k: v for k, v in meta.get("best", {}).items() if k in best})
+    logging.info("resumed from step %d", int(state.step))
+
+  writer = writers.SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                 enabled=jax.process_index() == 0)
+  sharding = input_pipeline.batch_sharding(mesh)
+  rep = replicated(mesh)
+  train_step = jax.jit(
+      make_train_step(module, model_lib, tx, mask, config, loss_stats, datasets.mean, datasets.std),
+      in_shardings=(rep, sharding), out_shardings=(rep, rep), donate_argnums=0)
+  eval_step = jax.jit(
+      make_eval_step(module, model_lib, config, loss_stats, datasets.mean, datasets.std),
+      in_shardings=(rep, sharding), out_shardings=(rep, sharding))
+  if config.train.get("save_config", True) and jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  start_step = int(state.step)
+  progress = writers.Progress(total_steps, start_step)
+  accumulated = None
+  eval_every = max(int(config.train.eval_every_epochs), 1)
+  checkpoint_split = config.train.checkpoint_metric.split("/", 1)[0]
+  for step in range(start_step + 1, total_steps + 1):
+    batch = next(datasets.train)
+    state, step_metrics = train_step(state, batch)
+    accumulated = step_metrics if accumulated is None else {
+        k: accumulated[k].merge(v) for k, v in step_metrics.items()}
+    if step % config.train.log_every_steps == 0 or step == total_steps:
+      scalars = {f"train/{k}": float(v.compute()) for k, v in accumulated.items()}
+      steps_per_sec, _ = progress(step, f"loss {scalars['train/loss']:.4f}")
+      scalars["train/steps_per_sec"] = steps_per_sec
+      scalars.update({f"train/lr_{g}": lr for g, lr in
+                      optim.learning_rates(config.optim, steps_per_epoch, step - 1).items()})
+      writer.write_scalars(step, scalars)
+      accumulated = None
+    epoch_end = step % steps_per_epoch == 0
+    if not (epoch_end or step == total_steps):
+      continue
+    meta = {"step": step, "epoch": step / steps_per_epoch,
+            "train_iterator": datasets.train.get_state()}
+    if step == total_steps or (step // steps_per_epoch) % eval_every == 0:
+      losses, arrays = run_eval(eval_step, state, datasets.eval(checkpoint_split))
+      results = {checkpoint_split: split_metrics(losses, arrays, config, model_lib,
+                                                 datasets.class_names)}
+      scalars = scalar_summaries(checkpoint_split, results[checkpoint_split])
+      writer.write_scalars(step, scalars)
+      logging.info("step %d %s: %s", step, checkpoint_split,
+                   ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in sorted(scalars.items())
+                             if k.split("/", 1)[1] in ("loss", "auc", "ap", "mean_auc")))
+      meta["metrics"] = scalars
+      for metric, mode in tracked.items():
+        if metric.split("/", 1)[0] != checkpoint_split:
+          raise ValueError(f"checkpoint metric {metric!r}: only {checkpoint_split!r} is evaluated "
+                           "during training")
+        value = _flat_value(results, metric)
+        if _better(value, best[metric], mode):
+          best[metric] = value
+          meta["best"] = dict(best)
+          checkpoints.save_best(metric, step, state, meta)
+    meta["best"] = dict(best)
+    checkpoints.save_latest(step, state, meta)
+  writer.flush()
+
+  # Final evaluation with the best checkpoint by config.train.checkpoint_metric.
+  final = checkpoints.restore_best(config.train.checkpoint_metric, state)
+  if final is not None:
+    state, final_meta = final
+  else:
+    final_meta = {"step": int(state.step)}
+    logging.warning("no best checkpoint by %s; evaluating the last state",
+                    config.train.checkpoint_metric)
+  all_results = {}
+  for split in config.eval.splits:
+    losses, arrays = run_eval(eval_step, state, datasets.eval(split))
+    result = split_metrics(losses, arrays, config, model_lib, datasets.class_names)
+    result.update(step=int(final_meta["step"]), checkpoint_metric=config.train.checkpoint_metric)
+    all_results[split] = result
+    writer.write_scalars(int(final_meta["step"]), scalar_summaries(f"final_{split}", result))
+    logging.info("final %s: %s", split, json.dumps(_nan_to_none(result["diagnosis"]),
+                                                   default=_json_default))
+    if jax.process_index() == 0:
+      write_json(os.path.join(workdir, "results", f"{split}.json"), result)
+      ids = datasets.ids[split]
+      logits = arrays["logits"]
+      scores = (1 / (1 + np.exp(-logits[:, 0])) if logits.shape[1] == 1 else
+                np.exp(logits - logits.max(1, keepdims=True)) /
+                np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True))
+      os.makedirs(os.path.join(workdir, "predictions"), exist_ok=True)
+      np.savez(os.path.join(workdir, "predictions", f"{split}.npz"),
+               ids=np.asarray([ids[i] for i in arrays["index"]]),
+               scores=scores, logits=logits, labels=arrays["label"], melanoma=arrays["melanoma"])
+    explain_split(model_lib, module, config, state, datasets, split, loss_stats,
+                  os.path.join(workdir, "explanations", split))
+  writer.close()
+  checkpoints.close()
+  return all_results
