@@ -37,6 +37,7 @@ import glob
 import json
 import math
 import os
+import warnings
 from typing import Callable, Iterator
 
 import numpy as np
@@ -282,7 +283,7 @@ class Example:
 
 
 def read_csv(path, fmt: CsvFormat, problems):
-  """CSV -> {id: parsed values}; bad rows and missing columns are added to `problems`."""
+  """CSV -> {id: parsed values, None for a bad row}; problems are added to `problems`."""
   try:
     with open(path, newline="", encoding="utf-8-sig") as f:
       reader = csv.DictReader(f, fieldnames=fmt.fieldnames)
@@ -303,6 +304,7 @@ def read_csv(path, fmt: CsvFormat, problems):
     try:
       out[row[fmt.id_column].strip()] = fmt.parse(row)
     except ValueError as e:
+      out[row[fmt.id_column].strip()] = None
       bad.append(f"line {line}: {e}")
   if bad:
     problems.append((path, f"{len(bad)} bad row(s): " + "; ".join(bad[:5])))
@@ -345,11 +347,11 @@ def _list_split(spec: Layout, root, split, merged, problems):
       problems.append((path, f"no row for {len(unlabelled)} image(s) in {image_dir}: "
                        + ", ".join(unlabelled[:10])))
     for i, values in labels.items():
-      if i in examples:
+      if i in examples and values:
         examples[i].melanoma, examples[i].keratosis, examples[i].label = values
-    examples = {i: e for i, e in examples.items() if i in labels}
+    examples = {i: e for i, e in examples.items() if labels.get(i)}
   for i, values in merged.items():
-    if i in examples:
+    if i in examples and values:
       examples[i].melanoma, examples[i].keratosis, examples[i].label = values
 
   if spec.metadata:
@@ -358,7 +360,7 @@ def _list_split(spec: Layout, root, split, merged, problems):
       meta = read_csv(path, META_FORMATS[spec.meta_format], problems)
       _unmatched(path, meta.keys() - examples.keys(), problems)
       for i, values in meta.items():
-        if i in examples:
+        if i in examples and values:
           e = examples[i]
           e.age, e.sex, e.site, e.patient_id = values
 
@@ -404,7 +406,7 @@ def list_examples(layout: str, root: str):
   examples = []
   for split in spec.tokens:
     examples += _list_split(spec, root, split, merged, problems)
-  return examples, problems
+  return examples, list(dict.fromkeys(problems))  # 2020 reads one CSV twice
 
 
 # --- decoding -----------------------------------------------------------------------
@@ -534,8 +536,10 @@ def _stratified_folds(examples, num_folds, seed):
   groups = np.array([e.patient_id or e.id for e in examples])
   folds = np.zeros(len(examples), np.int32)
   splitter = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=seed)
-  for k, (_, held) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
-    folds[held] = k
+  with warnings.catch_warnings():  # rare classes with fewer members than folds are fine
+    warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+    for k, (_, held) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
+      folds[held] = k
   return folds
 
 
