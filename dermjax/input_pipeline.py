@@ -20,6 +20,7 @@ Both come down to one crop box in the original image, resampled straight to S x 
 """
 
 import dataclasses
+import io
 import logging
 import math
 import os
@@ -61,11 +62,12 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.sampling = "none"             # | "oversample" | "balanced"
   c.oversample_factor = 4
   c.augment = ml_collections.ConfigDict(dict(
-      rotation=True, max_rotation_deg=180.0, hflip=True, vflip=True, zoom=None,
+      rotation=True, max_rotation_deg=180.0, hflip=True, vflip=True, zoom=(0.8, 1.0),
       fill="reflect"))
   c.fold = ml_collections.FieldReference(None, field_type=int)  # None: official validation.
   c.num_folds = 5
-  c.seed = 0
+  c.split_seed = 0                # carves derived validation/test splits and folds.
+  c.seed = 0                      # training order (sampling).
   return c
 
 
@@ -91,8 +93,11 @@ def crop_box(height, width, *, image_size, resize_size, crop, crop_fraction=0.8)
 
 
 def resize_image(image, box, size):
-  """uint8 [H, W, 3] -> uint8 [size, size, 3]: the box resampled bilinearly (antialiased)."""
-  return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, box=box))
+  """uint8 [H, W, 3] (or a PIL image) -> uint8 [size, size, 3]: the box resampled bilinearly
+  (PIL's filter widens with the scale, so downsizing is antialiased)."""
+  if isinstance(image, np.ndarray):
+    image = Image.fromarray(image)
+  return np.asarray(image.resize((size, size), Image.BILINEAR, box=box))
 
 
 def resize_masks(masks, box, size):
@@ -103,6 +108,24 @@ def resize_masks(masks, box, size):
   rows = np.clip(np.floor(top + centres * (bottom - top)), 0, height - 1).astype(np.intp)
   cols = np.clip(np.floor(left + centres * (right - left)), 0, width - 1).astype(np.intp)
   return masks[rows[:, None], cols[None, :]]
+
+
+def decode_jpeg_for(data, box_fn, size):
+  """Encoded image bytes -> (PIL RGB image, its crop box), decoded no larger than needed.
+
+  box_fn(height, width) gives the crop box at full resolution; JPEGs are decoded with
+  PIL's draft mode at the smallest 1/1..1/8 DCT scale that still gives the box >= size
+  pixels a side (much faster than a full decode of a multi-megapixel dermoscopy image).
+  """
+  image = Image.open(io.BytesIO(data))
+  width, height = image.size
+  box = box_fn(height, width)
+  if image.format == "JPEG":
+    scale = size / max(min(box[2] - box[0], box[3] - box[1]), 1e-6)
+    image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+  image = image.convert("RGB")
+  sx, sy = image.size[0] / width, image.size[1] / height
+  return image, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
 
 def meta_features(record):
@@ -129,7 +152,8 @@ def target_label(record, target):
 class ExampleLoader:
   """Split position -> one host example (batch format without the batch axis).
 
-  Picklable for grain worker processes. Position -1 gives a padding example (valid = 0).
+  source: random-access records (schema.py). Picklable for grain worker processes.
+  Position -1 gives a padding example (valid = 0, index = -1).
   """
   source: object
   image_size: int
@@ -137,6 +161,10 @@ class ExampleLoader:
   crop: str
   crop_fraction: float
   target: str
+
+  def box(self, height, width):
+    return crop_box(height, width, image_size=self.image_size, resize_size=self.resize_size,
+                    crop=self.crop, crop_fraction=self.crop_fraction)
 
   def padding(self):
     s = self.image_size
@@ -149,24 +177,28 @@ class ExampleLoader:
         "valid": np.float32(0.0), "index": np.int32(-1),
     }
 
-  def __call__(self, index):
-    index = int(index)
-    if index < 0:
-      return self.padding()
+  def read(self, index):
+    """-> (record fields, image (array or PIL), its crop box, masks [H, W, 1+A], their box)."""
     record = self.source[index]
     image = record["image"]
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
       raise ValueError(f"record {record.get('id', index)}: image must be uint8 [H, W, 3], got "
                        f"{image.dtype} {image.shape}")
     masks = np.concatenate([record["lesion_mask"][..., None], record["attribute_masks"]], -1)
-    if masks.shape != image.shape[:2] + (MASK_CHANNELS,):
-      raise ValueError(f"record {record.get('id', index)}: masks {masks.shape} do not match "
-                       f"image {image.shape} with {schema.NUM_ATTRIBUTES} attributes")
-    box = crop_box(*image.shape[:2], image_size=self.image_size, resize_size=self.resize_size,
-                   crop=self.crop, crop_fraction=self.crop_fraction)
+    box = self.box(*image.shape[:2])
+    return record, image, box, masks, box
+
+  def __call__(self, index):
+    index = int(index)
+    if index < 0:
+      return self.padding()
+    record, image, image_box, masks, masks_box = self.read(index)
+    if masks.shape[-1] != MASK_CHANNELS:
+      raise ValueError(f"record {record.get('id', index)}: {masks.shape[-1]} mask channels, "
+                       f"expected 1 + {schema.NUM_ATTRIBUTES}")
     return {
-        "image": resize_image(image, box, self.image_size),
-        "masks": resize_masks(masks, box, self.image_size),
+        "image": resize_image(image, image_box, self.image_size),
+        "masks": resize_masks(masks, masks_box, self.image_size),
         "has_masks": np.array([record["has_lesion_mask"], record["has_attributes"]], np.float32),
         "label": np.int32(target_label(record, self.target)),
         "melanoma": np.int32(record["melanoma"]),
@@ -176,10 +208,25 @@ class ExampleLoader:
     }
 
 
-def loader_from_config(source, data_config) -> ExampleLoader:
+class PreparedExampleLoader(ExampleLoader):
+  """ExampleLoader over a prepared dataset's stored examples (dermjax.data.prepare): the
+  same output, but JPEGs are decoded at reduced size (decode_jpeg_for) straight from the
+  stored bytes. source: `prepared.builder.as_data_source(split)` (or a Subset of it)."""
+
+  def read(self, index):
+    from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
+    example = self.source[index]
+    image, image_box = decode_jpeg_for(example["image"], self.box, self.image_size)
+    lesion, attributes = prepare.unpack_masks(np.asarray(Image.open(io.BytesIO(example["masks"]))))
+    masks = np.concatenate([lesion[..., None], attributes], -1)
+    box = self.box(*masks.shape[:2])
+    return example, image, image_box, masks, box
+
+
+def loader_from_config(source, data_config, loader_class=ExampleLoader) -> ExampleLoader:
   c = data_config
-  return ExampleLoader(source, int(c.image_size), int(c.resize_size), c.crop,
-                       float(c.crop_fraction), c.target)
+  return loader_class(source, int(c.image_size), int(c.resize_size), c.crop,
+                      float(c.crop_fraction), c.target)
 
 
 # --- grain pipelines ----------------------------------------------------------------
@@ -340,3 +387,129 @@ def ensure_synthetic(data_config, workdir) -> str:
   with open(marker, "w") as f:
     json.dump(spec, f)
   return out_dir
+
+
+class Datasets:
+  """Everything the trainer needs from the data; built by create_datasets.
+
+  train            endless TrainIterator of global batches (get_state / set_state)
+  eval(split)      one ordered pass over a split, last batch padded (valid = 0, index = -1)
+  source(split)    random-access records at original resolution, in ids[split] order
+  ids              {split: [id, ...]}; a batch's `index` points into it
+  num_examples, steps_per_epoch, stats (stats.json), mean, std (float32 [3], 0-255),
+  layout, class_names, sharding (of every batch array)
+  """
+
+  def __init__(self, *, data_config, mesh, loaders, sources, ids, stats, train_classes,
+               train_melanoma):
+    c = data_config
+    self.config = c
+    self.layout = c.layout
+    self.class_names = class_names(c.layout, c.target)
+    self.stats = stats
+    self.mean = np.asarray(stats["mean"], np.float32).reshape(3)
+    self.std = np.asarray(stats["std"], np.float32).reshape(3)
+    self.ids = {split: list(v) for split, v in ids.items()}
+    self.num_examples = {split: len(v) for split, v in self.ids.items()}
+    self.sharding = batch_sharding(mesh)
+    self._loaders, self._sources = loaders, sources
+    _check_batch(c.batch_size, mesh, "data.batch_size")
+    _check_batch(c.eval_batch_size, mesh, "data.eval_batch_size")
+    self.schedule = sampling.EpochSchedule(train_classes, train_melanoma, mode=c.sampling,
+                                           seed=c.seed, factor=c.oversample_factor)
+    self.steps_per_epoch = max(self.schedule.length // c.batch_size, 1)
+    self.train = TrainIterator(train_dataset(
+        loaders["train"], self.schedule, global_batch_size=c.batch_size,
+        num_threads=c.num_threads, num_workers=c.num_workers, prefetch=c.prefetch),
+        self.sharding)
+
+  def source(self, split):
+    if split not in self._sources:
+      raise ValueError(f"no split {split!r}; have {tuple(self._sources)}")
+    return self._sources[split]
+
+  def eval(self, split) -> Iterator[dict]:
+    if split not in self._loaders:
+      raise ValueError(f"no split {split!r}; have {tuple(self._loaders)}")
+    c = self.config
+    dataset = eval_dataset(self._loaders[split], self.num_examples[split],
+                           global_batch_size=c.eval_batch_size, num_threads=c.num_threads,
+                           prefetch=c.prefetch)
+    return (to_global(batch, self.sharding) for batch in dataset)
+
+  def batch_shapes(self, train=True) -> dict:
+    """jax.ShapeDtypeStruct per batch entry (global shapes), e.g. for model init."""
+    size = self.config.batch_size if train else self.config.eval_batch_size
+    example = self._loaders["train"].padding()
+    return {k: jax.ShapeDtypeStruct((size,) + np.shape(v), np.asarray(v).dtype,
+                                    sharding=self.sharding) for k, v in example.items()}
+
+
+def _check_batch(size, mesh, name):
+  if "data" not in mesh.axis_names:
+    raise ValueError(f"the mesh needs a 'data' axis for the batch, has {mesh.axis_names}")
+  if size % mesh.shape["data"]:
+    raise ValueError(f"{name} = {size} is not divisible by the {mesh.shape['data']} devices "
+                     "of mesh axis 'data'")
+
+
+def split_index(data_source, chunk=64) -> dict:
+  """Stored examples of a prepared split -> {"ids": [str], "melanoma"/"keratosis"/"label":
+  int32 [N]} in source order, without decoding any image."""
+  ids, columns = [], {k: [] for k in ("melanoma", "keratosis", "label")}
+  for start in range(0, len(data_source), chunk):
+    for example in data_source.__getitems__(range(start, min(start + chunk, len(data_source)))):
+      value = example["id"]
+      ids.append(value.decode("utf-8") if isinstance(value, bytes) else str(value))
+      for k, v in columns.items():
+        v.append(int(example[k]))
+  return {"ids": ids, **{k: np.asarray(v, np.int32) for k, v in columns.items()}}
+
+
+def _take(index, positions):
+  return {k: [v[i] for i in positions] if k == "ids" else v[positions] for k, v in index.items()}
+
+
+def create_datasets(data_config, *, mesh, workdir=None) -> Datasets:
+  """config.data -> Datasets: prepares the data once (synthetic when data.dir is None)."""
+  from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
+  c = data_config
+  if c.target not in TARGETS:
+    raise ValueError(f"data.target must be one of {TARGETS}, got {c.target!r}")
+  if c.dir is None:
+    raw_dir = ensure_synthetic(c, workdir)
+    logging.warning("no dataset path given (config.data.dir); using synthetic %s data in %s",
+                    "ISIC " + c.layout[4:8] if c.layout.startswith("isic") else c.layout,
+                    raw_dir)
+  else:
+    raw_dir = c.dir
+  prepared_dir = c.prepared_dir or os.path.join(raw_dir, "prepared")
+  prepare.prepare(c.layout, raw_dir, prepared_dir, seed=int(c.split_seed),
+                  num_folds=int(c.num_folds))
+  prepared = prepare.load(prepared_dir, c.layout)
+  splits = [s for s in schema.SPLITS if s in prepared.stats["splits"]]
+  if "train" not in splits:
+    raise ValueError(f"{prepared.path} has no training split (it has {splits})")
+  raw = {s: prepared.builder.as_data_source(split=s) for s in splits}
+  records = {s: prepared.source(s) for s in splits}
+  index = {s: split_index(raw[s]) for s in splits}
+
+  if c.fold is not None:
+    folds = prepared.splits.get("folds", {})
+    if not 0 <= c.fold < int(prepared.splits.get("num_folds", 0)) or not folds:
+      raise ValueError(f"data.fold = {c.fold} but {prepared.path}/splits.json has "
+                       f"{prepared.splits.get('num_folds')} folds over "
+                       f"{len(folds)} training images")
+    fold_of = np.array([folds[i] for i in index["train"]["ids"]])
+    held, kept = np.flatnonzero(fold_of == c.fold), np.flatnonzero(fold_of != c.fold)
+    train_raw, train_records = raw["train"], records["train"]
+    raw["validation"], records["validation"] = Subset(train_raw, held), Subset(train_records, held)
+    raw["train"], records["train"] = Subset(train_raw, kept), Subset(train_records, kept)
+    index["validation"], index["train"] = _take(index["train"], held), _take(index["train"], kept)
+
+  loaders = {s: loader_from_config(raw[s], c, PreparedExampleLoader) for s in raw}
+  target_key = {"melanoma": "melanoma", "keratosis": "keratosis", "multiclass": "label"}[c.target]
+  return Datasets(data_config=c, mesh=mesh, loaders=loaders, sources=records,
+                  ids={s: v["ids"] for s, v in index.items()}, stats=prepared.stats,
+                  train_classes=index["train"][target_key],
+                  train_melanoma=index["train"]["melanoma"])

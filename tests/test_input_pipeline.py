@@ -232,3 +232,106 @@ def test_batches_are_sharded_over_eight_devices():
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=env, timeout=300, check=False)
   assert "SHARDED OK" in result.stdout, result.stdout + result.stderr
+
+
+# --- prepared data, end to end -------------------------------------------------------
+
+
+def _mesh():
+  return jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _config(**overrides):
+  c = ip.default_data_config()
+  c.image_size, c.resize_size, c.batch_size, c.eval_batch_size = 32, 40, 4, 5
+  c.num_threads = 2
+  c.update(overrides)
+  return c
+
+
+def test_jpeg_draft_decodes_small_and_close(tmp_path):
+  from PIL import Image
+  yy, xx = np.mgrid[:600, :800]
+  img = np.stack([yy * 255 // 600, xx * 255 // 800, (yy + xx) % 256], -1).astype(np.uint8)
+  path = tmp_path / "big.jpg"
+  Image.fromarray(img).save(path, quality=95)
+  box_fn = lambda h, w: ip.crop_box(h, w, image_size=32, resize_size=40, crop="center_fraction")
+  small, box = ip.decode_jpeg_for(path.read_bytes(), box_fn, 32)
+  assert small.size == (100, 75)   # 1/8 DCT scale: the 0.8 * 600 * 0.8 = 384 px box -> 48 px.
+  assert min(box[2] - box[0], box[3] - box[1]) >= 32
+  fast = ip.resize_image(small, box, 32).astype(float)
+  full = ip.resize_image(np.asarray(Image.open(path)), box_fn(600, 800), 32).astype(float)
+  assert np.abs(fast - full)[..., :2].mean() < 3.0
+
+
+def test_prepared_loader_matches_the_record_loader(isic2017_prepared):
+  from dermjax.data import prepare
+  prepared = prepare.load(*isic2017_prepared)
+  c = _config()
+  fast = ip.loader_from_config(prepared.builder.as_data_source(split="train"), c,
+                               ip.PreparedExampleLoader)
+  plain = ip.loader_from_config(prepared.source("train"), c)
+  for i in range(3):
+    a, b = fast(i), plain(i)
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_create_datasets_on_prepared_data(isic2017_prepared, isic2017_raw):
+  from dermjax.data import prepare
+  prepared_dir, layout = isic2017_prepared
+  c = _config(dir=isic2017_raw, prepared_dir=prepared_dir, num_folds=3, sampling="oversample")
+  data = ip.create_datasets(c, mesh=_mesh(), workdir=None)
+  splits = prepare.load(prepared_dir, layout).splits["splits"]
+  assert data.num_examples == {s: len(v) for s, v in splits.items()}
+  assert sorted(data.ids["train"]) == splits["train"]
+  assert data.class_names == ("other", "melanoma") and data.layout == "isic2017"
+  np.testing.assert_allclose(data.mean, data.stats["mean"], rtol=1e-6)
+  n_mel = data.stats["splits"]["train"]["melanoma"]
+  assert data.steps_per_epoch == (len(splits["train"]) + 3 * n_mel) // 4
+  batch = next(data.train)
+  assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].sharding == data.sharding
+  for row, i in enumerate(np.asarray(batch["index"])):
+    record = data.source("train")[i]
+    assert record["id"] == data.ids["train"][i]
+    assert int(batch["label"][row]) == int(record["melanoma"])
+  seen, n_batches = [], 0
+  for batch in data.eval("validation"):
+    n_batches += 1
+    seen += [data.ids["validation"][i] for i, v in zip(np.asarray(batch["index"]),
+                                                       np.asarray(batch["valid"])) if v]
+  assert seen == data.ids["validation"] and n_batches == -(-len(seen) // 5)
+  shapes = data.batch_shapes(train=False)
+  assert shapes["masks"].shape == (5, 32, 32, 6) and shapes["image"].dtype == np.uint8
+
+
+def test_folds_split_the_training_set(isic2017_prepared, isic2017_raw):
+  from dermjax.data import prepare
+  prepared_dir, layout = isic2017_prepared
+  folds = prepare.load(prepared_dir, layout).splits["folds"]
+  c = _config(dir=isic2017_raw, prepared_dir=prepared_dir, num_folds=3, fold=1)
+  data = ip.create_datasets(c, mesh=_mesh())
+  assert {folds[i] for i in data.ids["validation"]} == {1}
+  assert 1 not in {folds[i] for i in data.ids["train"]}
+  assert sorted(data.ids["train"] + data.ids["validation"]) == sorted(folds)
+  i = 2
+  assert data.source("validation")[i]["id"] == data.ids["validation"][i]
+  with pytest.raises(ValueError, match="data.fold"):
+    ip.create_datasets(_config(dir=isic2017_raw, prepared_dir=prepared_dir, num_folds=3, fold=3),
+                       mesh=_mesh())
+
+
+def test_no_dataset_path_uses_synthetic_data(tmp_path, caplog):
+  c = _config(synthetic_num_images={"train": 8, "validation": 2, "test": 2}, batch_size=2,
+              num_folds=2)
+  with caplog.at_level("WARNING"):
+    data = ip.create_datasets(c, mesh=_mesh(), workdir=str(tmp_path))
+  assert "no dataset path given (config.data.dir); using synthetic ISIC 2017 data in" in caplog.text
+  assert str(tmp_path / "synthetic_isic2017") in caplog.text
+  assert data.num_examples == {"train": 8, "validation": 2, "test": 2}
+  assert next(data.train)["image"].shape == (2, 32, 32, 3)
+  again = ip.create_datasets(c, mesh=_mesh(), workdir=str(tmp_path))   # Reuses both.
+  assert again.ids == data.ids
+  c.synthetic_num_images = {"train": 9, "validation": 2, "test": 2}
+  with pytest.raises(ValueError, match="other settings"):
+    ip.create_datasets(c, mesh=_mesh(), workdir=str(tmp_path))
