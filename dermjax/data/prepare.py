@@ -121,8 +121,10 @@ class _SplitStats:
       self.with_masks += 1
       self.with_attributes += int(record["has_attributes"])
       # Presence is an OR over pixels of per-pixel functions, so the distinct mask codes
-      # present stand in for the whole image: [1, n_codes, 1 + A].
+      # present stand in for the whole image: [1, 64, 1 + A] (padded by repetition to
+      # one fixed shape, so jax compiles once).
       present = np.flatnonzero(np.bincount(codes.ravel(), minlength=256)).astype(np.uint8)
+      present = np.resize(present, 1 << (1 + schema.NUM_ATTRIBUTES))
       lesion, attributes = unpack_masks(present[None])
       masks = np.concatenate([lesion[..., None], attributes], -1)
       self.presence += np.asarray(structures.structure_presence(
