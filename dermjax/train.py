@@ -295,7 +295,11 @@ def tracked_metrics(config):
 
 
 def explain_split(model_lib, module, config, state, datasets, split, loss_stats, out_dir):
-  """Calls model_lib.explain on the first config.eval.num_visualizations examples of `split`."""
+  """Calls model_lib.explain on the first config.eval.num_visualizations examples of `split`.
+
+  explain(outputs, batch, images, ids, config, out_dir) gets numpy outputs, the host batch
+  (uint8 image, masks, labels, ...) and its uint8 images, rows with valid == 0 removed.
+  """
   explain = getattr(model_lib, "explain", None)
   remaining = int(config.eval.num_visualizations)
   if explain is None or remaining <= 0:
@@ -305,13 +309,15 @@ def explain_split(model_lib, module, config, state, datasets, split, loss_stats,
   os.makedirs(out_dir, exist_ok=True)
   for batch in datasets.eval(split):
     _, arrays, outputs = step(state, batch)
-    arrays, outputs, images = _gather((arrays, outputs, batch["image"]))
+    arrays, outputs, host_batch = _gather((arrays, outputs, batch))
     keep = np.flatnonzero(arrays["valid"] > 0)[:remaining]
     if keep.size == 0:
       break
     ids = [datasets.ids[split][int(i)] for i in arrays["index"][keep]]
     if jax.process_index() == 0:
-      explain(jax.tree.map(lambda x: x[keep], outputs), images[keep], ids, config, out_dir)
+      rows = lambda x: x[keep]
+      explain(jax.tree.map(rows, outputs), jax.tree.map(rows, host_batch),
+              host_batch["image"][keep], ids, config, out_dir)
     remaining -= keep.size
     if remaining <= 0:
       break

@@ -58,7 +58,7 @@ def report(arrays, config):
           "num_rows": int(len(arrays["attention_mean"]))}
 
 
-def explain(outputs, images, ids, config, out_dir):
+def explain(outputs, batch, images, ids, config, out_dir):
   from dermjax import visualize
   for image, attention, example_id in zip(images, outputs["attention"], ids):
     heat = visualize.overlay_heatmap(image, attention)
