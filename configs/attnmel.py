@@ -1,0 +1,104 @@
+"""AttnMel-CNN and its baselines (Yan, Kawahara, Hamarneh 2019, Tables 1-3).
+
+  --config=configs/attnmel.py:<model>[,<dataset>][,paper]
+
+  model    Table rows                                      config
+  attnmel  AttnMel-CNN (T1 #7, T2 #9)                      attnmel, sigmoid attention
+  lesion   AttnMel-CNN-Lesion (T2 #11)                     + Dice(A, lesion mask)
+  dermo    AttnMel-CNN-Dermo (T2 #10)                      + Dice(A, attribute-mask union)
+  bkg      AttnMel-CNN-Bkg (T2 #12)                        + Dice(A, 1 - lesion mask)
+  softmax  AttnMel-CNN with softmax-normalised attention   (the authors' code option)
+  melcnn   Mel-CNN (T1 #6, T2 #8)                          GAP of pool3/4/5, no attention
+  vgg16    VGG-16 (T1 #4, T2 #6)                           torchvision classifier, 2 outputs
+  vgg16_gap VGG-16-GAP (T1 #5, T2 #7; CAM in T3)           GAP of pool5 + dense
+  dataset  isic2017 (default) | isic2016
+  paper    the paper's scale (below); without it: CPU-sized for synthetic data (64 px,
+           batch 8, 2 epochs), same model and loss.
+
+e.g. `configs/attnmel.py:lesion,isic2017,paper`, `configs/attnmel.py:vgg16_gap,isic2016`.
+
+Paper setting: VGG-16-BN (ImageNet weights: set --config.model.pretrained to a torchvision
+vgg16_bn checkpoint), 2 softmax outputs and focal loss (gamma 2) on melanoma vs rest,
+melanoma oversampled x4, centre crop 0.8 x min side resized to 256, random 224 crop (the
+augment zoom; it is resampled back to 256, and evaluation sees the whole 256 image where
+the authors' code centre-cropped 224), rotation, flips; SGD momentum 0.9, lr 0.01 x0.1
+every 10 epochs, 50 epochs, weight decay 1e-4 and batch 32 (the authors' code; the paper
+gives neither); the best epoch by validation AUC.
+"""
+
+from dermjax import defaults
+
+MODELS = ("attnmel", "lesion", "dermo", "bkg", "softmax", "melcnn", "vgg16", "vgg16_gap")
+DATASETS = ("isic2017", "isic2016")
+REFERENCE = {"lesion": "lesion", "dermo": "dermo", "bkg": "background"}
+
+
+def parse(arg):
+  """'model,dataset,paper' -> (model, dataset, paper); bad tokens raise naming this file."""
+  tokens = [t.strip() for t in (arg or "attnmel").split(",") if t.strip()]
+  models = [t for t in tokens if t in MODELS]
+  datasets = [t for t in tokens if t in DATASETS]
+  unknown = [t for t in tokens if t not in MODELS + DATASETS + ("paper",)]
+  if unknown or len(models) > 1 or len(datasets) > 1:
+    raise ValueError(f"configs/attnmel.py: bad argument {arg!r}; expected "
+                     f"<model>[,<dataset>][,paper] with model in {MODELS}, dataset in {DATASETS}")
+  return (models or ["attnmel"])[0], (datasets or ["isic2017"])[0], "paper" in tokens
+
+
+def get_config(arg=None):
+  model, dataset, paper = parse(arg)
+  config = defaults.base_config()
+
+  data = config.data
+  data.layout = dataset
+  data.target = "melanoma"
+  data.crop = "center_fraction"
+  data.crop_fraction = 0.8
+  data.sampling = "oversample"
+  data.oversample_factor = 4
+  data.augment.rotation = True
+  data.augment.hflip = True
+  data.augment.vflip = True
+  data.augment.zoom = (224 / 256, 224 / 256)   # the random 224 crop of the 256 image.
+
+  m = config.model
+  m.num_classes = 2
+  m.batch_norm = True
+  m.pretrained_arch = "vgg16_bn"
+  if model in ("vgg16", "vgg16_gap"):
+    m.name = "vgg16"
+    m.head = "gap" if model == "vgg16_gap" else "fc"
+  else:
+    m.name = "attnmel"
+    m.attention = model != "melcnn"
+    m.normalize_attention = model == "softmax"
+    m.attention_features = 256
+    config.loss.attention_reference = REFERENCE.get(model)
+    config.loss.attention_weights = (0.001, 0.01)   # lambda_1 (pool-3), lambda_2 (pool-4).
+  config.loss.focal_gamma = 2.0
+
+  o = config.optim
+  o.name = "sgd"
+  o.momentum = 0.9
+  o.weight_decay = 1e-4
+  o.learning_rate = 0.01
+  o.decay_every_epochs = 10
+  o.decay_factor = 0.1
+
+  t = config.train
+  t.checkpoint_metric = "validation/auc"
+  t.checkpoint_mode = "max"
+  t.keep_best = ()
+
+  if paper:
+    data.image_size = data.resize_size = 256
+    data.batch_size = 32
+    data.eval_batch_size = 64
+    t.num_epochs = 50
+  else:
+    data.image_size = data.resize_size = 64
+    data.batch_size = data.eval_batch_size = 8
+    t.num_epochs = 2
+    t.log_every_steps = 1
+    config.eval.num_visualizations = 4
+  return config
