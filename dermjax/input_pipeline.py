@@ -20,6 +20,7 @@ Both come down to one crop box in the original image, resampled straight to S x 
 """
 
 import dataclasses
+import functools
 import io
 import logging
 import math
@@ -274,9 +275,10 @@ def _finish(dataset, host_batch, *, num_threads, num_workers, prefetch):
   return dataset
 
 
-def train_dataset(loader, schedule, *, global_batch_size, process_index=None,
+def train_dataset(loader, schedule, *, global_batch_size, start_batch=0, process_index=None,
                   process_count=None, num_threads=4, num_workers=0, prefetch=2):
-  """Endless grain IterDataset of this process's host batches of the training split.
+  """Endless grain IterDataset of this process's host batches of the training split, from
+  global batch `start_batch` on.
 
   schedule: global position -> split position (dermjax.data.sampling.EpochSchedule).
   The batches do not depend on num_workers / num_threads.
@@ -285,7 +287,7 @@ def train_dataset(loader, schedule, *, global_batch_size, process_index=None,
   process_count = jax.process_count() if process_count is None else process_count
   local = host_batch_size(global_batch_size, process_count)
   rows = _HostRows(global_batch_size, process_index, process_count, schedule)
-  dataset = grain.MapDataset.range(_ENDLESS).map(rows).map(loader)
+  dataset = grain.MapDataset.range(int(start_batch) * local, _ENDLESS).map(rows).map(loader)
   return _finish(dataset, local, num_threads=num_threads, num_workers=num_workers,
                  prefetch=prefetch)
 
@@ -308,24 +310,37 @@ def to_global(host_batch, sharding):
 
 
 class TrainIterator:
-  """Endless iterator of global training batches; get_state/set_state resume it exactly."""
+  """Endless iterator of global training batches that resumes exactly.
 
-  def __init__(self, dataset, sharding):
-    self._iterator = iter(dataset)
+  make_dataset(start_batch) -> grain IterDataset of host batches from that batch on. The
+  state is just the number of batches handed out, so it does not depend on num_workers.
+  """
+
+  def __init__(self, make_dataset, sharding, start_batch=0):
+    self._make_dataset = make_dataset
     self._sharding = sharding
+    self._start(start_batch)
+
+  def _start(self, batch):
+    self._next_batch = int(batch)
+    self._iterator = iter(self._make_dataset(start_batch=self._next_batch))
 
   def __iter__(self):
     return self
 
   def __next__(self):
-    return to_global(next(self._iterator), self._sharding)
+    batch = next(self._iterator)
+    self._next_batch += 1
+    return to_global(batch, self._sharding)
 
   def get_state(self) -> dict:
-    """JSON-serialisable position (batches consumed so far)."""
-    return self._iterator.get_state()
+    """JSON-serialisable position: {"next_batch": batches consumed so far}."""
+    return {"next_batch": self._next_batch}
 
   def set_state(self, state: dict):
-    self._iterator.set_state(state)
+    if not isinstance(state, dict) or "next_batch" not in state:
+      raise ValueError(f"not a TrainIterator state: {state!r}")
+    self._start(state["next_batch"])
 
 
 def batch_sharding(mesh):
@@ -418,8 +433,8 @@ class Datasets:
     self.schedule = sampling.EpochSchedule(train_classes, train_melanoma, mode=c.sampling,
                                            seed=c.seed, factor=c.oversample_factor)
     self.steps_per_epoch = max(self.schedule.length // c.batch_size, 1)
-    self.train = TrainIterator(train_dataset(
-        loaders["train"], self.schedule, global_batch_size=c.batch_size,
+    self.train = TrainIterator(functools.partial(
+        train_dataset, loaders["train"], self.schedule, global_batch_size=c.batch_size,
         num_threads=c.num_threads, num_workers=c.num_workers, prefetch=c.prefetch),
         self.sharding)
 

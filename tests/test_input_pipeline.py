@@ -182,11 +182,20 @@ def test_eval_covers_every_example_once(records):
 
 def test_global_batch_on_a_one_device_mesh(records):
   mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  train = ip.TrainIterator(ip.train_dataset(_loader(records), _schedule(records),
-                                            global_batch_size=4), ip.batch_sharding(mesh))
-  batch = next(train)
-  assert isinstance(batch["image"], jax.Array) and batch["image"].dtype == np.uint8
-  assert train.get_state() == {"next_index": 1}
+  make = lambda start_batch: ip.train_dataset(_loader(records), _schedule(records),
+                                             start_batch=start_batch,
+                                       global_batch_size=4)
+  train = ip.TrainIterator(make, ip.batch_sharding(mesh))
+  batches = [next(train) for _ in range(4)]
+  assert isinstance(batches[0]["image"], jax.Array) and batches[0]["image"].dtype == np.uint8
+  state = json.loads(json.dumps(train.get_state()))
+  assert state == {"next_batch": 4}
+  want = next(train)
+  resumed = ip.TrainIterator(make, ip.batch_sharding(mesh))
+  resumed.set_state(state)
+  got = next(resumed)
+  for k in want:
+    np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]))
 
 
 _SHARDED = textwrap.dedent("""
@@ -206,8 +215,10 @@ _SHARDED = textwrap.dedent("""
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   assert len(jax.devices()) == 8
   loader = ip.ExampleLoader(records, 16, 20, "resize_center_crop", 0.8, "melanoma")
+  schedule = sampling.EpochSchedule(mel, mel, mode="none")
   train = ip.TrainIterator(
-      ip.train_dataset(loader, sampling.EpochSchedule(mel, mel, mode="none"), global_batch_size=16),
+      lambda start_batch: ip.train_dataset(loader, schedule, start_batch=start_batch,
+                                           global_batch_size=16),
       ip.batch_sharding(mesh))
   batch = next(train)
   for k, v in batch.items():
@@ -335,3 +346,42 @@ def test_no_dataset_path_uses_synthetic_data(tmp_path, caplog):
   c.synthetic_num_images = {"train": 9, "validation": 2, "test": 2}
   with pytest.raises(ValueError, match="other settings"):
     ip.create_datasets(c, mesh=_mesh(), workdir=str(tmp_path))
+
+
+_WORKERS = textwrap.dedent("""
+  import os, sys, json
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+  from absl import app
+  import numpy as np
+
+  def main(_):
+    from dermjax import input_pipeline as ip
+    from dermjax.data import sampling
+    from test_input_pipeline import _record
+    rng = np.random.default_rng(0)
+    records = [_record(i, rng) for i in range(12)]
+    mel = np.array([r["melanoma"] for r in records])
+    loader = ip.ExampleLoader(records, 16, 20, "resize_center_crop", 0.8, "melanoma")
+    schedule = sampling.EpochSchedule(mel, mel, mode="oversample", seed=4)
+    make = lambda workers, start: ip.train_dataset(loader, schedule, global_batch_size=4,
+                                                   start_batch=start, num_workers=workers)
+    plain = iter(make(0, 0))
+    want = [next(plain) for _ in range(6)]
+    pooled = iter(make(2, 2))
+    for w in want[2:]:
+      got = next(pooled)
+      for k in w:
+        np.testing.assert_array_equal(got[k], w[k], err_msg=k)
+    print("WORKERS OK")
+
+  if __name__ == "__main__":
+    app.run(main)
+""")
+
+
+def test_worker_processes_give_the_same_batches():
+  script = _WORKERS.format(repo=REPO, tests=os.path.join(REPO, "tests"))
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert "WORKERS OK" in result.stdout, result.stdout + result.stderr[-3000:]
