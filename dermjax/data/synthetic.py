@@ -61,7 +61,7 @@ _COLOURS = {
     "pink": (200, 120, 120), "red": (185, 95, 80), "tan": (165, 120, 90),
     "vascular": (150, 40, 65),
 }
-_BLACK, _BLUE_GREY = np.array((35, 28, 30.)), np.array((105, 118, 140.))
+_BLACK, _BLUE_GREY = np.float32((35, 28, 30)), np.float32((105, 118, 140))
 
 # Probability that a style shows each attribute (schema.ATTRIBUTES order).
 _ATTRIBUTE_PROB = {
@@ -145,7 +145,7 @@ def draw_lesion(rng, height, width, style, *, with_globules=True):
   lesion = dist < radius
 
   colour = (np.array(_COLOURS[style], np.float64) + rng.uniform(-10, 10, 3)).astype(np.float32)
-  shade = (1. - .15 * (1 - dist / radius))[..., None]  # darker centre
+  shade = (1 - np.float32(.15) * (1 - dist / radius))[..., None]  # darker centre
   body = colour * shade + 4 * _smooth_noise(rng, yy, xx, r0)[..., None]
   if style == "melanoma":  # two or three colour blobs: black and blue-grey
     for tone in ([_BLACK, _BLUE_GREY] + ([_BLACK] if rng.random() < .5 else [])):
@@ -153,7 +153,8 @@ def draw_lesion(rng, height, width, style, *, with_globules=True):
       by, bx = cy + .4 * r0 * np.sin(a), cx + .4 * r0 * np.cos(a)
       blob = np.hypot(yy - by, xx - bx) < rng.uniform(.35, .55) * r0 * (
           1 + .25 * _smooth_noise(rng, yy, xx, r0 / 3))
-      body = np.where((blob & lesion)[..., None], tone + rng.normal(0, 6, 3), body)
+      body = np.where((blob & lesion)[..., None], tone + rng.normal(0, 6, 3).astype(np.float32),
+                      body)
   edge = np.clip((radius - dist) / 2.5, 0, 1)[..., None]  # soft 2-3 px border
   image = image * (1 - edge) + body * edge
 
@@ -192,12 +193,12 @@ def draw_lesion(rng, height, width, style, *, with_globules=True):
     if name == "pigment_network":
       period = rng.uniform(6, 9)
       pattern = ((xx % period) < 2) | ((yy % period) < 2)
-      image = np.where((mask & pattern)[..., None], image * .55, image)
+      image = np.where((mask & pattern)[..., None], image * np.float32(.55), image)
     elif name == "negative_network":
       period = rng.uniform(7, 10)
       lines = ((xx % period) < 2) | ((yy % period) < 2)
-      image = np.where(mask[..., None], np.where(lines[..., None], image * .5 + 110, image * .7),
-                       image)
+      image = np.where(mask[..., None], np.where(lines[..., None], image * np.float32(.5) + 110,
+                                                 image * np.float32(.7)), image)
     elif name == "streaks":
       spokes = ((theta * rng.integers(18, 30) / (2 * np.pi)) % 1) < .4
       image = np.where((mask & spokes)[..., None], _BLACK + 15, image)
@@ -208,7 +209,7 @@ def draw_lesion(rng, height, width, style, *, with_globules=True):
         y0, x0 = max(ys[i] - 3, 0), max(xs[i] - 3, 0)
         window = dots[y0:ys[i] + 4, x0:xs[i] + 4]
         window |= np.hypot(yy[y0:ys[i] + 4] - ys[i], xx[:, x0:xs[i] + 4] - xs[i]) < rng.uniform(1.5, 3)
-      tone = np.array((238, 228, 195.)) if name == "milia_like_cyst" else np.array((62, 36, 26.))
+      tone = np.float32((238, 228, 195) if name == "milia_like_cyst" else (62, 36, 26))
       image = np.where((dots & mask)[..., None], tone, image)
   return {
       "image": np.clip(image, 0, 255).astype(np.uint8),
