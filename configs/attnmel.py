@@ -65,9 +65,15 @@ def get_config(arg=None):
   m.num_classes = 2
   m.batch_norm = True
   m.pretrained_arch = "vgg16_bn"
+  # With --config.model.pretrained=<vgg16_bn .pth/.safetensors>, ImageNet weights fill these
+  # submodules (model path -> checkpoint path); VGG-16's fc8 and every new layer stay random.
+  m.pretrained_targets = {"backbone": ""}
   if model in ("vgg16", "vgg16_gap"):
     m.name = "vgg16"
     m.head = "gap" if model == "vgg16_gap" else "fc"
+    if m.head == "fc":
+      m.pretrained_targets = {f"backbone/{p}": p for p in (
+          "block1", "block2", "block3", "block4", "block5", "head/fc6", "head/fc7")}
   else:
     m.name = "attnmel"
     m.attention = model != "melcnn"

@@ -1,0 +1,143 @@
+"""VGG-16 / VGG-16-GAP baselines of AttnMel: shapes, class activation maps, weight targets."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from dermjax import losses, weights
+from dermjax.models import vgg_classifier
+from dermjax.models.backbones import build_backbone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(arg):
+  spec = importlib.util.spec_from_file_location("attnmel_config", os.path.join(ROOT, "configs", "attnmel.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def abstract_variables(module, size=224):
+  batch = {"image": jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)}
+  init = lambda b: module.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, b)
+  variables = jax.eval_shape(init, batch)
+  return variables, jax.eval_shape(lambda v, b: module.apply(v, b), variables, batch)
+
+
+def random_variables(shapes, seed=0):
+  """Concrete variables for abstract ones (cheaper than module.init): He-scaled params, unit BN stats."""
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = path[-1].key
+    if name == "var":
+      return np.ones(s.shape, np.float32)
+    if name in ("mean", "bias"):
+      return np.zeros(s.shape, np.float32)
+    fan_in = int(np.prod(s.shape[:-1])) or 1
+    return (rng.standard_normal(s.shape, np.float32) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+@pytest.mark.parametrize("head", ["fc", "gap"])
+def test_full_size_shapes_and_parameter_names(head, batch_norm):
+  config = load_config("vgg16_gap,paper" if head == "gap" else "vgg16,paper")
+  config.model.batch_norm = batch_norm
+  variables, outputs = abstract_variables(vgg_classifier.build(config))
+  assert outputs["logits"].shape == (2, 2) and outputs["logits"].dtype == jnp.float32
+  params = variables["params"]
+  assert ("bn1" in params["backbone"]["block1"]) == batch_norm
+  assert ("batch_stats" in variables) == batch_norm
+  if head == "fc":
+    assert set(outputs) == {"logits"}
+    head_params = params["backbone"]["head"]
+    assert head_params["fc6"]["kernel"].shape == (7 * 7 * 512, 4096)
+    assert head_params["fc7"]["kernel"].shape == (4096, 4096)
+    assert head_params["fc8"]["kernel"].shape == (4096, 2)
+  else:
+    assert outputs["cam"].shape == (2, 7, 7)
+    assert params["classifier"]["kernel"].shape == (512, 2)
+
+
+def test_fc_head_pools_any_size_to_seven():
+  config = load_config("vgg16")   # 64 px: pool5 is 2 x 2, adaptive-pooled to 7 x 7
+  _, outputs = abstract_variables(vgg_classifier.build(config), size=64)
+  assert outputs["logits"].shape == (2, 2)
+
+
+@pytest.mark.parametrize("num_classes", [2, 1])
+def test_cam_averages_to_the_melanoma_logit(num_classes):
+  # logits = W^T GAP(pool5) + b is linear, so GAP(CAM_k) + b_k = logit_k exactly.
+  config = load_config("vgg16_gap")
+  config.model.num_classes = num_classes
+  module = vgg_classifier.build(config)
+  x = {"image": jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)}
+  variables = random_variables(abstract_variables(module, size=64)[0])
+  out = jax.jit(module.apply)(variables, x)
+  k = min(1, num_classes - 1)
+  bias = variables["params"]["classifier"]["bias"][k]
+  np.testing.assert_allclose(out["cam"].mean(axis=(1, 2)) + bias, out["logits"][:, k],
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_pretrained_targets_fill_the_backbone_and_keep_fc8_new():
+  """The config's targets graft a torchvision vgg16_bn tree (1000 classes) into VGG-16."""
+  config = load_config("vgg16")
+  variables, _ = abstract_variables(vgg_classifier.build(config), size=64)
+  imagenet = jax.eval_shape(lambda x: build_backbone("vgg16_bn", num_classes=1000).init(jax.random.key(0), x),
+                            jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+  marker = lambda s: np.full(s.shape, 7.0, np.float32)
+  imagenet = jax.tree.map(marker, imagenet)
+  grafted = weights.graft(variables, imagenet, config.model.pretrained_targets.to_dict())
+  flat = traverse_util.flatten_dict(grafted["params"], sep="/")
+  assert isinstance(flat["backbone/head/fc8/kernel"], jax.ShapeDtypeStruct)   # untouched
+  pretrained = [k for k, v in flat.items() if not isinstance(v, jax.ShapeDtypeStruct)]
+  assert len(pretrained) == len(flat) - 2 and all(np.all(flat[k] == 7.0) for k in pretrained)
+  # AttnMel's and VGG-16-GAP's single target takes the whole backbone.
+  gap = load_config("vgg16_gap")
+  gap_vars, _ = abstract_variables(vgg_classifier.build(gap), size=64)
+  grafted = weights.graft(gap_vars, imagenet, gap.model.pretrained_targets.to_dict())
+  assert np.all(grafted["batch_stats"]["backbone"]["block5"]["bn3"]["var"] == 7.0)
+
+
+def test_loss_is_focal_and_build_checks_the_head():
+  config = load_config("vgg16")
+  logits = jnp.array([[0.2, -0.1], [0.5, 1.5], [3.0, 0.0]])
+  batch = {"label": jnp.array([1, 0, 1]), "valid": jnp.array([1.0, 1.0, 0.0])}
+  total, metrics = vgg_classifier.loss({"logits": logits}, batch, config, {})
+  expected = losses.focal_loss(logits[:2], batch["label"][:2], gamma=2.0)
+  assert float(total) == pytest.approx(float(expected), rel=1e-6) and "focal" in metrics
+  config.model.head = "dense"
+  with pytest.raises(ValueError, match="head"):
+    vgg_classifier.build(config)
+
+
+def test_cam_jaccard_report_and_overlays(tmp_path):
+  config = load_config("vgg16_gap")
+  masks = np.zeros((2, 64, 64, 6), np.float32)
+  masks[:, :, :32, 0] = 1                     # lesion: the left half
+  cam = np.zeros((2, 2, 2), np.float32)
+  cam[:, :, 0] = 3.0                          # CAM high on the left column of pool5
+  cam[1] = -cam[1]                            # ... and on the right for example 1
+  batch = {"masks": jnp.asarray(masks), "has_masks": jnp.ones((2, 2))}
+  outputs = {"logits": jnp.zeros((2, 2)), "cam": jnp.asarray(cam)}
+  arrays = jax.tree.map(np.asarray, vgg_classifier.eval_arrays(outputs, batch, config))
+  np.testing.assert_allclose(arrays["jaccard_cam"], [1.0, 0.0])
+  report = vgg_classifier.report(arrays, config)
+  assert report["jaccard/cam"] == 0.5
+  images = np.zeros((2, 64, 64, 3), np.uint8)
+  vgg_classifier.explain(jax.tree.map(np.asarray, outputs), jax.tree.map(np.asarray, batch), images,
+                         ["x", "y"], config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == ["x.png", "x_cam.npy", "y.png", "y_cam.npy"]
+  assert vgg_classifier.eval_arrays({"logits": outputs["logits"]}, batch, config) == {}
