@@ -63,8 +63,11 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.sampling = "none"             # | "oversample" | "balanced"
   c.oversample_factor = 4
   c.augment = ml_collections.ConfigDict(dict(
-      rotation=True, max_rotation_deg=180.0, hflip=True, vflip=True, zoom=(0.8, 1.0),
-      fill="reflect"))
+      rotation=True,
+      max_rotation_deg=ml_collections.FieldReference(180.0, field_type=object),  # or "any".
+      hflip=True, vflip=True,
+      zoom=(0.8, 1.0),            # random crop side as a fraction of the image, or None.
+      fill="reflect"))            # | "constant" (zeros) outside the rotated image.
   c.fold = ml_collections.FieldReference(None, field_type=int)  # None: official validation.
   c.num_folds = 5
   c.split_seed = 0                # carves derived validation/test splits and folds.

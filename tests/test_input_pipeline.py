@@ -385,3 +385,16 @@ def test_worker_processes_give_the_same_batches():
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300, check=False)
   assert "WORKERS OK" in result.stdout, result.stdout + result.stderr[-3000:]
+
+
+def test_default_config_drives_device_preprocess():
+  from dermjax.data import augment
+  c = ip.default_data_config()
+  assert (c.image_size, c.resize_size, c.batch_size, c.sampling) == (224, 256, 8, "none")
+  c.augment.max_rotation_deg = "any"   # a number or "any".
+  batch = {"image": np.full((2, 8, 8, 3), 7, np.uint8), "masks": np.ones((2, 8, 8, 6), np.uint8)}
+  out = jax.jit(lambda b, k: augment.device_preprocess(
+      b, k, mean=np.full(3, 7.0), std=np.ones(3), aug_config=c.augment, train=True))(
+          batch, jax.random.key(0))
+  np.testing.assert_allclose(np.asarray(out["image"]), 0.0, atol=1e-5)
+  assert (np.asarray(out["masks"]) == 1).all()
