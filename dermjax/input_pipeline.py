@@ -7,9 +7,11 @@
     -> dermjax.data.augment.device_preprocess (normalise, augment)              in the step
 
 Each process loads only its rows of every global batch (`jax.process_index`). Training
-cycles endlessly over epochs drawn by dermjax.data.sampling (deterministic in the seed);
-its iterator state (grain's, JSON-serialisable) resumes it exactly. Evaluation passes
-are finite and in order, the last batch padded with rows that have valid = 0, index = -1.
+cycles endlessly over epochs drawn by dermjax.data.sampling (deterministic in the seed,
+independent of worker and thread counts); its state is the number of batches consumed,
+so it resumes exactly. Evaluation passes are finite and in order, the last batch padded
+with rows that have valid = 0, index = -1. Stored JPEGs are decoded at reduced size when
+the crop allows (PIL draft mode), so multi-megapixel images cost little more than small ones.
 
 Geometry (data.crop), with S = image_size, R = resize_size:
   "resize_center_crop"  resize the whole image to R x R, keep the central S x S (thesis:
@@ -273,6 +275,11 @@ def _finish(dataset, host_batch, *, num_threads, num_workers, prefetch):
       num_threads=max(int(num_threads), 1),
       prefetch_buffer_size=max(int(prefetch), int(num_threads), 1)))
   if num_workers:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():
+      raise RuntimeError(f"data.num_workers = {num_workers} starts grain worker processes, which "
+                         "need absl flags parsed: run under absl.app.run (with an "
+                         "`if __name__ == '__main__':` guard), or set data.num_workers = 0")
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=int(num_workers), per_worker_buffer_size=max(int(prefetch), 1)))
   return dataset
@@ -325,6 +332,9 @@ class TrainIterator:
     self._start(start_batch)
 
   def _start(self, batch):
+    old = getattr(self, "_iterator", None)
+    if hasattr(old, "close"):  # Stops the old iterator's worker processes, if any.
+      old.close()
     self._next_batch = int(batch)
     self._iterator = iter(self._make_dataset(start_batch=self._next_batch))
 
