@@ -1,5 +1,6 @@
 """On-device preprocessing: image and masks move together, masks stay binary, eval is a no-op."""
 
+import functools
 import math
 
 import jax
@@ -34,10 +35,16 @@ def _batch(seed=0, batch=4, size=32, channels=6):
   return {"image": image, "masks": masks, "label": np.arange(batch, dtype=np.int32)}
 
 
+@functools.lru_cache(maxsize=None)
+def _step(aug_items, train, mean, std):
+  """One jitted device_preprocess per setting (compiled once, reused across tests)."""
+  return jax.jit(lambda b, k: augment.device_preprocess(
+      b, k, mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32),
+      aug_config=dict(aug_items), train=train))
+
+
 def _run(batch, key, aug, train=True, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
-  fn = jax.jit(lambda b, k: augment.device_preprocess(
-      b, k, mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32), aug_config=aug,
-      train=train))
+  fn = _step(tuple(sorted(aug.items())), train, tuple(mean), tuple(std))
   return jax.tree.map(np.asarray, fn(batch, key))
 
 
