@@ -109,6 +109,8 @@ class VGGStages(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
+    if self.num_classes is not None and tuple(self.blocks)[-1:] != (5,):
+      raise ValueError(f"VGGClassifierHead follows pool5; blocks {tuple(self.blocks)} do not end with 5.")
     taps = {}
     for b in self.blocks:
       features, num_convs = VGG16_BLOCKS[b - 1]
@@ -118,7 +120,5 @@ class VGGStages(nn.Module):
       x = max_pool(x)
       taps[f"pool{b}"] = x
     if self.num_classes is not None:
-      if tuple(self.blocks)[-1:] != (5,):
-        raise ValueError(f"VGGClassifierHead follows pool5; blocks {tuple(self.blocks)} do not end with 5.")
       taps.update(VGGClassifierHead(self.num_classes, dtype=self.dtype, name="head")(x, train=train))
     return taps
