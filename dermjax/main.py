@@ -7,6 +7,7 @@ Without data.dir the model trains on synthetic ISIC data. Rerunning with the sam
 resumes from its latest checkpoint.
 """
 
+import logging as logging_lib
 import os
 
 import jax
@@ -17,6 +18,8 @@ from ml_collections import config_flags
 
 from dermjax import train
 
+QUIET_LIBRARIES = ("/orbax/", "/tensorflow_datasets/", "/array_record/")
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and results.")
 config_flags.DEFINE_config_file("config", None, "Experiment config (configs/*.py).",
@@ -24,9 +27,18 @@ config_flags.DEFINE_config_file("config", None, "Experiment config (configs/*.py
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(logging_lib.Filter):
+  """Drops INFO (and lower) records of chatty libraries (orbax logs every manager setting)."""
+
+  def filter(self, record):
+    return record.levelno > logging_lib.INFO or not any(
+        part in record.pathname for part in QUIET_LIBRARIES)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   config = FLAGS.config
   if config.train.distributed:
     jax.distributed.initialize()

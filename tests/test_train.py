@@ -144,13 +144,14 @@ def test_end_to_end_resume_continues_at_saved_step(tmp_path, tiny_registered):
   synthetic = str(tmp_path / "synthetic")
   base = dict(max_steps=5, num_epochs=20, log_every_steps=1)
 
-  def run(workdir, **overrides):
+  def run(workdir, full_eval=True, **overrides):
     config = tiny_config(**{**base, **overrides})
     config.data.synthetic_dir = synthetic
-    config.eval.num_visualizations = 2
+    config.eval.num_visualizations = 2 if full_eval else 0
+    config.eval.splits = ("validation", "test") if full_eval else ("validation",)
     return train.train_and_evaluate(config, str(workdir))
 
-  run(tmp_path / "a", max_steps=2)
+  run(tmp_path / "a", full_eval=False, max_steps=2)
   latest = tmp_path / "a" / "checkpoints" / "latest"
   assert sorted(os.listdir(latest)) == ["2"]
   results = run(tmp_path / "a")
@@ -158,7 +159,7 @@ def test_end_to_end_resume_continues_at_saved_step(tmp_path, tiny_registered):
            if "train/loss" in r]
   assert steps == [1, 2, 3, 4, 5]  # The rerun started at step 3.
   assert sorted(os.listdir(latest)) == ["5"]
-  run(tmp_path / "b")
+  run(tmp_path / "b", full_eval=False)
 
   from dermjax import checkpoint
   def final_params(workdir):
