@@ -19,16 +19,11 @@ import jax.numpy as jnp
 FILL_MODES = ("reflect", "constant")
 
 
-def _aug(aug_config, name, default):
-  """aug_config field (a ConfigDict or dict), `default` when missing."""
-  return aug_config.get(name, default)
-
-
 def _max_rotation_rad(aug_config):
   """Rotation range in radians from `rotation` / `max_rotation_deg` (a number or "any")."""
-  if not _aug(aug_config, "rotation", False):
+  if not aug_config.get("rotation", False):
     return 0.0
-  max_deg = _aug(aug_config, "max_rotation_deg", 180.0)
+  max_deg = aug_config.get("max_rotation_deg", 180.0)
   if isinstance(max_deg, str):
     if max_deg != "any":
       raise ValueError(f"augment.max_rotation_deg must be a number or 'any', got {max_deg!r}")
@@ -37,7 +32,7 @@ def _max_rotation_rad(aug_config):
 
 
 def _zoom_range(aug_config):
-  zoom = _aug(aug_config, "zoom", None)
+  zoom = aug_config.get("zoom", None)
   if zoom is None:
     return None
   lo, hi = (float(z) for z in zoom)
@@ -58,9 +53,9 @@ def random_affine(rng, aug_config, height, width):
   max_rot = _max_rotation_rad(aug_config)
   angle = jax.random.uniform(k_angle, (), minval=-max_rot, maxval=max_rot) if max_rot else 0.0
   fy = fx = jnp.float32(1.0)
-  if _aug(aug_config, "vflip", False):
+  if aug_config.get("vflip", False):
     fy = jnp.where(jax.random.bernoulli(k_vflip), -1.0, 1.0)
-  if _aug(aug_config, "hflip", False):
+  if aug_config.get("hflip", False):
     fx = jnp.where(jax.random.bernoulli(k_hflip), -1.0, 1.0)
   zoom = _zoom_range(aug_config)
   if zoom is None:
@@ -121,7 +116,7 @@ def augment(image, masks, rng, aug_config):
   image [B, H, W, 3] float, masks [B, H, W, M] float 0/1 -> same shapes; masks stay 0/1.
   """
   batch, height, width = image.shape[:3]
-  fill = _aug(aug_config, "fill", "reflect")
+  fill = aug_config.get("fill", "reflect")
   matrices = jax.vmap(lambda key: random_affine(key, aug_config, height, width))(
       jax.random.split(rng, batch))
   stack = jnp.concatenate([image, masks.astype(image.dtype)], axis=-1)
@@ -135,7 +130,8 @@ def device_preprocess(batch, rng, *, mean, std, aug_config, train: bool):
 
   image becomes float32 (image - mean) / std (mean, std: [3] in 0-255 units), masks float32
   0/1; with train=True (and an aug_config) both first get the same random transform per
-  example. Other entries pass through unchanged. rng is unused when train=False.
+  example. aug_config: config.data.augment (ConfigDict or dict; missing fields are off).
+  Other entries pass through unchanged. rng is unused when train=False.
   """
   image = batch["image"].astype(jnp.float32)
   masks = batch["masks"].astype(jnp.float32)
