@@ -16,6 +16,8 @@
            batch 8, 2 epochs), same model and loss.
 
 e.g. `configs/attnmel.py:lesion,isic2017,paper`, `configs/attnmel.py:vgg16_gap,isic2016`.
+Single fields from the command line as usual, e.g. --config.loss.attention_reference=dermo,
+--config.model.batch_norm=False (plain VGG-16; then also --config.model.pretrained_arch=vgg16).
 
 Paper setting: VGG-16-BN (ImageNet weights: set --config.model.pretrained to a torchvision
 vgg16_bn checkpoint), 2 softmax outputs and focal loss (gamma 2) on melanoma vs rest,
@@ -23,8 +25,10 @@ melanoma oversampled x4, centre crop 0.8 x min side resized to 256, random 224 c
 augment zoom; it is resampled back to 256, and evaluation sees the whole 256 image where
 the authors' code centre-cropped 224), rotation, flips; SGD momentum 0.9, lr 0.01 x0.1
 every 10 epochs, 50 epochs, weight decay 1e-4 and batch 32 (the authors' code; the paper
-gives neither); the best epoch by validation AUC.
+gives neither); the best epoch by validation melanoma AUC.
 """
+
+import ml_collections
 
 from dermjax import defaults
 
@@ -67,6 +71,7 @@ def get_config(arg=None):
   m.pretrained_arch = "vgg16_bn"
   # With --config.model.pretrained=<vgg16_bn .pth/.safetensors>, ImageNet weights fill these
   # submodules (model path -> checkpoint path); VGG-16's fc8 and every new layer stay random.
+  m.pretrained = ml_collections.FieldReference(None, field_type=str)   # settable from the CLI.
   m.pretrained_targets = {"backbone": ""}
   if model in ("vgg16", "vgg16_gap"):
     m.name = "vgg16"
@@ -79,7 +84,8 @@ def get_config(arg=None):
     m.attention = model != "melcnn"
     m.normalize_attention = model == "softmax"
     m.attention_features = 256
-    config.loss.attention_reference = REFERENCE.get(model)
+    # None | "lesion" | "dermo" | "background"; a typed reference so the command line can set it.
+    config.loss.attention_reference = ml_collections.FieldReference(REFERENCE.get(model), field_type=str)
     config.loss.attention_weights = (0.001, 0.01)   # lambda_1 (pool-3), lambda_2 (pool-4).
   config.loss.focal_gamma = 2.0
 
@@ -92,7 +98,7 @@ def get_config(arg=None):
   o.decay_factor = 0.1
 
   t = config.train
-  t.checkpoint_metric = "validation/auc"
+  t.checkpoint_metric = "validation/melanoma_auc"   # AUC of P(class 1 = melanoma).
   t.checkpoint_mode = "max"
   t.keep_best = ()
 
