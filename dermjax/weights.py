@@ -7,7 +7,8 @@ Sources
   *.safetensors     torchvision or timm key names, read with `safetensors` (no torch needed).
   converted dir     what scripts/convert_weights.py writes: DIR/variables.safetensors holding the
                     dermjax variables as flat float32 tensors named "params/block1/conv1/kernel",
-                    with the architecture in the file's metadata. Read without torch or JAX tracing.
+                    with the architecture in the file's metadata (safetensors, not orbax: one
+                    memory-mappable file, readable without torch and without JAX).
 
 Mapping: one table per architecture (`TABLES`) of rows (dermjax module path, torch module
 prefix, kind); a kind (`KINDS`) lists the tensors of one torch layer and how each becomes a Flax
@@ -137,11 +138,12 @@ KINDS = {
 
 # ----------------------------------------------------------------------------- tables
 
-Row = tuple  # (dermjax module path, torch module prefix, kind)
-
-
 class Table(NamedTuple):
-  """Rows for the body and for the classifier head; the last head row's weight gives K."""
+  """Rows (dermjax module path, torch module prefix, kind) for the body and the classifier head.
+
+  The last head row's weight gives the class count. Rows whose Flax leaves the architecture
+  lacks are skipped, so a table may list optional layers.
+  """
 
   body: list
   head: list

@@ -192,7 +192,7 @@ def test_gaze_encoder_and_blocks_4_5_load_from_one_vgg16_bn_checkpoint(tmp_path)
   assert weights.apply_pretrained(variables, config) is variables
   config.pretrained = path
   loaded = weights.apply_pretrained(variables, config)
-  out = gaze.apply(loaded, x_nhwc)
+  out = jax.jit(gaze.apply)(loaded, x_nhwc)
   for name in ("pool3", "pool5"):
     assert rel_err(np.asarray(out[name]).transpose(0, 3, 1, 2), ref[name]) <= 1e-4, name
   np.testing.assert_array_equal(loaded["params"]["classifier"]["kernel"],

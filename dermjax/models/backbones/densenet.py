@@ -64,7 +64,8 @@ class Transition(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     x = nn.relu(batch_norm(train, self.frozen_bn, self.dtype, "norm")(x))
-    x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=conv_init, name="conv")(x)
+    x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=conv_init,
+                name="conv")(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
