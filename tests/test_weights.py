@@ -228,3 +228,14 @@ def test_graft_reports_every_missing_or_mismatched_leaf():
   assert "batch_stats/encoder/bn/mean (8,): pretrained has no batch_stats/missing/bn/mean" in msg
   assert "target 'decoder' is not a submodule" in msg
   assert "6 problem(s)" in msg
+
+
+def test_bfloat16_safetensors_are_read_as_float32(tmp_path):
+  torch = pytest.importorskip("torch")
+  from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
+  state = resnet18_state()
+  save_file({k: torch.from_numpy(v).to(torch.bfloat16) for k, v in state.items()},
+            str(tmp_path / "bf16.safetensors"))
+  kernel = weights.load_pretrained(str(tmp_path / "bf16.safetensors"), "resnet18")["params"]["fc"]["kernel"]
+  assert kernel.dtype == np.float32
+  np.testing.assert_allclose(kernel, state["fc.weight"].T, rtol=1e-2)
