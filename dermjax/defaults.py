@@ -19,7 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.name = ""
   config.model.num_classes = 1            # 1: sigmoid melanoma score; >1: softmax classes.
   config.model.dtype = "float32"          # compute dtype ("bfloat16" for mixed precision).
-  config.model.pretrained = None          # .pth / .safetensors / converted checkpoint dir.
+  config.model.pretrained = ml_collections.FieldReference(None, field_type=str)  # .pth/.safetensors/dir
   config.model.pretrained_arch = "vgg16_bn"
   config.model.pretrained_targets = ml_collections.ConfigDict()  # submodule -> path in checkpoint.
 

@@ -47,10 +47,11 @@ _ENDLESS = 2**62  # "Infinite" length of the training position stream.
 def default_data_config() -> ml_collections.ConfigDict:
   """config.data defaults (the thesis's ISIC 2017 setting); experiment configs override."""
   c = ml_collections.ConfigDict()
-  c.dir = None                    # Raw ISIC directory; None -> synthetic data.
+  # Raw ISIC directory; None -> synthetic data. (FieldReferences: settable from the CLI.)
+  c.dir = ml_collections.FieldReference(None, field_type=str)
   c.layout = "isic2017"
-  c.prepared_dir = None           # None -> <dir or synthetic_dir>/prepared.
-  c.synthetic_dir = None          # None -> <workdir>/synthetic_<layout>.
+  c.prepared_dir = ml_collections.FieldReference(None, field_type=str)  # None: <dir>/prepared
+  c.synthetic_dir = ml_collections.FieldReference(None, field_type=str)  # None: <workdir>/synthetic_<layout>
   c.synthetic_num_images = None   # {split: count} for the synthetic set; None: its default.
   c.image_size = 224
   c.resize_size = 256
