@@ -184,6 +184,10 @@ class ExampleLoader:
         "valid": np.float32(0.0), "index": np.int32(-1),
     }
 
+  def resize_masks(self, masks, box):
+    """masks as `read` returns them -> uint8 [S, S, 1+A]."""
+    return resize_masks(masks, box, self.image_size)
+
   def read(self, index):
     """-> (record fields, image (array or PIL), its crop box, masks [H, W, 1+A], their box)."""
     record = self.source[index]
@@ -200,12 +204,13 @@ class ExampleLoader:
     if index < 0:
       return self.padding()
     record, image, image_box, masks, masks_box = self.read(index)
+    masks = self.resize_masks(masks, masks_box)
     if masks.shape[-1] != MASK_CHANNELS:
       raise ValueError(f"record {record.get('id', index)}: {masks.shape[-1]} mask channels, "
                        f"expected 1 + {schema.NUM_ATTRIBUTES}")
     return {
         "image": resize_image(image, image_box, self.image_size),
-        "masks": resize_masks(masks, masks_box, self.image_size),
+        "masks": masks,
         "has_masks": np.array([record["has_lesion_mask"], record["has_attributes"]], np.float32),
         "label": np.int32(target_label(record, self.target)),
         "melanoma": np.int32(record["melanoma"]),
@@ -221,13 +226,19 @@ class PreparedExampleLoader(ExampleLoader):
   stored bytes. source: `prepared.builder.as_data_source(split)` (or a Subset of it)."""
 
   def read(self, index):
-    from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
+    """Like ExampleLoader.read, but the masks stay bit-packed codes [H, W] (see resize_masks)."""
     example = self.source[index]
     image, image_box = decode_jpeg_for(example["image"], self.box, self.image_size)
-    lesion, attributes = prepare.unpack_masks(np.asarray(Image.open(io.BytesIO(example["masks"]))))
-    masks = np.concatenate([lesion[..., None], attributes], -1)
-    box = self.box(*masks.shape[:2])
-    return example, image, image_box, masks, box
+    codes = np.asarray(Image.open(io.BytesIO(example["masks"])))
+    return example, image, image_box, codes, self.box(*codes.shape[:2])
+
+  def resize_masks(self, masks, box):
+    """Packed codes [H, W] -> uint8 [S, S, 1+A]: nearest neighbour first, then unpacking
+    (they commute, and unpacking S x S codes is far cheaper than H x W)."""
+    from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
+    lesion, attributes = prepare.unpack_masks(resize_masks(masks[..., None], box,
+                                                           self.image_size)[..., 0])
+    return np.concatenate([lesion[..., None], attributes], -1)
 
 
 def loader_from_config(source, data_config, loader_class=ExampleLoader) -> ExampleLoader:

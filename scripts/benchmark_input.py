@@ -124,6 +124,7 @@ def main(argv):
   data = input_pipeline.create_datasets(c, mesh=mesh, workdir=FLAGS.workdir)
   sizes = data.stats["splits"]["train"]
   full, host = measure(data, c.augment, FLAGS.num_batches, FLAGS.warmup)
+  load = os.getloadavg()[0]
   command = "python scripts/benchmark_input.py " + " ".join(
       f"--{k}={getattr(FLAGS, k)}" for k in ("num_workers", "num_threads", "batch_size",
                                               "num_batches", "min_side", "max_side"))
@@ -131,7 +132,7 @@ def main(argv):
       "images_per_s": round(full, 1), "host_images_per_s": round(host, 1),
       "image_size": c.image_size, "batch_size": c.batch_size, "num_workers": c.num_workers,
       "source_image_height": sizes["height"], "source_image_width": sizes["width"],
-      "machine": _machine(), "command": command,
+      "machine": _machine(), "load_average_1min": round(load, 1), "command": command,
       "date": datetime.date.today().isoformat(),
   }
   print(json.dumps(result, indent=1))
@@ -149,7 +150,8 @@ random rotation, flips and zoom of image and masks). Source images
 | end to end (host batches + device augmentation) | **{full:.1f}** |
 | host batches only (decode, crop, resize, batch, device put) | {host:.1f} |
 
-Machine: {result['machine']}, shared with other jobs while measured; {result['date']}.
+Machine: {result['machine']}; shared with other jobs while measured (1-min load average
+{load:.1f}), so these are lower bounds; {result['date']}.
 Command: `{command}`
 """
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "BENCHMARKS.md")
