@@ -323,6 +323,15 @@ def explain_split(model_lib, module, config, state, datasets, split, loss_stats,
       break
 
 
+def _pngs(directory, prefix):
+  """{prefix/name: uint8 RGB image} of the PNGs in `directory` (for TensorBoard)."""
+  if not os.path.isdir(directory):
+    return {}
+  from PIL import Image  # Host-only.
+  return {f"{prefix}/{name[:-4]}": np.asarray(Image.open(os.path.join(directory, name)).convert("RGB"))
+          for name in sorted(os.listdir(directory)) if name.endswith(".png")}
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config.model` as `config` says, resuming from workdir; returns {split: result}."""
   workdir = os.path.abspath(workdir)
@@ -446,8 +455,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       np.savez(os.path.join(workdir, "predictions", f"{split}.npz"),
                ids=np.asarray([ids[i] for i in arrays["index"]]),
                scores=scores, logits=logits, labels=arrays["label"], melanoma=arrays["melanoma"])
-    explain_split(model_lib, module, config, state, datasets, split, loss_stats,
-                  os.path.join(workdir, "explanations", split))
+    out_dir = os.path.join(workdir, "explanations", split)
+    explain_split(model_lib, module, config, state, datasets, split, loss_stats, out_dir)
+    writer.write_images(int(final_meta["step"]), _pngs(out_dir, f"explanations_{split}"))
   writer.close()
   checkpoints.close()
   return all_results
