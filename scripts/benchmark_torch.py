@@ -1,14 +1,17 @@
 """The gaze model's train step in plain PyTorch eager: the peer a user would otherwise run.
 
-Same architecture as dermjax.models.gaze (thesis Sec. 3; same widths, T, input size, frozen
-encoder, batch): VGG16-BN blocks 1-3 frozen (eval-mode BN, no grad), the Attentive ConvLSTM
-unrolled for T steps, the decoder (x2 upsample, skip averaging, conv blocks) and structure
-head per step, the diagnosis branch (VGG16-BN blocks 4-5 on the last attended features, GAP,
-concatenated with the GAPs of every attended feature map) and the thesis's loss: focal
-diagnosis loss + 1 - softIoU and cross-entropy over predicted/true structure pairs matched
-per image by scipy's Hungarian solver (linear_sum_assignment) on host. Adam updates every
-trainable parameter. Channels-last tensors, fp32 on CPU; `--dtype=bfloat16` runs the
-forward pass under torch.autocast (fp32 parameters and loss).
+Same architecture as dermjax.models.gaze built by configs/gaze.py "thesis" (thesis Sec. 3;
+same widths, T, input size, frozen encoder, batch): VGG16-BN blocks 1-3 frozen (eval-mode
+BN, no grad), the Attentive ConvLSTM unrolled for T steps, the decoder (skip averaging with
+pool3/pool2/pool1, x2 nearest upsample, conv blocks, reflect padding) and structure head
+once per step as the thesis's code does (--batched_decoder: one pass over the T * B hidden
+states, as the flax model does), the diagnosis branch (VGG16-BN blocks 4-5 with frozen BN on
+the last attended features, GAP, concatenated with the GAPs of every attended feature map)
+and the thesis's loss: focal diagnosis loss + 1 - softIoU and cross-entropy over
+predicted/true structure pairs matched per image by scipy's Hungarian solver
+(linear_sum_assignment) on host, mini-batch balanced. Adam updates every trainable
+parameter. Channels-last tensors, fp32 on CPU; `--dtype=bfloat16` runs the forward pass
+under torch.autocast (fp32 parameters and loss).
 
 Timed like scripts/profile.py (dermjax.profiling.time_steps: warm-up steps, then per-step
 wall times with device synchronisation; median). Synthetic inputs (random image, random
@@ -17,19 +20,28 @@ wall times with device synchronisation; median). Synthetic inputs (random image,
   python scripts/benchmark_torch.py --image_size=224 --batch_size=8 --num_steps=5
 """
 
-import argparse
-import json
 import os
 import sys
 
-import numpy as np
-import scipy.optimize
-import torch
-import torch.nn.functional as F
-from torch import nn
+# `python scripts/benchmark_torch.py` puts scripts/ first on sys.path, where scripts/profile.py
+# would shadow the standard library's `profile` (imported by cProfile, which torch imports);
+# put the repository root there instead.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+  sys.path[0] = _REPO
+elif _REPO not in sys.path:
+  sys.path.insert(0, _REPO)
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from dermjax import profiling  # noqa: E402  (repo root on the path for `python scripts/...`)
+import argparse  # noqa: E402
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import scipy.optimize  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from dermjax import profiling  # noqa: E402
 
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 NUM_STRUCTURES = 6
@@ -56,38 +68,42 @@ def vgg_block(b, cin):
 
 
 class Encoder(nn.Module):
-  """VGG16-BN blocks 1-3: image -> (block1, block2, block3 pre-pool skips, pool3)."""
+  """VGG16-BN blocks 1-3: image -> [pool1, pool2, pool3] (pool3 is X' [B, 256, H/8, W/8])."""
 
   def __init__(self):
     super().__init__()
     self.blocks = nn.ModuleList([vgg_block(1, 3), vgg_block(2, 64), vgg_block(3, 128)])
 
   def forward(self, x):
-    skips = []
+    pools = []
     for block in self.blocks:
-      x = block(x)
-      skips.append(x)
-      x = F.max_pool2d(x, 2)
-    return skips, x
+      x = F.max_pool2d(block(x), 2)
+      pools.append(x)
+    return pools
+
+
+def conv3x3(cin, cout, padding_mode, bias=True):
+  return nn.Conv2d(cin, cout, 3, padding=1, padding_mode=padding_mode, bias=bias)
 
 
 class AttentiveConvLSTM(nn.Module):
-  """SAM's Attentive ConvLSTM (thesis eqs. 1-9) on X' [B, C, h, w], unrolled T steps."""
+  """SAM's Attentive ConvLSTM (thesis eqs. 1-9) on X' [B, F, h, w], unrolled T steps.
 
-  def __init__(self, features, hidden, attention, kernel):
+  As dermjax.models.gaze: W_a * X' computed once; U_a, V_a, U without bias; gates (i, f, o, g).
+  """
+
+  def __init__(self, features, padding_mode):
     super().__init__()
-    pad = kernel // 2
-    self.w_a = nn.Conv2d(features, attention, kernel, padding=pad)
-    self.u_a = nn.Conv2d(hidden, attention, kernel, padding=pad, bias=False)
-    self.v_a = nn.Conv2d(attention, 1, kernel, padding=pad, bias=False)
-    self.w = nn.Conv2d(features, 4 * hidden, kernel, padding=pad)
-    self.u = nn.Conv2d(hidden, 4 * hidden, kernel, padding=pad, bias=False)
-    self.hidden = hidden
+    self.w_a = conv3x3(features, features, padding_mode)
+    self.u_a = conv3x3(features, features, padding_mode, bias=False)
+    self.v_a = conv3x3(features, 1, padding_mode, bias=False)
+    self.w = conv3x3(features, 4 * features, padding_mode)
+    self.u = conv3x3(features, 4 * features, padding_mode, bias=False)
 
   def forward(self, x, num_steps):
     b, _, h, w = x.shape
-    state_h = x.new_zeros(b, self.hidden, h, w).contiguous(memory_format=torch.channels_last)
-    state_c = torch.zeros_like(state_h)
+    state_h = torch.zeros_like(x)
+    state_c = torch.zeros_like(x)
     wa_x = self.w_a(x)
     attended, hiddens, attentions = [], [], []
     for _ in range(num_steps):
@@ -103,37 +119,55 @@ class AttentiveConvLSTM(nn.Module):
     return attended, hiddens, attentions
 
 
-class Decoder(nn.Module):
-  """Per step: H_t [B, 256, h, w] + encoder skips -> mask logit [B, 1, 8h, 8w], structure logits [B, S].
+# Decoder blocks: output channels of each 3x3 conv (dermjax.models.gaze.DECODER_BLOCKS).
+DECODER_BLOCKS = ((256, 256, 128), (128, 64), (64, 1))
 
-  Three blocks, each preceded by a x2 upsample and the average with the encoder block of the
-  same size; GAPs before each block (256 + 128 + 64) feed two dense layers.
+
+class Decoder(nn.Module):
+  """H [N, 256, h, w] + skips (pool3, pool2, pool1) -> mask logits [N, 1, 8h, 8w], pools [N, 448].
+
+  Each block: average with the skip, global pool, x2 nearest upsample, 3x3 convs + BN + ReLU
+  (the last conv gives the mask logits).
   """
 
-  def __init__(self, structure_hidden):
+  def __init__(self, padding_mode):
     super().__init__()
-    self.blocks = nn.ModuleList([
-        nn.Sequential(*conv_bn_relu(256, 256), *conv_bn_relu(256, 256), *conv_bn_relu(256, 128)),
-        nn.Sequential(*conv_bn_relu(128, 128), *conv_bn_relu(128, 64)),
-        nn.Sequential(*conv_bn_relu(64, 64), nn.Conv2d(64, 1, 3, padding=1)),
-    ])
-    self.fc1 = nn.Linear(256 + 128 + 64, structure_hidden)
-    self.fc2 = nn.Linear(structure_hidden, NUM_STRUCTURES)
+    blocks, cin = [], 256
+    for b, features in enumerate(DECODER_BLOCKS):
+      layers = []
+      for k, cout in enumerate(features):
+        layers.append(conv3x3(cin, cout, padding_mode))
+        if not (b == len(DECODER_BLOCKS) - 1 and k == len(features) - 1):
+          layers += [nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        cin = cout
+      blocks.append(nn.Sequential(*layers))
+    self.blocks = nn.ModuleList(blocks)
 
-  def forward(self, h, skips):
-    pooled = []
-    x = h
-    for block, skip in zip(self.blocks, reversed(skips)):
-      x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+  def forward(self, x, skips):
+    pools = []
+    for block, skip in zip(self.blocks, skips):
+      if skip.shape[0] != x.shape[0]:  # Skips shared by the T steps folded into the batch.
+        skip = skip.repeat(x.shape[0] // skip.shape[0], 1, 1, 1)
       x = (x + skip) / 2
-      pooled.append(x.mean(dim=(2, 3)))
-      x = block(x)
-    classes = self.fc2(F.relu(self.fc1(torch.cat(pooled, dim=1))))
-    return x, classes
+      pools.append(x.mean(dim=(2, 3)))
+      x = block(F.interpolate(x, scale_factor=2, mode="nearest"))
+    return x, torch.cat(pools, dim=1)
+
+
+class StructureHead(nn.Module):
+  """[N, 448] -> [N, S]: dense 224, ReLU, dense S."""
+
+  def __init__(self, features=448):
+    super().__init__()
+    self.dense1 = nn.Linear(features, features // 2)
+    self.dense2 = nn.Linear(features // 2, NUM_STRUCTURES)
+
+  def forward(self, x):
+    return self.dense2(F.relu(self.dense1(x)))
 
 
 class Diagnosis(nn.Module):
-  """VGG16-BN blocks 4-5 (pooled) on X~'_{T-1}, GAP, concat GAPs of all X~'_t, dense -> [B, K]."""
+  """VGG16-BN blocks 4-5 (pooled) on X~'_{T-1}; concat(GAP(pool5), GAP(X~'_t) for all t) -> dense K."""
 
   def __init__(self, num_steps, num_classes):
     super().__init__()
@@ -149,39 +183,49 @@ class Diagnosis(nn.Module):
 
 
 class GazeModel(nn.Module):
-  """The whole gaze network; encoder frozen (eval-mode BN, no grad)."""
+  """The gaze network as configs/gaze.py "thesis" builds it: frozen encoder (eval-mode BN, no
+  grad), frozen BN in the diagnosis VGG blocks, reflect padding in the ConvLSTM and decoder."""
 
-  def __init__(self, num_steps, *, hidden=256, attention=256, kernel=3, structure_hidden=448,
-               num_classes=1, batched_decoder=False):
+  def __init__(self, num_steps, *, num_classes=1, padding_mode="reflect", frozen_bn=True,
+               batched_decoder=False):
     super().__init__()
     self.num_steps = num_steps
     self.batched_decoder = batched_decoder
+    self.frozen_bn = frozen_bn
     self.encoder = Encoder()
-    self.lstm = AttentiveConvLSTM(256, hidden, attention, kernel)
-    self.decoder = Decoder(structure_hidden)
+    self.lstm = AttentiveConvLSTM(256, padding_mode)
+    self.decoder = Decoder(padding_mode)
+    self.structure_head = StructureHead()
     self.diagnosis = Diagnosis(num_steps, num_classes)
     for p in self.encoder.parameters():
       p.requires_grad_(False)
 
   def train(self, mode=True):
     super().train(mode)
-    self.encoder.eval()  # Frozen BN: running averages.
+    self.encoder.eval()  # Frozen encoder: running averages.
+    if self.frozen_bn:
+      self.diagnosis.eval()  # Frozen BN (no dropout there).
     return self
 
   def forward(self, image):
     with torch.no_grad():
-      skips, x = self.encoder(image)
-    attended, hiddens, attentions = self.lstm(x, self.num_steps)
-    if self.batched_decoder:  # The decoder has no recurrence: one pass over B * T maps.
-      t = self.num_steps
-      masks, classes = self.decoder(torch.cat(hiddens, 0), [s.repeat(t, 1, 1, 1) for s in skips])
-      masks, classes = masks.chunk(t, 0), classes.chunk(t, 0)
-    else:
-      masks, classes = zip(*(self.decoder(h, skips) for h in hiddens))
+      pool1, pool2, pool3 = self.encoder(image)
+    skips = [pool3, pool2, pool1]
+    attended, hiddens, attentions = self.lstm(pool3, self.num_steps)
+    b, t = image.shape[0], self.num_steps
+    if self.batched_decoder:  # The decoder has no recurrence: one pass over the T * B maps.
+      masks, pools = self.decoder(torch.cat(hiddens, 0), skips)
+      classes = self.structure_head(pools)
+      masks = masks.view(t, b, *masks.shape[2:]).transpose(0, 1)
+      classes = classes.view(t, b, -1).transpose(0, 1)
+    else:  # One decoder pass per step, as the thesis's code.
+      outs = [self.decoder(h, skips) for h in hiddens]
+      masks = torch.stack([m[:, 0] for m, _ in outs], 1)
+      classes = torch.stack([self.structure_head(p) for _, p in outs], 1)
     return {
         "logits": self.diagnosis(attended),
-        "masks": torch.stack(masks, 1)[:, :, 0],        # [B, T, H, W] logits
-        "structure_logits": torch.stack(classes, 1),    # [B, T, S]
+        "masks": masks,                                  # [B, T, H, W] logits
+        "structure_logits": classes,                     # [B, T, S]
         "attention": torch.stack(attentions, 1)[:, :, 0],
     }
 
@@ -197,10 +241,10 @@ def structure_masks(masks):
   return torch.cat([lesion_[:, None], skin[:, None], attributes], dim=1).float()
 
 
-def soft_iou(pred, target, eps=1e-6):
-  """[..., H, W] probabilities and 0/1 masks -> [...] soft IoU (thesis eq. 10)."""
-  inter = (pred * target).sum(dim=(-2, -1))
-  union = pred.sum(dim=(-2, -1)) + target.sum(dim=(-2, -1)) - inter
+def soft_iou_matrix(probs, structures, eps=1e-6):
+  """Eq. 10 for every pair: probs [B, T, H, W], structures [B, S, H, W] -> [B, S, T]."""
+  inter = torch.einsum("bthw,bshw->bst", probs, structures)
+  union = structures.sum(dim=(2, 3))[:, :, None] + probs.sum(dim=(2, 3))[:, None, :] - inter
   return (inter + eps) / (union + eps)
 
 
@@ -214,37 +258,33 @@ def focal_loss(logits, labels, gamma):
   return ((1 - p_t) ** gamma * ce).mean()
 
 
-def gaze_loss(outputs, masks, label, *, weights, gamma=2.0, alpha=0.25, beta=0.75, gamma_seg=0.75,
-              mu=0.25):
-  """Thesis eq. 14. Per image: S x T cost 1 - softIoU over present structures, Hungarian
-  matching on host (scipy), then 1 - softIoU and structure CE over the matched pairs,
-  weighted per structure by `weights` [S] (presence weighting, eq. 15)."""
-  structures = structure_masks(masks)                        # [B, S, H, W]
-  probs = torch.sigmoid(outputs["masks"].float())            # [B, T, H, W]
-  iou = soft_iou(probs[:, None], structures[:, :, None])     # [B, S, T]
-  present = structures.flatten(2).amax(2) > 0.5              # [B, S]
-  cost = (1 - iou).detach().cpu().numpy()
-  present_np = present.cpu().numpy()
+def gaze_loss(outputs, masks, label, *, gamma=2.0, alpha=0.25, beta=0.75, gamma_seg=0.75, mu=0.25):
+  """Thesis eq. 14 as dermjax.models.gaze.loss with configs/gaze.py "thesis" (balancing
+  "batch"). Per image, the S x T cost 1 - softIoU over the present structures is matched by
+  scipy's Hungarian solver on host; 1 - softIoU and the structure CE are averaged over the
+  matched pairs, each pair weighted 1 / (times its structure is matched in the batch)."""
+  structures = structure_masks(masks)                            # [B, S, H, W]
+  probs = torch.sigmoid(outputs["masks"].float())                # [B, T, H, W]
+  cost = 1 - soft_iou_matrix(probs, structures)                  # [B, S, T]
+  present = (structures.flatten(2).amax(2) > 0.5).cpu().numpy()  # [B, S]
+  cost_np = cost.detach().cpu().numpy()
   rows, cols, batch_index = [], [], []
-  for b in range(cost.shape[0]):
-    s_idx = np.flatnonzero(present_np[b])
-    r, c = scipy.optimize.linear_sum_assignment(cost[b][s_idx])
+  for b in range(cost_np.shape[0]):
+    s_idx = np.flatnonzero(present[b])
+    r, c = scipy.optimize.linear_sum_assignment(cost_np[b][s_idx])
     rows.append(s_idx[r])
     cols.append(c)
     batch_index.append(np.full(len(r), b))
-  rows, cols, batch_index = (torch.from_numpy(np.concatenate(v)).long() for v in (rows, cols, batch_index))
-  w = weights[rows]
-  seg = ((1 - iou[batch_index, rows, cols]) * w).sum() / w.sum()
+  device = cost.device
+  rows, cols, batch_index = (torch.from_numpy(np.concatenate(v)).long().to(device)
+                             for v in (rows, cols, batch_index))
+  counts = torch.bincount(rows, minlength=NUM_STRUCTURES).float()
+  w = 1.0 / counts[rows]
+  seg = (cost[batch_index, rows, cols] * w).sum() / w.sum()
   cls = (F.cross_entropy(outputs["structure_logits"].float()[batch_index, cols], rows,
                          reduction="none") * w).sum() / w.sum()
   diag = focal_loss(outputs["logits"].float(), label, gamma)
   return alpha * diag + beta * (gamma_seg * seg + mu * cls)
-
-
-def presence_weights(presence):
-  """Thesis eq. 15: w_i = sum_{s != i} P_s / sum_s P_s."""
-  presence = np.asarray(presence, np.float64)
-  return torch.tensor((presence.sum() - presence) / presence.sum(), dtype=torch.float32)
 
 
 def parse_args(argv=None):
@@ -266,26 +306,6 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
-def gaze_flops_per_image(image_size, num_steps):
-  """Analytic FLOPs (2 per multiply-add) of one train step per image: convolutions and dense
-  layers only, forward + backward (2x forward, except the frozen encoder's forward-only
-  pass and no weight gradient needed for the input of the first trainable layer)."""
-  def conv(h, cin, cout, k=3):
-    return 2.0 * h * h * cin * cout * k * k
-
-  s = image_size
-  encoder = (conv(s, 3, 64) + conv(s, 64, 64) + conv(s // 2, 64, 128) + conv(s // 2, 128, 128)
-             + conv(s // 4, 128, 256) + 2 * conv(s // 4, 256, 256))
-  h = s // 8
-  lstm_step = conv(h, 256, 256) + conv(h, 256, 1) + conv(h, 256, 1024) + conv(h, 256, 1024)
-  lstm = conv(h, 256, 256) + num_steps * lstm_step
-  decoder_step = (2 * conv(s // 4, 256, 256) + conv(s // 4, 256, 128) + conv(s // 2, 128, 128)
-                  + conv(s // 2, 128, 64) + conv(s, 64, 64) + conv(s, 64, 1))
-  diagnosis = (conv(h, 256, 512) + 2 * conv(h, 512, 512) + 3 * conv(h // 2, 512, 512))
-  trainable_forward = lstm + num_steps * decoder_step + diagnosis
-  return encoder + 3 * trainable_forward
-
-
 def run(args) -> dict:
   """Builds the model, times `num_warmup + num_timed` train steps; returns the results dict."""
   if args.threads:
@@ -302,13 +322,12 @@ def run(args) -> dict:
   image = torch.randn(b, 3, s, s, generator=gen).to(device, memory_format=memory_format)
   masks = (torch.rand(b, 1 + NUM_ATTRIBUTES, s, s, generator=gen) > 0.7).float().to(device)
   label = (torch.rand(b, generator=gen) > 0.8).long().to(device)
-  weights = presence_weights([2000, 2000, 1131, 126, 573, 116]).to(device)  # thesis Table 1
 
   def step(_):
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
       outputs = model(image)
-    loss = gaze_loss(outputs, masks, label, weights=weights)
+    loss = gaze_loss(outputs, masks, label)
     loss.backward()
     optimizer.step()
     return loss
@@ -318,7 +337,7 @@ def run(args) -> dict:
   peak = None
   if args.matmul_peak:
     peak = profiling.matmul_peak_torch(args.dtype, device=str(device))
-  flops = gaze_flops_per_image(s, args.num_steps) * b
+  flops = profiling.gaze_train_flops(s, args.num_steps) * b
   result = {
       "framework": "torch",
       "model": "gaze",
@@ -329,7 +348,7 @@ def run(args) -> dict:
       "batched_decoder": args.batched_decoder,
       "channels_last": args.channels_last,
       "train_step": profiling.summarize(times, batch_size=b, flops_per_step=flops, peak_flops=peak),
-      "flops_source": "analytic (convolutions + dense layers)",
+      "flops_source": "analytic (dermjax.profiling.gaze_train_flops)",
       "matmul_peak_tflops": peak / 1e12 if peak else None,
       "memory": {"process_peak_rss_bytes": profiling.peak_memory()["process_peak_rss_bytes"]},
       "machine": profiling.machine_info(torch_device=str(device), jax_devices=False),

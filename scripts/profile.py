@@ -1,0 +1,316 @@
+"""Speed of a config's real train and eval steps: compile time, images/s, FLOPs, MFU, memory.
+
+  python scripts/profile.py --config=configs/gaze.py:thesis [--config.model.dtype=bfloat16]
+      [--num_warmup=2] [--num_timed=5] [--xla_dump_to=DIR] [--trace_dir=DIR] [--json_out=F]
+
+The steps are the trainer's own (dermjax.train.create_train_state / make_train_step /
+make_eval_step, jitted with the trainer's shardings and donation) on a synthetic host batch
+in the input pipeline's format (uint8 image and masks, so on-device augmentation and
+normalisation are timed too), on every device of a data-parallel mesh. Reported:
+  compile       tracing+lowering and XLA compilation seconds of each step
+  train / eval  median seconds per step over --num_timed steps after --num_warmup, with
+                the device synchronised after every step; images/s (global batch)
+  FLOPs         per image, from the compiled program's XLA cost analysis
+  MFU           achieved FLOP/s / the measured dense-matmul peak of the same device in the
+                model's compute dtype (dermjax.profiling.matmul_peak_jax)
+  memory        peak device bytes in use (GPU/TPU), process peak RSS (CPU), XLA's planned
+                temp bytes of the train step
+  matcher       gaze model only (--matcher_breakdown): the train step with the host (scipy
+                pure_callback) and device (optax) Hungarian matchers, and each matcher
+                alone as a jitted call on the step's [B, S, T] cost shape
+Works unchanged on CPU, GPU and TPU. --num_timed=0 only compiles (e.g. compile time vs T).
+"""
+
+import os
+import sys
+
+# `python scripts/profile.py` puts scripts/ first on sys.path, where this file would shadow
+# the standard library's `profile` module; put the repository root there instead.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+  sys.path[0] = _REPO
+elif _REPO not in sys.path:
+  sys.path.insert(0, _REPO)
+
+import json  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dermjax import input_pipeline  # noqa: E402
+from dermjax import models  # noqa: E402
+from dermjax import profiling  # noqa: E402
+from dermjax import train  # noqa: E402
+from dermjax.data import schema  # noqa: E402
+
+# Split-level stand-ins for a prepared dataset's stats.json (ISIC 2017 train, thesis Table 1).
+SYNTHETIC_STATS = {
+    "mean": [180.0, 150.0, 140.0],
+    "std": [40.0, 45.0, 50.0],
+    "num_examples": {"train": 2000},
+    "presence": {"train": [2000, 2000, 1131, 126, 573, 116]},
+}
+
+
+def synthetic_host_batch(config, batch_size: int, seed: int = 0) -> dict:
+  """A host batch in the input pipeline's format (its padding example's keys, dtypes, shapes):
+  random uint8 image, random 0/1 lesion and attribute masks (each present in about half the
+  images), has_masks 1, random labels, valid 1."""
+  example = input_pipeline.loader_from_config(None, config.data).padding()
+  rng = np.random.default_rng(seed)
+  s = int(config.data.image_size)
+  num_classes = max(int(config.model.num_classes), 2)
+  masks = np.zeros((batch_size, s, s, example["masks"].shape[-1]), np.uint8)
+  for b in range(batch_size):
+    for c in range(masks.shape[-1]):
+      if c == 0 or rng.random() < 0.5:  # Rectangle of random size and position.
+        y0, x0 = rng.integers(0, s // 2, 2)
+        y1, x1 = y0 + rng.integers(1, s // 2 + 1, 2)
+        masks[b, y0:y1, x0:x1, c] = 1
+  batch = {
+      "image": rng.integers(0, 256, (batch_size, s, s, 3), dtype=np.uint8),
+      "masks": masks,
+      "has_masks": np.ones((batch_size, 2), np.float32),
+      "label": rng.integers(0, num_classes, batch_size).astype(np.int32),
+      "melanoma": rng.integers(0, 2, batch_size).astype(np.int32),
+      "meta": rng.random((batch_size,) + example["meta"].shape).astype(np.float32),
+      "valid": np.ones((batch_size,), np.float32),
+      "index": np.arange(batch_size, dtype=np.int32),
+  }
+  missing = set(example) ^ set(batch)
+  if missing:
+    raise ValueError(f"scripts/profile.py: synthetic batch keys differ from the input pipeline's "
+                     f"by {sorted(missing)}; update synthetic_host_batch")
+  return {k: v.astype(np.asarray(example[k]).dtype) for k, v in batch.items()}
+
+
+def build_steps(config):
+  """The trainer's state, jitted train/eval steps and a sharded synthetic batch for `config`.
+
+  Returns a dict: module, model_lib, state, train_step, eval_step (jax.jit-wrapped, as
+  dermjax.train.train_and_evaluate jits them), batch (train batch), eval_batch.
+  """
+  mesh = train.create_mesh()
+  model_lib = models.get(config.model.name)
+  module = model_lib.build(config)
+  loss_stats_fn = getattr(model_lib, "loss_stats", None)
+  loss_stats = loss_stats_fn(SYNTHETIC_STATS, config) if loss_stats_fn else {}
+  mean = np.asarray(SYNTHETIC_STATS["mean"], np.float32)
+  std = np.asarray(SYNTHETIC_STATS["std"], np.float32)
+  sharding = input_pipeline.batch_sharding(mesh)
+  host = synthetic_host_batch(config, int(config.data.batch_size), seed=config.seed)
+  eval_host = synthetic_host_batch(config, int(config.data.eval_batch_size), seed=config.seed + 1)
+  batch = jax.device_put(host, sharding)
+  eval_batch = jax.device_put(eval_host, sharding)
+  batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host.items()}
+  state, tx, mask = train.create_train_state(config, module, batch_shapes, mean=mean, std=std,
+                                             steps_per_epoch=100, mesh=mesh)
+  rep = train.replicated(mesh)
+  # As in dermjax.train.train_and_evaluate.
+  train_step = jax.jit(
+      train.make_train_step(module, model_lib, tx, mask, config, loss_stats, mean, std),
+      in_shardings=(rep, sharding), out_shardings=(rep, rep), donate_argnums=0)
+  eval_step = jax.jit(
+      train.make_eval_step(module, model_lib, config, loss_stats, mean, std),
+      in_shardings=(rep, sharding), out_shardings=(rep, sharding))
+  return {"module": module, "model_lib": model_lib, "state": state, "train_step": train_step,
+          "eval_step": eval_step, "batch": batch, "eval_batch": eval_batch, "mask": mask}
+
+
+def compile_step(jitted, *args):
+  """(compiled, {"trace_lower_s", "compile_s"}) of a jitted function for these arguments."""
+  start = time.perf_counter()
+  lowered = jitted.lower(*args)
+  traced = time.perf_counter() - start
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  return compiled, {"trace_lower_s": traced, "compile_s": time.perf_counter() - start}
+
+
+def _time_train(compiled, state, batch, num_warmup, num_timed):
+  """(state after the steps, per-step seconds). The state is donated: thread it through."""
+  def step(carry):
+    return compiled(carry[0], batch)
+  (state, _), times = profiling.time_steps(step, (state, None), num_warmup=num_warmup,
+                                           num_timed=num_timed)
+  return state, times
+
+
+def _time_eval(compiled, state, batch, num_warmup, num_timed):
+  _, times = profiling.time_steps(lambda _: compiled(state, batch), None, num_warmup=num_warmup,
+                                  num_timed=num_timed)
+  return times
+
+
+def matcher_breakdown(config, *, num_warmup: int, num_timed: int, peak_flops=None) -> dict:
+  """Gaze model: the train step with each matcher, and each matcher alone on the step's
+  [B, S, T] cost shape (jitted, device-synchronised, so the host callback's round trip is
+  included). Fractions are of the train step's median time with the same matcher."""
+  from dermjax import matchers  # Gaze-only.
+
+  out = {}
+  b, t = int(config.data.batch_size), int(config.model.timesteps)
+  rng = np.random.default_rng(0)
+  cost = jnp.asarray(rng.random((b, schema.NUM_STRUCTURES, t)), jnp.float32)
+  valid = jnp.asarray(rng.random((b, schema.NUM_STRUCTURES)) < 0.7)
+  for method in matchers.METHODS:
+    c = config.copy_and_resolve_references()
+    c.loss.matcher = method
+    steps = build_steps(c)
+    compiled, _ = compile_step(steps["train_step"], steps["state"], steps["batch"])
+    _, times = _time_train(compiled, steps["state"], steps["batch"], num_warmup, num_timed)
+    step = profiling.summarize(times, batch_size=b)
+    match = jax.jit(lambda c_, v_, m=method: matchers.match(c_, v_, m))
+    _, match_times = profiling.time_steps(lambda _: match(cost, valid), None, num_warmup=3,
+                                          num_timed=max(num_timed, 20))
+    match_s = float(np.median(match_times))
+    out[method] = {"train_step_median_s": step["median_s"], "train_images_per_s":
+                   step["images_per_s"], "matcher_alone_median_s": match_s,
+                   "matcher_fraction_of_step": match_s / step["median_s"]}
+  out["host_minus_device_step_s"] = (out["host"]["train_step_median_s"]
+                                     - out["device"]["train_step_median_s"])
+  return out
+
+
+def profile(config, *, num_warmup: int = 2, num_timed: int = 5, eval_step: bool = True,
+            matmul_peak: bool = True, trace_dir: str | None = None,
+            with_matcher_breakdown: bool = False) -> dict:
+  """Profiles `config`'s train (and eval) step; returns the results dict (see module doc)."""
+  steps = build_steps(config)
+  batch_size = int(config.data.batch_size)
+  result = {
+      "model": config.model.name,
+      "image_size": int(config.data.image_size),
+      "batch_size": batch_size,
+      "eval_batch_size": int(config.data.eval_batch_size),
+      "dtype": str(config.model.dtype),
+      "machine": profiling.machine_info(),
+  }
+  if "timesteps" in config.model:
+    result["timesteps"] = int(config.model.timesteps)
+  state = steps["state"]
+  result["num_params"] = int(sum(x.size for x in jax.tree.leaves(state.params)))
+  result["num_trainable_params"] = int(sum(
+      x.size for x, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(steps["mask"])) if m))
+
+  train_compiled, result["train_compile"] = compile_step(steps["train_step"], state, steps["batch"])
+  train_flops = profiling.compiled_flops(train_compiled)
+  result["train_xla_memory"] = profiling.compiled_memory(train_compiled)
+  eval_compiled = eval_flops = None
+  if eval_step:
+    eval_compiled, result["eval_compile"] = compile_step(steps["eval_step"], state,
+                                                         steps["eval_batch"])
+    eval_flops = profiling.compiled_flops(eval_compiled)
+  peak = profiling.matmul_peak_jax(config.model.dtype) if matmul_peak else None
+  result["matmul_peak_tflops"] = peak / 1e12 if peak else None
+  result["train_flops_per_image_xla"] = train_flops / batch_size if train_flops else None
+  result["train_flops_source"] = "xla cost analysis"
+  if config.model.name == "gaze" and config.model.head == "gap":
+    # XLA counts the scanned ConvLSTM's loop body once; the analytic count is exact.
+    analytic = profiling.gaze_train_flops(
+        config.data.image_size, config.model.timesteps,
+        freeze_encoder=bool(config.model.freeze_encoder), decoder=bool(config.model.decoder))
+    train_flops = analytic * batch_size
+    result["train_flops_source"] = "analytic (dermjax.profiling.gaze_train_flops)"
+  result["train_flops_per_image"] = train_flops / batch_size if train_flops else None
+
+  if num_timed > 0:
+    if eval_compiled is not None:  # Before training: the train step donates `state`.
+      times = _time_eval(eval_compiled, state, steps["eval_batch"], num_warmup, num_timed)
+      result["eval"] = profiling.summarize(times, batch_size=int(config.data.eval_batch_size),
+                                           flops_per_step=eval_flops, peak_flops=peak)
+    state, times = _time_train(train_compiled, state, steps["batch"], num_warmup, num_timed)
+    result["train"] = profiling.summarize(times, batch_size=batch_size, flops_per_step=train_flops,
+                                          peak_flops=peak)
+    result["train"]["times_s"] = times
+    if trace_dir:
+      with jax.profiler.trace(trace_dir):
+        state, _ = _time_train(train_compiled, state, steps["batch"], 0, 2)
+      result["trace_dir"] = trace_dir
+  result["memory"] = profiling.peak_memory()
+  if with_matcher_breakdown:
+    if config.model.name != "gaze" or not config.model.get("decoder", True):
+      raise ValueError("--matcher_breakdown needs a gaze config with a decoder")
+    result["matcher"] = matcher_breakdown(config, num_warmup=num_warmup,
+                                          num_timed=max(num_timed, 1))
+  return result
+
+
+def summary_rows(result: dict):
+  """(name, value) rows of the headline numbers."""
+  rows = [("model", result["model"]), ("device", result["machine"]["device_kind"]),
+          ("image size / batch", f"{result['image_size']} / {result['batch_size']}"),
+          ("dtype", result["dtype"])]
+  if "timesteps" in result:
+    rows.append(("timesteps T", result["timesteps"]))
+  c = result["train_compile"]
+  rows += [("train trace+lower (s)", c["trace_lower_s"]), ("train compile (s)", c["compile_s"])]
+  if result.get("train_flops_per_image"):
+    rows.append(("train GFLOP/image", result["train_flops_per_image"] / 1e9))
+  if result.get("matmul_peak_tflops"):
+    rows.append(("matmul peak TFLOP/s", result["matmul_peak_tflops"]))
+  for name in ("train", "eval"):
+    if name in result:
+      r = result[name]
+      rows += [(f"{name} step median (s)", r["median_s"]), (f"{name} images/s", r["images_per_s"])]
+      if "mfu" in r:
+        rows.append((f"{name} MFU", r["mfu"]))
+  mem = result["memory"]
+  if "device_peak_bytes" in mem:
+    rows.append(("device peak memory (GiB)", mem["device_peak_bytes"] / 2**30))
+  rows.append(("process peak RSS (GiB)", mem["process_peak_rss_bytes"] / 2**30))
+  for method, m in result.get("matcher", {}).items():
+    if isinstance(m, dict):
+      rows.append((f"matcher {method}: alone / step", f"{m['matcher_alone_median_s'] * 1e3:.2f} ms"
+                   f" / {m['train_step_median_s']:.3f} s = {100 * m['matcher_fraction_of_step']:.2f}%"))
+  return rows
+
+
+def _define_flags():
+  """absl flags, defined only when run as a script (tests call `profile` directly)."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, "Experiment config (configs/*.py).",
+                                  lock_config=True)
+  flags.DEFINE_integer("num_warmup", 2, "Untimed steps before timing (after compilation).")
+  flags.DEFINE_integer("num_timed", 5, "Timed steps (median reported); 0: compile only.")
+  flags.DEFINE_bool("eval", True, "Also compile and time the eval step.")
+  flags.DEFINE_bool("matmul_peak", True, "Measure the device's matmul peak (for the MFU).")
+  flags.DEFINE_bool("matcher_breakdown", False, "Gaze: time host vs device Hungarian matcher.")
+  flags.DEFINE_string("xla_dump_to", None, "Write XLA's HLO dumps (text) here.")
+  flags.DEFINE_string("trace_dir", None, "Write a jax.profiler trace (TensorBoard) here.")
+  flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
+  flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  from absl import flags
+
+  if len(argv) > 1:
+    raise ValueError(f"scripts/profile.py: unexpected arguments {argv[1:]}")
+  FLAGS = flags.FLAGS
+  if FLAGS.xla_dump_to:  # Read by XLA when the backend starts (nothing has touched it yet).
+    os.environ["XLA_FLAGS"] = " ".join(filter(None, [
+        os.environ.get("XLA_FLAGS"), f"--xla_dump_to={FLAGS.xla_dump_to}",
+        "--xla_dump_hlo_as_text"]))
+  result = profile(FLAGS.config, num_warmup=FLAGS.num_warmup, num_timed=FLAGS.num_timed,
+                   eval_step=FLAGS.eval, matmul_peak=FLAGS.matmul_peak, trace_dir=FLAGS.trace_dir,
+                   with_matcher_breakdown=FLAGS.matcher_breakdown)
+  if FLAGS.xla_dump_to:
+    result["xla_dump_to"] = FLAGS.xla_dump_to
+  print(profiling.format_table(summary_rows(result)))
+  text = json.dumps(result, indent=1)
+  print(text)
+  if FLAGS.json_out:
+    with open(FLAGS.json_out, "w") as f:
+      f.write(text)
+
+
+if __name__ == "__main__":
+  from absl import app
+
+  _define_flags()
+  app.run(main)
