@@ -15,9 +15,10 @@ normalisation are timed too), on every device of a data-parallel mesh. Reported:
                 model's compute dtype (dermjax.profiling.matmul_peak_jax)
   memory        peak device bytes in use (GPU/TPU), process peak RSS (CPU), XLA's planned
                 temp bytes of the train step
-  matcher       gaze model only (--matcher_breakdown): the train step with the host (scipy
-                pure_callback) and device (optax) Hungarian matchers, and each matcher
-                alone as a jitted call on the step's [B, S, T] cost shape
+  matcher       gaze model only (--matcher_breakdown): the host (scipy pure_callback) and
+                device (optax) Hungarian matchers alone, jitted on the step's [B, S, T]
+                cost shape, as a fraction of the train step (--compare_matcher_steps:
+                also the whole train step with each)
 Works unchanged on CPU, GPU and TPU. --num_timed=0 only compiles (e.g. compile time vs T).
 """
 
@@ -144,10 +145,12 @@ def _time_eval(compiled, state, batch, num_warmup, num_timed):
   return times
 
 
-def matcher_breakdown(config, *, num_warmup: int, num_timed: int, peak_flops=None) -> dict:
-  """Gaze model: the train step with each matcher, and each matcher alone on the step's
-  [B, S, T] cost shape (jitted, device-synchronised, so the host callback's round trip is
-  included). Fractions are of the train step's median time with the same matcher."""
+def matcher_breakdown(config, train_median_s: float, *, num_warmup: int, num_timed: int,
+                      compare_steps: bool = False) -> dict:
+  """Gaze model: each Hungarian matcher alone, jitted on the train step's [B, S, T] cost
+  shape and device-synchronised (so the host callback's round trip is included), as a
+  fraction of the train step's median time. compare_steps: also build and time the whole
+  train step with each matcher (their difference bounds the matcher's cost in place)."""
   from dermjax import matchers  # Gaze-only.
 
   out = {}
@@ -156,27 +159,24 @@ def matcher_breakdown(config, *, num_warmup: int, num_timed: int, peak_flops=Non
   cost = jnp.asarray(rng.random((b, schema.NUM_STRUCTURES, t)), jnp.float32)
   valid = jnp.asarray(rng.random((b, schema.NUM_STRUCTURES)) < 0.7)
   for method in matchers.METHODS:
-    c = config.copy_and_resolve_references()
-    c.loss.matcher = method
-    steps = build_steps(c)
-    compiled, _ = compile_step(steps["train_step"], steps["state"], steps["batch"])
-    _, times = _time_train(compiled, steps["state"], steps["batch"], num_warmup, num_timed)
-    step = profiling.summarize(times, batch_size=b)
     match = jax.jit(lambda c_, v_, m=method: matchers.match(c_, v_, m))
-    _, match_times = profiling.time_steps(lambda _: match(cost, valid), None, num_warmup=3,
-                                          num_timed=max(num_timed, 20))
-    match_s = float(np.median(match_times))
-    out[method] = {"train_step_median_s": step["median_s"], "train_images_per_s":
-                   step["images_per_s"], "matcher_alone_median_s": match_s,
-                   "matcher_fraction_of_step": match_s / step["median_s"]}
-  out["host_minus_device_step_s"] = (out["host"]["train_step_median_s"]
-                                     - out["device"]["train_step_median_s"])
+    _, times = profiling.time_steps(lambda _: match(cost, valid), None, num_warmup=3,
+                                    num_timed=50)
+    alone = float(np.median(times))
+    out[method] = {"alone_median_s": alone, "fraction_of_train_step": alone / train_median_s}
+    if compare_steps:
+      c = config.copy_and_resolve_references()
+      c.loss.matcher = method
+      steps = build_steps(c)
+      compiled, _ = compile_step(steps["train_step"], steps["state"], steps["batch"])
+      _, step_times = _time_train(compiled, steps["state"], steps["batch"], num_warmup, num_timed)
+      out[method]["train_step_median_s"] = float(np.median(step_times))
   return out
 
 
 def profile(config, *, num_warmup: int = 2, num_timed: int = 5, eval_step: bool = True,
             matmul_peak: bool = True, trace_dir: str | None = None,
-            with_matcher_breakdown: bool = False) -> dict:
+            with_matcher_breakdown: bool = False, compare_matcher_steps: bool = False) -> dict:
   """Profiles `config`'s train (and eval) step; returns the results dict (see module doc)."""
   steps = build_steps(config)
   batch_size = int(config.data.batch_size)
@@ -233,8 +233,11 @@ def profile(config, *, num_warmup: int = 2, num_timed: int = 5, eval_step: bool 
   if with_matcher_breakdown:
     if config.model.name != "gaze" or not config.model.get("decoder", True):
       raise ValueError("--matcher_breakdown needs a gaze config with a decoder")
-    result["matcher"] = matcher_breakdown(config, num_warmup=num_warmup,
-                                          num_timed=max(num_timed, 1))
+    if "train" not in result:
+      raise ValueError("--matcher_breakdown needs a timed train step (--num_timed > 0)")
+    result["matcher"] = matcher_breakdown(config, result["train"]["median_s"],
+                                          num_warmup=num_warmup, num_timed=num_timed,
+                                          compare_steps=compare_matcher_steps)
   return result
 
 
@@ -262,9 +265,10 @@ def summary_rows(result: dict):
     rows.append(("device peak memory (GiB)", mem["device_peak_bytes"] / 2**30))
   rows.append(("process peak RSS (GiB)", mem["process_peak_rss_bytes"] / 2**30))
   for method, m in result.get("matcher", {}).items():
-    if isinstance(m, dict):
-      rows.append((f"matcher {method}: alone / step", f"{m['matcher_alone_median_s'] * 1e3:.2f} ms"
-                   f" / {m['train_step_median_s']:.3f} s = {100 * m['matcher_fraction_of_step']:.2f}%"))
+    rows.append((f"matcher {method} alone (% of step)",
+                 f"{m['alone_median_s'] * 1e3:.3f} ms ({100 * m['fraction_of_train_step']:.4f}%)"))
+    if "train_step_median_s" in m:
+      rows.append((f"train step with {method} matcher (s)", m["train_step_median_s"]))
   return rows
 
 
@@ -279,7 +283,10 @@ def _define_flags():
   flags.DEFINE_integer("num_timed", 5, "Timed steps (median reported); 0: compile only.")
   flags.DEFINE_bool("eval", True, "Also compile and time the eval step.")
   flags.DEFINE_bool("matmul_peak", True, "Measure the device's matmul peak (for the MFU).")
-  flags.DEFINE_bool("matcher_breakdown", False, "Gaze: time host vs device Hungarian matcher.")
+  flags.DEFINE_bool("matcher_breakdown", False, "Gaze: time the host and device Hungarian "
+                    "matchers alone, as a fraction of the train step.")
+  flags.DEFINE_bool("compare_matcher_steps", False, "With --matcher_breakdown: also time the "
+                    "whole train step with each matcher.")
   flags.DEFINE_string("xla_dump_to", None, "Write XLA's HLO dumps (text) here.")
   flags.DEFINE_string("trace_dir", None, "Write a jax.profiler trace (TensorBoard) here.")
   flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
@@ -298,7 +305,8 @@ def main(argv):
         "--xla_dump_hlo_as_text"]))
   result = profile(FLAGS.config, num_warmup=FLAGS.num_warmup, num_timed=FLAGS.num_timed,
                    eval_step=FLAGS.eval, matmul_peak=FLAGS.matmul_peak, trace_dir=FLAGS.trace_dir,
-                   with_matcher_breakdown=FLAGS.matcher_breakdown)
+                   with_matcher_breakdown=FLAGS.matcher_breakdown,
+                   compare_matcher_steps=FLAGS.compare_matcher_steps)
   if FLAGS.xla_dump_to:
     result["xla_dump_to"] = FLAGS.xla_dump_to
   print(profiling.format_table(summary_rows(result)))

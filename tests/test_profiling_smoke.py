@@ -72,8 +72,11 @@ def test_profile_script_tiny_gaze():
   """The real gaze train step at 32 px, timed; FLOPs from the analytic count."""
   script = load("scripts/profile.py", "profile_script")
   config = gaze_config(**TINY)
-  result = script.profile(config, num_warmup=1, num_timed=2, eval_step=False, matmul_peak=False)
+  result = script.profile(config, num_warmup=1, num_timed=2, eval_step=False, matmul_peak=False,
+                          with_matcher_breakdown=True)
   train = result["train"]
+  for method in ("host", "device"):
+    assert 0 < result["matcher"][method]["fraction_of_train_step"] < 1
   assert train["steps_timed"] == 2 and train["images_per_s"] > 0
   assert result["train_compile"]["compile_s"] > 0
   assert result["memory"]["process_peak_rss_bytes"] > 0
