@@ -31,6 +31,7 @@ gives neither); the best epoch by validation melanoma AUC.
 import ml_collections
 
 from dermjax import defaults
+from dermjax.models import vgg_classifier
 
 MODELS = ("attnmel", "lesion", "dermo", "bkg", "softmax", "melcnn", "vgg16", "vgg16_gap")
 DATASETS = ("isic2017", "isic2016")
@@ -76,9 +77,7 @@ def get_config(arg=None):
   if model in ("vgg16", "vgg16_gap"):
     m.name = "vgg16"
     m.head = "gap" if model == "vgg16_gap" else "fc"
-    if m.head == "fc":
-      m.pretrained_targets = {f"backbone/{p}": p for p in (
-          "block1", "block2", "block3", "block4", "block5", "head/fc6", "head/fc7")}
+    m.pretrained_targets = vgg_classifier.pretrained_targets(m.head)
   else:
     m.name = "attnmel"
     m.attention = model != "melcnn"

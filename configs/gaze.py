@@ -67,10 +67,11 @@ def thesis_config() -> ml_collections.ConfigDict:
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
+  """arg None / "" / "cpu": the CPU-sized default; "thesis": the thesis's setting."""
   if arg == "thesis":
     return thesis_config()
-  if arg not in (None, ""):
-    raise ValueError(f"configs/gaze.py: unknown argument {arg!r} (use no argument or 'thesis')")
+  if arg not in (None, "", "cpu"):
+    raise ValueError(f"configs/gaze.py: unknown argument {arg!r} (use none, 'cpu' or 'thesis')")
   config = thesis_config()
   # CPU-sized: the same architecture on small synthetic images. No ImageNet weights here,
   # so the encoder trains from scratch (lr > 0, BN in training mode, no freezing), with

@@ -1,25 +1,16 @@
 """Architecture setting 4: no skip connections, batch norm trained."""
 
-import importlib.util
 import os
 
+from dermjax.defaults import load_config
 
-def _gaze():
-  """configs/gaze.py, loaded by path (configs/ is not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gaze.py")
-  spec = importlib.util.spec_from_file_location("configs_gaze", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+GAZE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gaze.py")
 
 
 def get_config(arg=None):
-  """The thesis setting (configs/gaze.py "thesis") with this variant's fields; arg "cpu"
-  starts from the CPU-sized default (configs/gaze.py without argument) instead."""
-  if arg not in (None, "", "cpu"):
-    raise ValueError(f"configs/gaze_noskip_bn.py: unknown argument {arg!r} (use none or 'cpu')")
-  gaze = _gaze()
-  config = gaze.get_config(None if arg == "cpu" else "thesis")
+  """The thesis setting (configs/gaze.py:thesis) with this variant's fields; `:cpu` starts
+  from the CPU-sized default instead."""
+  config = load_config(GAZE, arg or "thesis")
   config.model.skips = False
   config.model.frozen_bn = False
   return config

@@ -1,28 +1,20 @@
 """Table 3 'VGG_GAP': VGG-16-BN, GAP of pool5 and one dense layer, thesis recipe."""
 
-import importlib.util
 import os
 
+from dermjax.defaults import load_config
+from dermjax.models.vgg_classifier import pretrained_targets
 
-def _gaze():
-  """configs/gaze.py, loaded by path (configs/ is not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gaze.py")
-  spec = importlib.util.spec_from_file_location("configs_gaze", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+GAZE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gaze.py")
 
 
 def get_config(arg=None):
-  """The thesis setting (configs/gaze.py "thesis") with this variant's fields; arg "cpu"
-  starts from the CPU-sized default (configs/gaze.py without argument) instead."""
-  if arg not in (None, "", "cpu"):
-    raise ValueError(f"configs/gaze_vgg_gap.py: unknown argument {arg!r} (use none or 'cpu')")
-  gaze = _gaze()
-  config = gaze.get_config(None if arg == "cpu" else "thesis")
+  """The thesis setting (configs/gaze.py:thesis) with this variant's fields; `:cpu` starts
+  from the CPU-sized default instead."""
+  config = load_config(GAZE, arg or "thesis")
   config.model.name = "vgg16"        # dermjax/models/vgg_classifier.py, params under "backbone".
-  config.model.pretrained_targets = {"backbone": ""}
   config.optim.groups = {}            # one rate for the whole VGG: the thesis's branch rate.
   config.optim.learning_rate = 1e-4
   config.model.head = "gap"
+  config.model.pretrained_targets = pretrained_targets(config.model.head)
   return config

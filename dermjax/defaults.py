@@ -4,6 +4,9 @@ The sections: data (see dermjax.input_pipeline.default_data_config), model (name
 model's fields), loss, optim, train, eval. Experiment configs override fields only.
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 
@@ -53,3 +56,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.splits = ("validation", "test")
   config.eval.num_visualizations = 8      # explanation PNGs per split.
   return config
+
+
+def load_config(path: str, arg=None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file at `path` (configs/ is no package: variant configs
+  and tests load experiment configs by path, e.g. `load_config(GAZE, arg or "thesis")`)."""
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f"dermjax_configs_{name}", path)
+  if spec is None:
+    raise FileNotFoundError(f"no config file at {path}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

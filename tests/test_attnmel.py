@@ -5,7 +5,6 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dermjax import losses
+from dermjax import defaults, losses
 from dermjax.data import schema
 from dermjax.models import attnmel
 
@@ -21,10 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(arg):
-  spec = importlib.util.spec_from_file_location("attnmel_config", os.path.join(ROOT, "configs", "attnmel.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return defaults.load_config(os.path.join(ROOT, "configs", "attnmel.py"), arg)
 
 
 def make_batch(size=64, batch=2, seed=0):

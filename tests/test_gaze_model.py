@@ -2,7 +2,6 @@
 program size constant in T, and the eval/report/explain hooks."""
 
 import glob
-import importlib.util
 import os
 
 import jax
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dermjax import defaults
 from dermjax.data import schema
 from dermjax.models import gaze
 
@@ -18,11 +18,7 @@ S = schema.NUM_STRUCTURES
 
 
 def load_config(name, arg=None):
-  path = os.path.join(REPO, "configs", name)
-  spec = importlib.util.spec_from_file_location(name[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return defaults.load_config(os.path.join(REPO, "configs", name), arg)
 
 
 def fake_batch(size, batch=2, seed=0):

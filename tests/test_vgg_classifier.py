@@ -4,7 +4,6 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from dermjax import losses, weights
+from dermjax import defaults, losses, weights
 from dermjax.models import vgg_classifier
 from dermjax.models.backbones import build_backbone
 
@@ -20,10 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(arg):
-  spec = importlib.util.spec_from_file_location("attnmel_config", os.path.join(ROOT, "configs", "attnmel.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return defaults.load_config(os.path.join(ROOT, "configs", "attnmel.py"), arg)
 
 
 def abstract_variables(module, size=224):
@@ -141,3 +137,27 @@ def test_cam_jaccard_report_and_overlays(tmp_path):
                          ["x", "y"], config, str(tmp_path))
   assert sorted(os.listdir(tmp_path)) == ["x.png", "x_cam.npy", "y.png", "y_cam.npy"]
   assert vgg_classifier.eval_arrays({"logits": outputs["logits"]}, batch, config) == {}
+
+
+@pytest.mark.parametrize("config_name", ["gaze_vgg", "gaze_vgg_gap"])
+@pytest.mark.parametrize("size", [32, 224])
+def test_table3_vgg_configs_graft_an_imagenet_checkpoint(config_name, size, monkeypatch):
+  """The thesis's VGG / VGG_GAP configs: one ImageNet VGG16-BN checkpoint (1000 classes) fits
+  their pretrained_targets, at any image size; fc8 (1 output) is left out. Shapes only."""
+  from dermjax.data import schema
+  from dermjax.models.backbones.vgg import VGGStages
+
+  config = defaults.load_config(os.path.join(ROOT, "configs", f"{config_name}.py"))
+  model = vgg_classifier.build(config)
+  batch = {"image": jnp.zeros((1, size, size, 3)), "meta": jnp.zeros((1, schema.META_DIM))}
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), batch, train=False))
+  imagenet = jax.eval_shape(lambda: VGGStages(num_classes=1000).init(
+      jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
+  monkeypatch.setattr(weights, "_like", lambda value, leaf: value)   # shape-only trees
+  grafted = weights.graft(variables, imagenet, config.model.pretrained_targets)
+  kernel = grafted["params"]["backbone"]["block1"]["conv1"]["kernel"]
+  assert kernel.shape == (3, 3, 3, 64)
+  # Without the explicit targets the new 1-output head cannot take ImageNet's fc8.
+  if config.model.head == "fc":
+    with pytest.raises(weights.CheckpointMismatchError, match="fc8"):
+      weights.graft(variables, imagenet, {"backbone": ""})

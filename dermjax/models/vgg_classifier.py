@@ -51,6 +51,15 @@ class VGGClassifier(nn.Module):
     return {"logits": logits, "cam": cam}
 
 
+def pretrained_targets(head: str) -> dict:
+  """`model.pretrained_targets` for an ImageNet VGG-16(-BN) checkpoint: blocks 1-5, plus
+  fc6/fc7 of the "fc" head; fc8 (new class count) and the GAP classifier stay random."""
+  blocks = [f"block{b}" for b in range(1, 6)]
+  if head == "fc":
+    return {f"backbone/{p}": p for p in blocks + ["head/fc6", "head/fc7"]}
+  return {f"backbone/{p}": p for p in blocks}
+
+
 def build(config) -> nn.Module:
   m = config.model
   if m.head not in HEADS:
