@@ -1,17 +1,36 @@
-"""Gaze sequences (Esteve-Cogollos 2020): VGG-16-BN encoder, Attentive ConvLSTM, decoder.
+"""Gaze sequences (Esteve-Cogollos 2020) and the thesis's experiments, as one table.
 
-get_config()         CPU-sized default for the synthetic ISIC 2017 set: the same architecture
-                     (full VGG-16 widths) on 32 px images, T=3, 2 epochs (see below).
-get_config("thesis") the thesis's Sec. 4.1 setting (224 px from 256, T=5, batch 8, 20
-                     epochs, Adam (.92, .96), rates encoder 0 / Attentive ConvLSTM 1e-2 /
-                     branches 1e-4, weight decay 1e-6, frozen encoder: give its ImageNet
-                     weights with --config.model.pretrained=FILE (torchvision vgg16_bn)).
-                     The variants configs/gaze_*.py start from it.
+  --config=configs/gaze.py[:<variant>[,cpu]]
+
+  variant          thesis experiment (Sec. 4.1 settings, Table 3 ablations)   differs from thesis
+  thesis           VGG_AttentiveConvLSTM_Deco_GAP_3 = setting 2 (skips +       -
+                   frozen ImageNet BN), mini-batch balancing
+  skip_bn          setting 1: skip connections, batch norm trained             frozen_bn False
+  skip_frozenbn    setting 2: skip connections, frozen ImageNet batch norm     -
+  noskip_frozenbn  setting 3, read as no skips x frozen BN (the 2x2 grid; the  skips False
+                   thesis's "without skips and batch normalization" is ambiguous)
+  noskip_bn        setting 4: no skips, batch norm trained                     skips, frozen_bn False
+  vgg              VGG: VGG-16-BN with torchvision's classifier (fc6/fc7/fc8)  model vgg16, head fc
+  vgg_gap          VGG_GAP: GAP of pool5 + one dense layer                     model vgg16, head gap
+  attconvlstm      VGG_AttentiveConvLSTM: no decoder, fc classifier            decoder False, head fc
+  attconvlstm_gap  VGG_AttentiveConvLSTM_GAP: no decoder, GAP classifier       decoder False
+  deco_gap_3       VGG_AttentiveConvLSTM_Deco_GAP_3                            -
+  deco_gap_5       ..._Deco_GAP_5: no skips + BN, w'_i weights (eq. 16)        skips, frozen_bn False
+  deco_gap_17      ..._Deco_GAP_17: no skips + BN, the X' GAP version (a dense  + step_dim 256,
+                   layer reduces the per-step GAPs), w_i weights (eq. 15)        eq. 15 weights
+
+  thesis setting: 224 px from 256, T = 5, batch 8, 20 epochs, Adam (.92, .96), rates encoder
+  0 / Attentive ConvLSTM 1e-2 / branches 1e-4, weight decay 1e-6, frozen encoder: give its
+  ImageNet weights with --config.model.pretrained=FILE (torchvision vgg16_bn).
+  cpu: the same model CPU-sized for the synthetic ISIC 2017 set (see cpu_sized()).
+  No argument: `thesis,cpu`, the embedded default of `python -m dermjax.main`.
+e.g. `configs/gaze.py:thesis`, `configs/gaze.py:deco_gap_17`, `configs/gaze.py:vgg_gap,cpu`.
 """
 
 import ml_collections
 
 from dermjax.defaults import base_config
+from dermjax.models import vgg_classifier
 
 # Optimiser groups: regexes over the "/"-joined parameter path.
 ENCODER = r"(^|/)encoder/"
@@ -66,13 +85,26 @@ def thesis_config() -> ml_collections.ConfigDict:
   return config
 
 
-def get_config(arg=None) -> ml_collections.ConfigDict:
-  """arg None / "" / "cpu": the CPU-sized default; "thesis": the thesis's setting."""
-  if arg == "thesis":
-    return thesis_config()
-  if arg not in (None, "", "cpu"):
-    raise ValueError(f"configs/gaze.py: unknown argument {arg!r} (use none, 'cpu' or 'thesis')")
-  config = thesis_config()
+# Each experiment: the thesis setting with these fields ("section.field": value).
+NO_SKIPS_BN = {"model.skips": False, "model.frozen_bn": False}
+VARIANTS = {
+    "thesis": {},
+    "skip_bn": {"model.frozen_bn": False},
+    "skip_frozenbn": {},
+    "noskip_frozenbn": {"model.skips": False},
+    "noskip_bn": NO_SKIPS_BN,
+    "vgg": {"model.name": "vgg16", "model.head": "fc"},
+    "vgg_gap": {"model.name": "vgg16", "model.head": "gap"},
+    "attconvlstm": {"model.decoder": False, "model.head": "fc"},
+    "attconvlstm_gap": {"model.decoder": False},
+    "deco_gap_3": {},
+    "deco_gap_5": {**NO_SKIPS_BN, "loss.balancing": "presence_inverse"},
+    "deco_gap_17": {**NO_SKIPS_BN, "model.step_dim": 256, "loss.balancing": "presence_others"},
+}
+
+
+def cpu_sized(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The same model, CPU-sized for the synthetic ISIC 2017 set (the embedded default)."""
   # CPU-sized: the same architecture on small synthetic images. No ImageNet weights here,
   # so the encoder trains from scratch (lr > 0, BN in training mode, no freezing), with
   # larger rates than the thesis's fine-tuning ones. Measured on the shared 2-core CPU: a
@@ -86,10 +118,29 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.model.timesteps = 3
   config.model.frozen_bn = False
   config.model.freeze_encoder = False
-  config.optim.groups.encoder = (ENCODER, 1e-3)
-  config.optim.groups.attentive_convlstm = (ATTENTIVE, 1e-3)
-  config.optim.groups.branches = (BRANCHES, 1e-3)
+  config.optim.learning_rate = 1e-3
+  for group, (regex, _) in config.optim.groups.items():
+    config.optim.groups[group] = (regex, 1e-3)
   config.train.num_epochs = 2       # validation AUC reaches 1.0 on the synthetic set after 1 epoch.
   config.train.log_every_steps = 5
   config.eval.num_visualizations = 4
   return config
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+  """arg "<variant>[,cpu]" (see the table above); None / "" / "cpu": "thesis,cpu"."""
+  parts = [p for p in (arg or "").split(",") if p]
+  names = [p for p in parts if p != "cpu"]
+  cpu = "cpu" in parts or not names
+  names = names or ["thesis"]
+  if len(names) != 1 or names[0] not in VARIANTS:
+    raise ValueError(f"configs/gaze.py: unknown argument {arg!r}; use <variant>[,cpu] with a "
+                     f"variant in {sorted(VARIANTS)}")
+  config = thesis_config()
+  for field, value in VARIANTS[names[0]].items():
+    section, name = field.split(".")
+    config[section][name] = value
+  if config.model.name == "vgg16":  # dermjax/models/vgg_classifier.py: one rate, fc8 new.
+    config.optim.groups = ml_collections.ConfigDict()
+    config.model.pretrained_targets = vgg_classifier.pretrained_targets(config.model.head)
+  return cpu_sized(config) if cpu else config

@@ -58,13 +58,18 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
-def load_config(path: str, arg=None) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of the config file at `path` (configs/ is no package: variant configs
-  and tests load experiment configs by path, e.g. `load_config(GAZE, arg or "thesis")`)."""
+def config_module(path: str):
+  """The config file at `path` as a module (configs/ is no package, so tests and tools load
+  experiment configs by path)."""
   name = os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(f"dermjax_configs_{name}", path)
-  if spec is None:
+  if spec is None or not os.path.isfile(path):
     raise FileNotFoundError(f"no config file at {path}")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return module
+
+
+def load_config(path: str, arg=None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file at `path`."""
+  return config_module(path).get_config(arg)

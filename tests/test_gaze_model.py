@@ -1,7 +1,6 @@
 """Gaze model: full-size shapes (eval_shape), a small forward/backward, loss pieces by hand,
 program size constant in T, and the eval/report/explain hooks."""
 
-import glob
 import os
 
 import jax
@@ -41,17 +40,18 @@ def fake_batch(size, batch=2, seed=0):
   }
 
 
-def gaze_config_files():
-  files = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "configs", "gaze*.py")))
-  return [f for f in files if load_config(f).model.name == "gaze"]
+def gaze_variants():
+  """The experiments of configs/gaze.py that are gaze models (not the plain VGG baselines)."""
+  table = defaults.config_module(os.path.join(REPO, "configs", "gaze.py"))
+  return [v for v in sorted(table.VARIANTS) if table.get_config(v).model.name == "gaze"]
 
 
 # --- full size, shapes only ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("config_file", gaze_config_files())
-def test_full_size_shapes(config_file):
-  config = load_config(config_file, "thesis" if config_file == "gaze.py" else None)
+@pytest.mark.parametrize("variant", gaze_variants())
+def test_full_size_shapes(variant):
+  config = load_config("gaze.py", variant)
   size, t = config.data.image_size, config.model.timesteps
   assert (size, t) == (224, 5)
   net = gaze.build(config)
@@ -257,7 +257,7 @@ def test_loss_stats_and_errors():
 
 def test_no_decoder_loss_is_the_diagnosis_loss():
   outputs = {"logits": jnp.array([[2.0], [-1.0]]), "attention": jnp.zeros((2, 2, 2, 2))}
-  config = load_config("gaze_attconvlstm_gap.py")
+  config = load_config("gaze.py", "attconvlstm_gap,cpu")
   value, metrics = gaze.loss(outputs, fake_batch(16), config, {})
   assert float(value) == float(metrics["loss_diag"]) > 0
 

@@ -138,15 +138,15 @@ def test_cam_jaccard_report_and_overlays(tmp_path):
   assert vgg_classifier.eval_arrays({"logits": outputs["logits"]}, batch, config) == {}
 
 
-@pytest.mark.parametrize("config_name", ["gaze_vgg", "gaze_vgg_gap"])
+@pytest.mark.parametrize("variant", ["vgg", "vgg_gap"])
 @pytest.mark.parametrize("size", [32, 224])
-def test_table3_vgg_configs_graft_an_imagenet_checkpoint(config_name, size, monkeypatch):
+def test_table3_vgg_configs_graft_an_imagenet_checkpoint(variant, size, monkeypatch):
   """The thesis's VGG / VGG_GAP configs: one ImageNet VGG16-BN checkpoint (1000 classes) fits
   their pretrained_targets, at any image size; fc8 (1 output) is left out. Shapes only."""
   from dermjax.data import schema
   from dermjax.models.backbones.vgg import VGGStages
 
-  config = defaults.load_config(os.path.join(ROOT, "configs", f"{config_name}.py"))
+  config = defaults.load_config(os.path.join(ROOT, "configs", "gaze.py"), variant)
   model = vgg_classifier.build(config)
   batch = {"image": jnp.zeros((1, size, size, 3)), "meta": jnp.zeros((1, schema.META_DIM))}
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), batch, train=False))
