@@ -165,6 +165,15 @@ def test_folds_are_stratified():
   assert sorted(positives.values()) == [5] * 5
 
 
+def test_folds_of_tiny_sets_without_stratifiable_classes():
+  """Six images in three classes of two (none fills five folds): grouped folds, all used."""
+  examples = [isic.Example(f"ISIC_{i:07d}", "train", "", label=i % 3) for i in range(6)]
+  folds = isic.assign_folds(examples, 5, seed=0)
+  assert sorted(set(folds.values())) == [0, 1, 2, 3, 4]
+  with pytest.raises(DatasetError, match="too few for 5 folds"):
+    isic.assign_folds(examples[:4], 5)
+
+
 # --- bad input ------------------------------------------------------------------------
 
 

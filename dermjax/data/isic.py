@@ -530,12 +530,22 @@ def stratum(example: Example) -> int:
 
 
 def _stratified_folds(examples, num_folds, seed):
-  """Fold index per example, stratified by `stratum`, grouped by patient where known."""
-  from sklearn.model_selection import StratifiedGroupKFold  # pylint: disable=g-import-not-at-top
+  """Fold index per example, stratified by `stratum`, grouped by patient where known.
+
+  When no class has num_folds members (tiny sets), folds are grouped but not stratified.
+  """
+  from sklearn.model_selection import GroupKFold, StratifiedGroupKFold  # pylint: disable=g-import-not-at-top
   y = np.array([stratum(e) for e in examples])
   groups = np.array([e.patient_id or e.id for e in examples])
+  num_groups = len(np.unique(groups))
+  if num_groups < num_folds:
+    raise DatasetError(("(training set)", f"{num_groups} images/patients are too few for "
+                        f"{num_folds} folds"))
   folds = np.zeros(len(examples), np.int32)
-  splitter = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+  if np.unique(y, return_counts=True)[1].max() >= num_folds:
+    splitter = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+  else:
+    splitter = GroupKFold(n_splits=num_folds, shuffle=True, random_state=seed)
   with warnings.catch_warnings():  # rare classes with fewer members than folds are fine
     warnings.filterwarnings("ignore", "The least populated class", UserWarning)
     for k, (_, held) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
