@@ -34,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.b1 = 0.9
   config.optim.b2 = 0.999
   config.optim.momentum = 0.9             # sgd only.
+  config.optim.nesterov = False           # sgd only.
   config.optim.weight_decay = 0.0         # L2 added to the gradient, as torch's weight_decay.
   config.optim.learning_rate = 1e-4       # for params matching no group below.
   # Per-module learning rates: group -> (regex over "/"-joined param path, learning rate).

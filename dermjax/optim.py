@@ -69,8 +69,9 @@ def _group_transform(rate, optim_config, steps_per_epoch):
   if name == "adam":
     core = optax.scale_by_adam(b1=optim_config.b1, b2=optim_config.b2, eps=1e-8)
   elif name == "sgd":
-    # torch SGD: buf = momentum * buf + (g + wd * p); p -= lr * buf (optax.trace, no dampening).
-    core = optax.trace(decay=optim_config.momentum, nesterov=False)
+    # torch SGD: buf = momentum * buf + (g + wd * p); p -= lr * buf (optax.trace, no
+    # dampening); nesterov: p -= lr * (g + wd * p + momentum * buf), as torch's.
+    core = optax.trace(decay=optim_config.momentum, nesterov=bool(optim_config.get("nesterov", False)))
   else:
     raise ValueError(f"config.optim.name must be 'adam' or 'sgd', got {name!r}")
   return optax.chain(*decay, core, optax.scale_by_learning_rate(lr))

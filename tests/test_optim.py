@@ -14,7 +14,8 @@ from dermjax import optim
 def _config(**overrides):
   c = ml_collections.ConfigDict(dict(
       name="adam", b1=0.92, b2=0.96, momentum=0.9, weight_decay=1e-6, learning_rate=1e-4,
-      groups=ml_collections.ConfigDict(), decay_every_epochs=0, decay_factor=0.1))
+      groups=ml_collections.ConfigDict(), decay_every_epochs=0, decay_factor=0.1,
+      nesterov=False))
   c.update(overrides)
   return c
 
@@ -67,10 +68,11 @@ def test_group_with_lr_zero_is_bit_identical_and_rates_apply():
   np.testing.assert_allclose(step_branch, 1e-4, rtol=1e-3)
 
 
-@pytest.mark.parametrize("name", ["adam", "sgd"])
-def test_matches_torch_with_weight_decay(name):
-  """Same trajectory as torch.optim.Adam / SGD(momentum) with weight_decay (L2 in the gradient)."""
-  c = _config(name=name, weight_decay=0.1, learning_rate=0.05)
+@pytest.mark.parametrize("name,nesterov", [("adam", False), ("sgd", False), ("sgd", True)])
+def test_matches_torch_with_weight_decay(name, nesterov):
+  """Same trajectory as torch.optim.Adam / SGD(momentum[, nesterov]) with weight_decay (L2 in
+  the gradient)."""
+  c = _config(name=name, weight_decay=0.1, learning_rate=0.05, nesterov=nesterov)
   rng = np.random.default_rng(1)
   w0 = rng.normal(size=(5,)).astype(np.float32)
   grads = rng.normal(size=(4, 5)).astype(np.float32)
@@ -81,7 +83,7 @@ def test_matches_torch_with_weight_decay(name):
   if name == "adam":
     topt = torch.optim.Adam([tw], lr=0.05, betas=(0.92, 0.96), eps=1e-8, weight_decay=0.1)
   else:
-    topt = torch.optim.SGD([tw], lr=0.05, momentum=0.9, weight_decay=0.1)
+    topt = torch.optim.SGD([tw], lr=0.05, momentum=0.9, weight_decay=0.1, nesterov=nesterov)
   for g in grads:
     updates, state = tx.update({"w": jnp.asarray(g)}, state, params)
     params = optax.apply_updates(params, updates)
