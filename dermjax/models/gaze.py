@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dermjax import balancing, losses, matchers
+from dermjax import balancing, conv as conv_lib, losses, matchers
 from dermjax.data import schema
 from dermjax.data.structures import structure_masks, structure_presence
 from dermjax.metrics import segmentation
@@ -62,7 +62,9 @@ class AttentiveConvLSTMCell(nn.Module):
   @nn.compact
   def __call__(self, carry, wx, x):
     c, h = carry
-    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=self.padding, dtype=self.dtype)
+    # conv_lib: canonical gradient convolutions; XLA:CPU runs those of a scan body ~15x slower.
+    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=self.padding, dtype=self.dtype,
+                             conv_general_dilated=conv_lib.conv_general_dilated)
     orthogonal = nn.initializers.orthogonal()
     ua = conv(self.features, use_bias=False, kernel_init=orthogonal, name="U_a")(h)
     z = conv(1, use_bias=False, kernel_init=nn.initializers.zeros, name="V_a")(jnp.tanh(wx + ua))
