@@ -37,9 +37,24 @@ def overlay_heatmap(image, heat, *, alpha: float = 0.45):
   return ((1 - alpha) * image + alpha * _jet(heat)).astype(np.uint8)
 
 
+def upscale(image, min_side: int = 192):
+  """uint8 [H, W, 3] -> the same image bicubically enlarged so its short side is at least
+  `min_side` (explanations of small model inputs stay legible); larger images unchanged."""
+  image = np.asarray(image, np.uint8)
+  h, w = image.shape[:2]
+  if min(h, w) >= min_side:
+    return image
+  scale = min_side / min(h, w)
+  size = (round(w * scale), round(h * scale))
+  return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+
+
 def overlay_mask(image, mask, *, color=(255, 0, 0), alpha: float = 0.5):
-  """Blend a [H, W] mask in [0, 1] over image uint8 [H, W, 3] in `color`."""
+  """Blend a [h, w] mask in [0, 1] (resized to the image if needed) over uint8 [H, W, 3]."""
   image = np.asarray(image, np.float32)
+  mask = np.asarray(mask, np.float32)
+  if mask.shape != image.shape[:2]:
+    mask = resize_map(mask, image.shape[:2]) > 0.5
   m = np.asarray(mask, np.float32)[..., None] * alpha
   return (image * (1 - m) + np.asarray(color, np.float32) * m).astype(np.uint8)
 

@@ -201,7 +201,7 @@ def save_overlays(maps: dict, images, ids, out_dir, masks=None):
   """
   os.makedirs(out_dir, exist_ok=True)
   for i, example_id in enumerate(ids):
-    image = np.asarray(images[i], np.uint8)
+    image = visualize.upscale(images[i])  # legible even for small model inputs.
     panels = [image]
     if masks is not None and masks[i] is not None:
       panels.append(visualize.overlay_mask(image, masks[i], color=(0, 255, 0)))
@@ -209,7 +209,7 @@ def save_overlays(maps: dict, images, ids, out_dir, masks=None):
       heat = np.asarray(heat[i], np.float32)
       panels.append(visualize.overlay_heatmap(image, heat))
       np.save(os.path.join(out_dir, f"{example_id}_{name}.npy"),
-              visualize.resize_map(heat, image.shape[:2]))
+              visualize.resize_map(heat, np.shape(images[i])[:2]))
     visualize.save_png(visualize.hstack(panels), os.path.join(out_dir, f"{example_id}.png"))
 
 

@@ -402,14 +402,14 @@ def explain(outputs, batch, images, ids, config, out_dir) -> None:
   classes = outputs.get("structure_logits")
   score = np.asarray(outputs["logits"], np.float32)
   for b, example_id in enumerate(ids):
-    image = np.asarray(images[b], np.uint8)
+    image = visualize.upscale(images[b])  # drawn legibly even for small model inputs.
     points = gaze_points(attention[b], image.shape[:2])
     diag = (f"p={1 / (1 + np.exp(-score[b, 0])):.2f}" if score.shape[-1] == 1
             else f"class {int(score[b].argmax())}")
     panels = [visualize.draw_label(visualize.draw_points(image, points), diag)]
     panels += [visualize.draw_label(visualize.overlay_heatmap(image, a), f"A{t}")
                for t, a in enumerate(attention[b])]
-    arrays = {"attention": attention[b], "points": points}
+    arrays = {"attention": attention[b], "points": gaze_points(attention[b], images[b].shape[:2])}
     if masks is not None:
       m = np.asarray(masks[b], np.float32)
       cls = np.asarray(classes[b]).argmax(-1)
