@@ -228,7 +228,7 @@ def test_explain_writes_overlays_and_maps(tmp_path):
   attnmel.explain(outputs, jax.tree.map(np.asarray, batch), images, ["a", "b"], config, str(tmp_path))
   from PIL import Image
   png = np.asarray(Image.open(tmp_path / "a.png"))
-  assert png.shape[0] == 32 and png.shape[1] > 3 * 32   # image | mask | pool3 | pool4
+  assert png.shape[0] == 192 and png.shape[1] > 3 * 192  # displayed at 192 px: image | mask | pool3 | pool4
   heat = np.load(tmp_path / "b_pool4.npy")
   assert heat.shape == (32, 32)
 
