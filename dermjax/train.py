@@ -183,6 +183,21 @@ def make_eval_step(module, model_lib, config, loss_stats, mean, std, *, with_out
   return eval_step
 
 
+def jit_steps(module, model_lib, tx, mask, config, loss_stats, mean, std, mesh):
+  """(train_step, eval_step) compiled for `mesh`: state replicated (donated to the train
+  step), batches sharded along "data". The one place the trainer and scripts/profile.py
+  get their steps from."""
+  sharding = input_pipeline.batch_sharding(mesh)
+  rep = replicated(mesh)
+  train_step = jax.jit(
+      make_train_step(module, model_lib, tx, mask, config, loss_stats, mean, std),
+      in_shardings=(rep, sharding), out_shardings=(rep, rep), donate_argnums=0)
+  eval_step = jax.jit(
+      make_eval_step(module, model_lib, config, loss_stats, mean, std),
+      in_shardings=(rep, sharding), out_shardings=(rep, sharding))
+  return train_step, eval_step
+
+
 def _gather(tree):
   """Global (possibly multi-host) arrays -> numpy on every host."""
   return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
@@ -368,14 +383,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   writer = writers.SummaryWriter(os.path.join(workdir, "tensorboard"),
                                  enabled=jax.process_index() == 0)
-  sharding = input_pipeline.batch_sharding(mesh)
-  rep = replicated(mesh)
-  train_step = jax.jit(
-      make_train_step(module, model_lib, tx, mask, config, loss_stats, datasets.mean, datasets.std),
-      in_shardings=(rep, sharding), out_shardings=(rep, rep), donate_argnums=0)
-  eval_step = jax.jit(
-      make_eval_step(module, model_lib, config, loss_stats, datasets.mean, datasets.std),
-      in_shardings=(rep, sharding), out_shardings=(rep, sharding))
+  train_step, eval_step = jit_steps(module, model_lib, tx, mask, config, loss_stats,
+                                    datasets.mean, datasets.std, mesh)
   if config.train.get("save_config", True) and jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:

@@ -108,14 +108,8 @@ def build_steps(config):
   batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host.items()}
   state, tx, mask = train.create_train_state(config, module, batch_shapes, mean=mean, std=std,
                                              steps_per_epoch=100, mesh=mesh)
-  rep = train.replicated(mesh)
-  # As in dermjax.train.train_and_evaluate.
-  train_step = jax.jit(
-      train.make_train_step(module, model_lib, tx, mask, config, loss_stats, mean, std),
-      in_shardings=(rep, sharding), out_shardings=(rep, rep), donate_argnums=0)
-  eval_step = jax.jit(
-      train.make_eval_step(module, model_lib, config, loss_stats, mean, std),
-      in_shardings=(rep, sharding), out_shardings=(rep, sharding))
+  train_step, eval_step = train.jit_steps(module, model_lib, tx, mask, config, loss_stats, mean,
+                                          std, mesh)
   return {"module": module, "model_lib": model_lib, "state": state, "train_step": train_step,
           "eval_step": eval_step, "batch": batch, "eval_batch": eval_batch, "mask": mask}
 
