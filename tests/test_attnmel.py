@@ -15,6 +15,7 @@ import pytest
 from dermjax import defaults, losses
 from dermjax.data import schema
 from dermjax.models import attnmel
+from flax_helpers import random_variables  # tests/ is on sys.path under pytest.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,22 +36,6 @@ def make_batch(size=64, batch=2, seed=0):
       "melanoma": jnp.asarray(np.arange(batch) % 2, jnp.int32),
       "valid": jnp.ones((batch,), jnp.float32),
   }
-
-
-def random_variables(shapes, seed=0):
-  """Concrete variables for abstract ones (cheaper than module.init): He-scaled params, unit BN stats."""
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = path[-1].key
-    if name == "var":
-      return np.ones(s.shape, np.float32)
-    if name in ("mean", "bias"):
-      return np.zeros(s.shape, np.float32)
-    fan_in = int(np.prod(s.shape[:-1])) or 1
-    return (rng.standard_normal(s.shape, np.float32) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 # ----------------------------------------------------------------------------- shapes

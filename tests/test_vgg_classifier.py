@@ -13,6 +13,7 @@ from flax import traverse_util
 from dermjax import defaults, losses, weights
 from dermjax.models import vgg_classifier
 from dermjax.models.backbones import build_backbone
+from flax_helpers import random_variables  # tests/ is on sys.path under pytest.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,22 +27,6 @@ def abstract_variables(module, size=224):
   init = lambda b: module.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, b)
   variables = jax.eval_shape(init, batch)
   return variables, jax.eval_shape(lambda v, b: module.apply(v, b), variables, batch)
-
-
-def random_variables(shapes, seed=0):
-  """Concrete variables for abstract ones (cheaper than module.init): He-scaled params, unit BN stats."""
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = path[-1].key
-    if name == "var":
-      return np.ones(s.shape, np.float32)
-    if name in ("mean", "bias"):
-      return np.zeros(s.shape, np.float32)
-    fan_in = int(np.prod(s.shape[:-1])) or 1
-    return (rng.standard_normal(s.shape, np.float32) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 @pytest.mark.parametrize("batch_norm", [True, False])
