@@ -29,6 +29,7 @@ from dermjax import balancing, conv as conv_lib, losses, matchers
 from dermjax.data import schema
 from dermjax.data.structures import structure_masks, structure_presence
 from dermjax.metrics import segmentation
+from dermjax.models.backbones.layers import batch_norm
 from dermjax.models.backbones.vgg import VGGStages, adaptive_avg_pool
 
 # Decoder blocks: output channels of each 3x3 conv (mirror of VGG-16 blocks 3, 2, 1).
@@ -135,8 +136,7 @@ class Decoder(nn.Module):
         if b == len(DECODER_BLOCKS) and k == len(features):
           break  # Mask logits.
         if self.batch_norm:
-          x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                           dtype=self.dtype, name=f"block{b}_bn{k}")(x)
+          x = batch_norm(train, False, self.dtype, f"block{b}_bn{k}")(x)
         x = nn.relu(x)
     return x[..., 0].astype(jnp.float32), jnp.concatenate(pools, axis=-1)
 

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from dermjax.models.backbones.resnet import batch_norm
+from dermjax.models.backbones.layers import batch_norm
 
 # torchvision's kaiming_normal_ (fan_in, gain sqrt(2)) for DenseNet convolutions.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")

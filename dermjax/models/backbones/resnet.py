@@ -14,14 +14,10 @@ from typing import Any, ClassVar, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from dermjax.models.backbones.layers import batch_norm
+
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu").
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def batch_norm(train: bool, frozen: bool, dtype: Any, name: str) -> nn.BatchNorm:
-  """torch's BatchNorm2d defaults (momentum 0.1, eps 1e-5); frozen -> always running stats."""
-  return nn.BatchNorm(use_running_average=not train or frozen, momentum=0.9, epsilon=1e-5,
-                      dtype=dtype, name=name)
 
 
 class BasicBlock(nn.Module):

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dermjax.models.backbones.layers import batch_norm
+
 # (output channels, convolutions) per block.
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
@@ -32,13 +34,7 @@ class VGGBlock(nn.Module):
     for k in range(1, self.num_convs + 1):
       x = nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype, name=f"conv{k}")(x)
       if self.batch_norm:
-        x = nn.BatchNorm(
-            use_running_average=not train or self.frozen_bn,
-            momentum=0.9,  # torch momentum 0.1
-            epsilon=1e-5,
-            dtype=self.dtype,
-            name=f"bn{k}",
-        )(x)
+        x = batch_norm(train, self.frozen_bn, self.dtype, f"bn{k}")(x)
       x = nn.relu(x)
     return x
 
