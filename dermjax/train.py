@@ -457,9 +457,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       write_json(os.path.join(workdir, "results", f"{split}.json"), result)
       ids = datasets.ids[split]
       logits = arrays["logits"]
-      scores = (1 / (1 + np.exp(-logits[:, 0])) if logits.shape[1] == 1 else
-                np.exp(logits - logits.max(1, keepdims=True)) /
-                np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True))
+      scores = diagnosis.probabilities(logits).astype(logits.dtype)
       os.makedirs(os.path.join(workdir, "predictions"), exist_ok=True)
       np.savez(os.path.join(workdir, "predictions", f"{split}.npz"),
                ids=np.asarray([ids[i] for i in arrays["index"]]),

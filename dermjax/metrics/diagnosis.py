@@ -93,6 +93,17 @@ def multiclass_metrics(probs, labels, class_names=None) -> dict:
   return out
 
 
+def probabilities(logits):
+  """logits [N, K] -> sigmoid scores [N] for K == 1, softmax probabilities [N, K] otherwise."""
+  logits = np.asarray(logits, np.float64)
+  if logits.ndim != 2:
+    raise ValueError(f"diagnosis metrics: logits must be [N, K], got {logits.shape}")
+  if logits.shape[1] == 1:
+    return 1.0 / (1.0 + np.exp(-logits[:, 0]))
+  shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+  return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 def diagnosis_metrics(logits, labels, *, melanoma=None, melanoma_class=None, class_names=None,
                       threshold: float = 0.5) -> dict:
   """All diagnosis metrics from model logits.
@@ -101,13 +112,9 @@ def diagnosis_metrics(logits, labels, *, melanoma=None, melanoma_class=None, cla
   metrics against `labels`, plus the binary metrics of the melanoma score (the probability
   of class `melanoma_class`) against `melanoma` (0/1; rows with -1 dropped) when given.
   """
-  logits = np.asarray(logits, np.float64)
-  if logits.ndim != 2:
-    raise ValueError(f"diagnosis metrics: logits must be [N, K], got {logits.shape}")
-  if logits.shape[1] == 1:
-    return binary_metrics(1.0 / (1.0 + np.exp(-logits[:, 0])), labels, threshold=threshold)
-  shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-  probs = shifted / shifted.sum(axis=1, keepdims=True)
+  probs = probabilities(logits)
+  if probs.ndim == 1:
+    return binary_metrics(probs, labels, threshold=threshold)
   out = multiclass_metrics(probs, labels, class_names)
   if melanoma_class is not None and melanoma is not None:
     melanoma = np.asarray(melanoma)
