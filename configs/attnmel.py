@@ -31,7 +31,7 @@ code; the paper gives none of these three); the best epoch by validation melanom
 import ml_collections
 
 from dermjax import defaults
-from dermjax.models import vgg_classifier
+from dermjax.models import baselines
 
 MODELS = ("attnmel", "lesion", "dermo", "bkg", "softmax", "melcnn", "vgg16", "vgg16_gap")
 DATASETS = ("isic2017", "isic2016")
@@ -77,7 +77,7 @@ def get_config(arg=None):
   if model in ("vgg16", "vgg16_gap"):
     m.name = "vgg16"
     m.head = "gap" if model == "vgg16_gap" else "fc"
-    m.pretrained_targets = vgg_classifier.pretrained_targets(m.head)
+    m.pretrained_targets = baselines.pretrained_targets(m.head)
   else:
     m.name = "attnmel"
     m.attention = model != "melcnn"

@@ -30,7 +30,7 @@ e.g. `configs/gaze.py:thesis`, `configs/gaze.py:deco_gap_17`, `configs/gaze.py:v
 import ml_collections
 
 from dermjax.defaults import base_config
-from dermjax.models import vgg_classifier
+from dermjax.models import baselines
 
 # Optimiser groups: regexes over the "/"-joined parameter path.
 ENCODER = r"(^|/)encoder/"
@@ -140,7 +140,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   for field, value in VARIANTS[names[0]].items():
     section, name = field.split(".")
     config[section][name] = value
-  if config.model.name == "vgg16":  # dermjax/models/vgg_classifier.py: one rate, fc8 new.
+  if config.model.name == "vgg16":  # dermjax/models/baselines.py: one rate, fc8 new.
     config.optim.groups = ml_collections.ConfigDict()
-    config.model.pretrained_targets = vgg_classifier.pretrained_targets(config.model.head)
+    config.model.pretrained_targets = baselines.pretrained_targets(config.model.head)
   return cpu_sized(config) if cpu else config

@@ -13,35 +13,24 @@ predicted/true structure pairs matched per image by scipy's Hungarian solver
 parameter. Channels-last tensors, fp32 on CPU; `--dtype=bfloat16` runs the forward pass
 under torch.autocast (fp32 parameters and loss).
 
-Timed like scripts/profile.py (dermjax.profiling.time_steps: warm-up steps, then per-step
+Timed like scripts/profile_step.py (dermjax.profiling.time_steps: warm-up steps, then per-step
 wall times with device synchronisation; median). Synthetic inputs (random image, random
 0/1 lesion and attribute masks): speed does not depend on the data.
 
   python scripts/benchmark_torch.py --image_size=224 --batch_size=8 --num_steps=5
 """
 
-import os
-import sys
+import argparse
+import json
 
-# `python scripts/benchmark_torch.py` puts scripts/ first on sys.path, where scripts/profile.py
-# would shadow the standard library's `profile` (imported by cProfile, which torch imports);
-# put the repository root there instead.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-  sys.path[0] = _REPO
-elif _REPO not in sys.path:
-  sys.path.insert(0, _REPO)
+import numpy as np
+import scipy.optimize
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-
-import numpy as np  # noqa: E402
-import scipy.optimize  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from dermjax import profiling  # noqa: E402
+from dermjax import profiling
+from dermjax.models.gaze import flops as gaze_flops
 
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 NUM_STRUCTURES = 6
@@ -337,7 +326,7 @@ def run(args) -> dict:
   peak = None
   if args.matmul_peak:
     peak = profiling.matmul_peak_torch(args.dtype, device=str(device))
-  flops = profiling.gaze_train_flops(s, args.num_steps) * b
+  flops = gaze_flops.gaze_train_flops(s, args.num_steps) * b
   result = {
       "framework": "torch",
       "model": "gaze",
@@ -348,7 +337,7 @@ def run(args) -> dict:
       "batched_decoder": args.batched_decoder,
       "channels_last": args.channels_last,
       "train_step": profiling.summarize(times, batch_size=b, flops_per_step=flops, peak_flops=peak),
-      "flops_source": "analytic (dermjax.profiling.gaze_train_flops)",
+      "flops_source": "analytic (dermjax.gaze_flops.gaze_train_flops)",
       "matmul_peak_tflops": peak / 1e12 if peak else None,
       "memory": {"process_peak_rss_bytes": profiling.peak_memory()["process_peak_rss_bytes"]},
       "machine": profiling.machine_info(torch_device=str(device), jax_devices=False),

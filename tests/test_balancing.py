@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dermjax import balancing
+from dermjax.models.gaze import balancing
 
 TABLE1 = [2000, 2000, 1131, 126, 573, 116]  # lesion, skin, pigment, negative, milia, streaks
 

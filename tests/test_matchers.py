@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dermjax import matchers
+from dermjax.models.gaze import matchers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,7 +106,7 @@ def test_sharded_batch_matches_unsharded():
       os.environ["JAX_PLATFORMS"] = "cpu"
       import jax, numpy as np
       from jax.sharding import NamedSharding, PartitionSpec as P
-      from dermjax import matchers
+      from dermjax.models.gaze import matchers
       rng = np.random.default_rng(0)
       cost = rng.uniform(size=(16, 6, 5)).astype(np.float32)
       valid = rng.uniform(size=(16, 6)) < 0.6

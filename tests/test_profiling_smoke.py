@@ -1,4 +1,4 @@
-"""scripts/profile.py and scripts/benchmark_torch.py at tiny sizes; the PyTorch peer has the
+"""scripts/profile_step.py and scripts/benchmark_torch.py at tiny sizes; the PyTorch peer has the
 flax gaze model's widths; bf16 compute stays close to fp32; profiling helpers."""
 
 import importlib.util
@@ -12,6 +12,7 @@ import pytest
 from dermjax import profiling
 from dermjax.data import schema
 from dermjax.models import gaze
+from dermjax.models.gaze import flops as gaze_flops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=32, batch_size=2, timesteps=2)
@@ -70,7 +71,7 @@ def test_matmul_peaks_are_positive(bench_torch):
 
 def test_profile_script_tiny_gaze():
   """The real gaze train step at 32 px, timed; FLOPs from the analytic count."""
-  script = load("scripts/profile.py", "profile_script")
+  script = load("scripts/profile_step.py", "profile_script")
   config = gaze_config(**TINY)
   result = script.profile(config, num_warmup=1, num_timed=2, eval_step=False, matmul_peak=False,
                           with_matcher_breakdown=True)
@@ -80,7 +81,7 @@ def test_profile_script_tiny_gaze():
   assert train["steps_timed"] == 2 and train["images_per_s"] > 0
   assert result["train_compile"]["compile_s"] > 0
   assert result["memory"]["process_peak_rss_bytes"] > 0
-  assert result["train_flops_per_image"] == profiling.gaze_train_flops(
+  assert result["train_flops_per_image"] == gaze_flops.gaze_train_flops(
       TINY["image_size"], TINY["timesteps"])
   assert result["num_trainable_params"] < result["num_params"]  # Frozen encoder.
   rows = dict(script.summary_rows(result))
@@ -88,11 +89,11 @@ def test_profile_script_tiny_gaze():
 
 
 def test_analytic_gaze_flops_match_xla_at_one_step():
-  """dermjax.profiling.gaze_train_flops (the count both scripts' MFUs use) against XLA's cost
+  """dermjax.gaze_flops.gaze_train_flops (the count both scripts' MFUs use) against XLA's cost
   analysis of the real train step. With T = 1 XLA sees every FLOP run (it counts a loop body
   once), but it also folds away the convolutions of the zero initial state, U_a * H_0 and
   U * H_0, forward and backward, which the analytic count (made for T > 1) includes."""
-  script = load("scripts/profile.py", "profile_script")
+  script = load("scripts/profile_step.py", "profile_script")
   size = 32
   config = gaze_config(image_size=size, batch_size=2, timesteps=1)
   steps = script.build_steps(config)
@@ -100,12 +101,12 @@ def test_analytic_gaze_flops_match_xla_at_one_step():
   xla = profiling.compiled_flops(lowered.compile()) / 2
   h = size // 8
   zero_state = 3 * 2.0 * h * h * 9 * (256 * 256 + 256 * 1024)
-  analytic = profiling.gaze_train_flops(size, 1) - zero_state
+  analytic = gaze_flops.gaze_train_flops(size, 1) - zero_state
   assert xla == pytest.approx(analytic, rel=0.05)
 
 
 def test_synthetic_batch_matches_input_pipeline():
-  script = load("scripts/profile.py", "profile_script")
+  script = load("scripts/profile_step.py", "profile_script")
   config = gaze_config(**TINY)
   batch = script.synthetic_host_batch(config, 3)
   assert batch["image"].shape == (3, 32, 32, 3) and batch["image"].dtype == np.uint8

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dermjax.metrics import segmentation as seg
+from dermjax.models.gaze import segmentation as seg
 
 
 def test_image_precision_eq20_by_hand():

@@ -19,7 +19,7 @@ MODELS = {
     "gaze": "dermjax.models.gaze",
     # AttnMel-CNN (Yan et al. 2019) and its baselines.
     "attnmel": "dermjax.models.attnmel",
-    "vgg16": "dermjax.models.vgg_classifier",
+    "vgg16": "dermjax.models.baselines",
 }
 
 

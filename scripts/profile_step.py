@@ -1,6 +1,6 @@
 """Speed of a config's real train and eval steps: compile time, images/s, FLOPs, MFU, memory.
 
-  python scripts/profile.py --config=configs/gaze.py:thesis [--config.model.dtype=bfloat16]
+  python scripts/profile_step.py --config=configs/gaze.py:thesis [--config.model.dtype=bfloat16]
       [--num_warmup=2] [--num_timed=5] [--xla_dump_to=DIR] [--trace_dir=DIR] [--json_out=F]
 
 The steps are the trainer's own (dermjax.train.create_train_state / make_train_step /
@@ -22,29 +22,20 @@ normalisation are timed too), on every device of a data-parallel mesh. Reported:
 Works unchanged on CPU, GPU and TPU. --num_timed=0 only compiles (e.g. compile time vs T).
 """
 
+import json
 import os
-import sys
+import time
 
-# `python scripts/profile.py` puts scripts/ first on sys.path, where this file would shadow
-# the standard library's `profile` module; put the repository root there instead.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-  sys.path[0] = _REPO
-elif _REPO not in sys.path:
-  sys.path.insert(0, _REPO)
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import json  # noqa: E402
-import time  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from dermjax import input_pipeline  # noqa: E402
-from dermjax import models  # noqa: E402
-from dermjax import profiling  # noqa: E402
-from dermjax import train  # noqa: E402
-from dermjax.data import schema  # noqa: E402
+from dermjax import input_pipeline
+from dermjax import models
+from dermjax import profiling
+from dermjax.models.gaze import flops as gaze_flops
+from dermjax import train
+from dermjax.data import schema
 
 # Split-level stand-ins for a prepared dataset's stats.json (ISIC 2017 train, thesis Table 1).
 SYNTHETIC_STATS = {
@@ -82,7 +73,7 @@ def synthetic_host_batch(config, batch_size: int, seed: int = 0) -> dict:
   }
   missing = set(example) ^ set(batch)
   if missing:
-    raise ValueError(f"scripts/profile.py: synthetic batch keys differ from the input pipeline's "
+    raise ValueError(f"scripts/profile_step.py: synthetic batch keys differ from the input pipeline's "
                      f"by {sorted(missing)}; update synthetic_host_batch")
   return {k: v.astype(np.asarray(example[k]).dtype) for k, v in batch.items()}
 
@@ -145,7 +136,7 @@ def matcher_breakdown(config, train_median_s: float, *, num_warmup: int, num_tim
   shape and device-synchronised (so the host callback's round trip is included), as a
   fraction of the train step's median time. compare_steps: also build and time the whole
   train step with each matcher (their difference bounds the matcher's cost in place)."""
-  from dermjax import matchers  # Gaze-only.
+  from dermjax.models.gaze import matchers  # Gaze-only.
 
   out = {}
   b, t = int(config.data.batch_size), int(config.model.timesteps)
@@ -203,11 +194,11 @@ def profile(config, *, num_warmup: int = 2, num_timed: int = 5, eval_step: bool 
   result["train_flops_source"] = "xla cost analysis"
   if config.model.name == "gaze" and config.model.head == "gap":
     # XLA counts the scanned ConvLSTM's loop body once; the analytic count is exact.
-    analytic = profiling.gaze_train_flops(
+    analytic = gaze_flops.gaze_train_flops(
         config.data.image_size, config.model.timesteps,
         freeze_encoder=bool(config.model.freeze_encoder), decoder=bool(config.model.decoder))
     train_flops = analytic * batch_size
-    result["train_flops_source"] = "analytic (dermjax.profiling.gaze_train_flops)"
+    result["train_flops_source"] = "analytic (dermjax.gaze_flops.gaze_train_flops)"
   result["train_flops_per_image"] = train_flops / batch_size if train_flops else None
 
   if num_timed > 0:
@@ -291,7 +282,7 @@ def main(argv):
   from absl import flags
 
   if len(argv) > 1:
-    raise ValueError(f"scripts/profile.py: unexpected arguments {argv[1:]}")
+    raise ValueError(f"scripts/profile_step.py: unexpected arguments {argv[1:]}")
   FLAGS = flags.FLAGS
   if FLAGS.xla_dump_to:  # Read by XLA when the backend starts (nothing has touched it yet).
     os.environ["XLA_FLAGS"] = " ".join(filter(None, [

@@ -1,4 +1,4 @@
-"""VGG-16(-BN) baselines of AttnMel (Yan et al. 2019, Tables 1-3), model name "vgg16".
+"""VGG-16(-BN) baselines (AttnMel Tables 1-3, gaze Table 3), model name "vgg16".
 
 `config.model.head`:
   "fc"   VGG-16: torchvision's classifier (adaptive-avg-pool to 7x7, fc6 4096, fc7 4096 with
@@ -16,8 +16,8 @@ import numpy as np
 
 from dermjax import losses
 from dermjax.metrics import attention as attention_metrics
-from dermjax.models import attnmel
 from dermjax.models.backbones.vgg import VGGStages
+from dermjax.models.common import compute_dtype, explain as common_explain
 
 HEADS = ("fc", "gap")
 
@@ -65,7 +65,7 @@ def build(config) -> nn.Module:
   if m.head not in HEADS:
     raise ValueError(f"config.model.head must be one of {HEADS}, got {m.head!r}")
   return VGGClassifier(num_classes=m.num_classes, head=m.head, batch_norm=m.batch_norm,
-                       dtype=attnmel.compute_dtype(config))
+                       dtype=compute_dtype(config))
 
 
 def loss(outputs, batch, config, stats):
@@ -98,5 +98,5 @@ def explain(outputs, batch, images, ids, config, out_dir):
   del config
   if "cam" not in outputs:
     return
-  attnmel.save_overlays({"cam": np.asarray(outputs["cam"])}, images, ids, out_dir,
-                        attnmel.lesion_masks(batch, len(ids)))
+  common_explain.save_overlays({"cam": np.asarray(outputs["cam"])}, images, ids, out_dir,
+                               common_explain.lesion_masks(batch, len(ids)))

@@ -21,7 +21,6 @@ attention_features, batch_norm, num_classes, dtype}, loss.{focal_gamma,
 attention_reference, attention_weights}.
 """
 
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -29,10 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dermjax import losses, visualize
+from dermjax import losses
 from dermjax.data import schema
 from dermjax.metrics import attention as attention_metrics
 from dermjax.models.backbones.vgg import VGGStages
+from dermjax.models.common import compute_dtype, explain as common_explain
 
 # AttnMel-CNN-Dermo's reference: the ISIC 2017 Task 2 attributes (paper Sec. 3.2, footnote 2).
 DERMO_ATTRIBUTES = ("pigment_network", "negative_network", "milia_like_cyst", "streaks")
@@ -43,14 +43,6 @@ ATTENDED = (("pool3", "attention3"), ("pool4", "attention4"))
 # He (fan-in, ReLU) initialisation for the attention convolutions, as the paper; torch's
 # kaiming_normal_ is an untruncated normal.
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-
-
-def compute_dtype(config):
-  """jnp dtype of `config.model.dtype` ("float32" | "bfloat16")."""
-  name = config.model.get("dtype", "float32")
-  if name not in ("float32", "bfloat16"):
-    raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', got {name!r}")
-  return jnp.dtype(name)
 
 
 class AttentionBlock(nn.Module):
@@ -193,39 +185,11 @@ def report(arrays, config):
   return attention_metrics.jaccard_report(arrays)
 
 
-def save_overlays(maps: dict, images, ids, out_dir, masks=None):
-  """One PNG per example: image | lesion mask (if given) | each map as a heat-map overlay.
-
-  maps: {name: [B, h, w]}; images uint8 [B, H, W, 3]; masks optional [B, H, W] 0/1 (None
-  rows skipped). Also writes `<id>_<name>.npy` with each map upsampled to the image.
-  """
-  os.makedirs(out_dir, exist_ok=True)
-  for i, example_id in enumerate(ids):
-    image = visualize.upscale(images[i])  # legible even for small model inputs.
-    panels = [image]
-    if masks is not None and masks[i] is not None:
-      panels.append(visualize.overlay_mask(image, masks[i], color=(0, 255, 0)))
-    for name, heat in maps.items():
-      heat = np.asarray(heat[i], np.float32)
-      panels.append(visualize.overlay_heatmap(image, heat))
-      np.save(os.path.join(out_dir, f"{example_id}_{name}.npy"),
-              visualize.resize_map(heat, np.shape(images[i])[:2]))
-    visualize.save_png(visualize.hstack(panels), os.path.join(out_dir, f"{example_id}.png"))
-
-
-def lesion_masks(batch, count):
-  """[count] lesion masks [H, W] from a (numpy) batch, None where not ground truth."""
-  if batch is None or "masks" not in batch:
-    return None
-  masks = np.asarray(batch["masks"])[..., 0]
-  has = np.asarray(batch["has_masks"])[:, 0] if "has_masks" in batch else np.ones(len(masks))
-  return [masks[i] if has[i] > 0.5 else None for i in range(count)]
-
-
 def explain(outputs, batch, images, ids, config, out_dir):
   """Attention maps A3, A4 upsampled onto the image (paper Fig. 3), next to the lesion mask."""
   del config
   maps = {tap: np.asarray(outputs[name]) for tap, name in ATTENDED if name in outputs}
   if not maps:
     return
-  save_overlays(maps, images, ids, out_dir, lesion_masks(batch, len(ids)))
+  common_explain.save_overlays(maps, images, ids, out_dir,
+                               common_explain.lesion_masks(batch, len(ids)))

@@ -11,7 +11,7 @@ import pytest
 from flax import traverse_util
 
 from dermjax import defaults, losses, weights
-from dermjax.models import vgg_classifier
+from dermjax.models import baselines
 from dermjax.models.backbones import build_backbone
 from flax_helpers import random_variables  # tests/ is on sys.path under pytest.
 
@@ -34,7 +34,7 @@ def abstract_variables(module, size=224):
 def test_full_size_shapes_and_parameter_names(head, batch_norm):
   config = load_config("vgg16_gap,paper" if head == "gap" else "vgg16,paper")
   config.model.batch_norm = batch_norm
-  variables, outputs = abstract_variables(vgg_classifier.build(config))
+  variables, outputs = abstract_variables(baselines.build(config))
   assert outputs["logits"].shape == (2, 2) and outputs["logits"].dtype == jnp.float32
   params = variables["params"]
   assert ("bn1" in params["backbone"]["block1"]) == batch_norm
@@ -52,7 +52,7 @@ def test_full_size_shapes_and_parameter_names(head, batch_norm):
 
 def test_fc_head_pools_any_size_to_seven():
   config = load_config("vgg16")   # 64 px: pool5 is 2 x 2, adaptive-pooled to 7 x 7
-  _, outputs = abstract_variables(vgg_classifier.build(config), size=64)
+  _, outputs = abstract_variables(baselines.build(config), size=64)
   assert outputs["logits"].shape == (2, 2)
 
 
@@ -61,7 +61,7 @@ def test_cam_averages_to_the_melanoma_logit(num_classes):
   # logits = W^T GAP(pool5) + b is linear, so GAP(CAM_k) + b_k = logit_k exactly.
   config = load_config("vgg16_gap")
   config.model.num_classes = num_classes
-  module = vgg_classifier.build(config)
+  module = baselines.build(config)
   x = {"image": jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)}
   variables = random_variables(abstract_variables(module, size=64)[0])
   out = jax.jit(module.apply)(variables, x)
@@ -74,7 +74,7 @@ def test_cam_averages_to_the_melanoma_logit(num_classes):
 def test_pretrained_targets_fill_the_backbone_and_keep_fc8_new():
   """The config's targets graft a torchvision vgg16_bn tree (1000 classes) into VGG-16."""
   config = load_config("vgg16")
-  variables, _ = abstract_variables(vgg_classifier.build(config), size=64)
+  variables, _ = abstract_variables(baselines.build(config), size=64)
   imagenet = jax.eval_shape(lambda x: build_backbone("vgg16_bn", num_classes=1000).init(jax.random.key(0), x),
                             jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
   marker = lambda s: np.full(s.shape, 7.0, np.float32)
@@ -86,7 +86,7 @@ def test_pretrained_targets_fill_the_backbone_and_keep_fc8_new():
   assert len(pretrained) == len(flat) - 2 and all(np.all(flat[k] == 7.0) for k in pretrained)
   # AttnMel's and VGG-16-GAP's single target takes the whole backbone.
   gap = load_config("vgg16_gap")
-  gap_vars, _ = abstract_variables(vgg_classifier.build(gap), size=64)
+  gap_vars, _ = abstract_variables(baselines.build(gap), size=64)
   grafted = weights.graft(gap_vars, imagenet, gap.model.pretrained_targets.to_dict())
   assert np.all(grafted["batch_stats"]["backbone"]["block5"]["bn3"]["var"] == 7.0)
 
@@ -95,12 +95,12 @@ def test_loss_is_focal_and_build_checks_the_head():
   config = load_config("vgg16")
   logits = jnp.array([[0.2, -0.1], [0.5, 1.5], [3.0, 0.0]])
   batch = {"label": jnp.array([1, 0, 1]), "valid": jnp.array([1.0, 1.0, 0.0])}
-  total, metrics = vgg_classifier.loss({"logits": logits}, batch, config, {})
+  total, metrics = baselines.loss({"logits": logits}, batch, config, {})
   expected = losses.focal_loss(logits[:2], batch["label"][:2], gamma=2.0)
   assert float(total) == pytest.approx(float(expected), rel=1e-6) and "focal" in metrics
   config.model.head = "dense"
   with pytest.raises(ValueError, match="head"):
-    vgg_classifier.build(config)
+    baselines.build(config)
 
 
 def test_cam_jaccard_report_and_overlays(tmp_path):
@@ -112,15 +112,15 @@ def test_cam_jaccard_report_and_overlays(tmp_path):
   cam[1] = -cam[1]                            # ... and on the right for example 1
   batch = {"masks": jnp.asarray(masks), "has_masks": jnp.ones((2, 2))}
   outputs = {"logits": jnp.zeros((2, 2)), "cam": jnp.asarray(cam)}
-  arrays = jax.tree.map(np.asarray, vgg_classifier.eval_arrays(outputs, batch, config))
+  arrays = jax.tree.map(np.asarray, baselines.eval_arrays(outputs, batch, config))
   np.testing.assert_allclose(arrays["jaccard_cam"], [1.0, 0.0])
-  report = vgg_classifier.report(arrays, config)
+  report = baselines.report(arrays, config)
   assert report["jaccard/cam"] == 0.5
   images = np.zeros((2, 64, 64, 3), np.uint8)
-  vgg_classifier.explain(jax.tree.map(np.asarray, outputs), jax.tree.map(np.asarray, batch), images,
+  baselines.explain(jax.tree.map(np.asarray, outputs), jax.tree.map(np.asarray, batch), images,
                          ["x", "y"], config, str(tmp_path))
   assert sorted(os.listdir(tmp_path)) == ["x.png", "x_cam.npy", "y.png", "y_cam.npy"]
-  assert vgg_classifier.eval_arrays({"logits": outputs["logits"]}, batch, config) == {}
+  assert baselines.eval_arrays({"logits": outputs["logits"]}, batch, config) == {}
 
 
 @pytest.mark.parametrize("variant", ["vgg", "vgg_gap"])
@@ -132,7 +132,7 @@ def test_table3_vgg_configs_graft_an_imagenet_checkpoint(variant, size, monkeypa
   from dermjax.models.backbones.vgg import VGGStages
 
   config = defaults.load_config(os.path.join(ROOT, "configs", "gaze.py"), variant)
-  model = vgg_classifier.build(config)
+  model = baselines.build(config)
   batch = {"image": jnp.zeros((1, size, size, 3)), "meta": jnp.zeros((1, schema.META_DIM))}
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), batch, train=False))
   imagenet = jax.eval_shape(lambda: VGGStages(num_classes=1000).init(

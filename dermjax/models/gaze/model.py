@@ -13,22 +13,18 @@ structure_head, diagnosis_vgg, diagnosis_head. Outputs of `GazeNet.__call__`:
   mask_logits       [B, T, H, W]
   structure_logits  [B, T, S]     per-step structure classes (decoder only)
 The structure loss matches the S ground-truth structures to the T predicted masks one to
-one (Hungarian, dermjax.matchers) on 1 - softIoU, over the structures present only.
+one (Hungarian, dermjax.models.gaze.matchers) on 1 - softIoU, over the structures present only.
 """
 
 import functools
-import os
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from dermjax import balancing, conv as conv_lib, losses, matchers
+from dermjax import conv as conv_lib
 from dermjax.data import schema
-from dermjax.data.structures import structure_masks, structure_presence
-from dermjax.metrics import segmentation
 from dermjax.models.backbones.layers import batch_norm
 from dermjax.models.backbones.vgg import VGGStages, adaptive_avg_pool
 
@@ -259,163 +255,3 @@ def build(config) -> GazeNet:
       freeze_encoder=bool(m.freeze_encoder), head=m.head, step_dim=int(m.step_dim),
       padding=m.padding, rescale_attention=bool(m.rescale_attention),
       dropout_rate=float(m.dropout_rate), dtype=jnp.dtype(m.dtype))
-
-
-# --- loss ---------------------------------------------------------------------------
-
-
-def loss_stats(data_stats: dict, config) -> dict:
-  """Per-structure balancing weights [S] from the training split's structure presences."""
-  mode = config.loss.balancing
-  try:
-    presence = data_stats["presence"]["train"]
-  except (KeyError, TypeError) as e:
-    if mode in ("presence_others", "presence_inverse"):
-      raise ValueError(f"config.loss.balancing={mode!r} needs the dataset's stats.json "
-                       "'presence' -> 'train' structure counts, which are missing") from e
-    presence = [1] * schema.NUM_STRUCTURES
-  if len(presence) != schema.NUM_STRUCTURES:
-    raise ValueError(f"stats.json presence/train has {len(presence)} counts, expected "
-                     f"{schema.NUM_STRUCTURES} ({schema.STRUCTURES})")
-  return {"structure_weights": balancing.structure_weights(presence, mode)}
-
-
-def structure_targets(batch):
-  """Batch -> GT structures [B, H, W, S] and valid rows [B, S] (present and annotated)."""
-  gt = structure_masks(batch["masks"])
-  present = structure_presence(gt)
-  has = batch["has_masks"] > 0.5  # (has_lesion_mask, has_attributes)
-  num_attr = schema.NUM_STRUCTURES - 2
-  annotated = jnp.concatenate([has[:, :1], has[:, :1], jnp.repeat(has[:, 1:2], num_attr, 1)], 1)
-  return gt, present & annotated
-
-
-def soft_iou_matrix(pred, gt, eps: float = 1e-6):
-  """Eq. 10 for every pair: pred [B, T, H, W] probabilities, gt [B, H, W, S] -> [B, S, T]."""
-  pred, gt = pred.astype(jnp.float32), gt.astype(jnp.float32)
-  inter = jnp.einsum("bthw,bhws->bst", pred, gt)
-  union = jnp.sum(gt, axis=(1, 2))[:, :, None] + jnp.sum(pred, axis=(2, 3))[:, None, :] - inter
-  return (inter + eps) / (union + eps)
-
-
-def structure_loss(masks, structure_logits, gt, valid_rows, *, class_weights, balancing_mode,
-                   matcher="host", example_weights=None):
-  """Matched segmentation (1 - softIoU) and classification (CE) losses.
-
-  masks [B, T, H, W] probabilities; structure_logits [B, T, S]; gt [B, H, W, S]; valid_rows
-  [B, S]; class_weights [S]. Returns (L_seg, L_class, assignment [B, S] int, -1 unmatched).
-  Both are weighted means over the matched pairs (weights from dermjax.balancing).
-  """
-  cost = 1.0 - soft_iou_matrix(masks, gt)                       # [B, S, T]
-  assignment = matchers.match(cost, valid_rows, matcher)         # no gradient
-  matched = assignment >= 0
-  idx = jnp.maximum(assignment, 0)
-  seg = jnp.take_along_axis(cost, idx[:, :, None], axis=2)[:, :, 0]              # [B, S]
-  log_p = jax.nn.log_softmax(structure_logits.astype(jnp.float32), axis=-1)       # [B, T, S]
-  log_p_matched = jnp.take_along_axis(log_p, idx[:, :, None], axis=1)             # [B, S, S]
-  ce = -jnp.diagonal(log_p_matched, axis1=1, axis2=2)                             # [B, S]
-  w = balancing.pair_weights(matched, class_weights, balancing_mode, example_weights)
-  total = jnp.maximum(jnp.sum(w), 1e-12)
-  return jnp.sum(w * seg) / total, jnp.sum(w * ce) / total, assignment
-
-
-def loss(outputs, batch, config, stats):
-  """L = alpha L_diag + beta (gamma L_seg + mu L_class) (eq. 14); L_diag alone without decoder."""
-  lc = config.loss
-  valid = batch["valid"]
-  l_diag = losses.focal_loss(outputs["logits"], batch["label"], gamma=lc.focal_gamma, weights=valid)
-  metrics = {"loss_diag": l_diag}
-  if "masks" not in outputs:
-    metrics["loss"] = l_diag
-    return l_diag, metrics
-  gt, valid_rows = structure_targets(batch)
-  class_weights = stats.get("structure_weights", jnp.ones((schema.NUM_STRUCTURES,), jnp.float32))
-  l_seg, l_class, assignment = structure_loss(
-      outputs["masks"], outputs["structure_logits"], gt, valid_rows, class_weights=class_weights,
-      balancing_mode=lc.balancing, matcher=lc.matcher, example_weights=valid)
-  total = lc.alpha * l_diag + lc.beta * (lc.gamma * l_seg + lc.mu * l_class)
-  matched = jnp.sum((assignment >= 0) * valid[:, None]) / jnp.maximum(jnp.sum(valid), 1.0)
-  metrics.update(loss=total, loss_seg=l_seg, loss_class=l_class, matched_per_image=matched)
-  return total, metrics
-
-
-# --- evaluation -----------------------------------------------------------------------
-
-
-def eval_arrays(outputs, batch, config):
-  """Small per-example arrays for the segmentation metrics (empty without decoder).
-
-  iou / soft_iou [B, S, T] (binary masks at 0.5 / probabilities), present [B, S],
-  pred_area [B, T] (pixels of each binarised mask), pred_structure [B, T] int32.
-  """
-  del config
-  if "masks" not in outputs:
-    return {}
-  gt, valid_rows = structure_targets(batch)
-  binary = (outputs["masks"] > 0.5).astype(jnp.float32)
-  inter = jnp.einsum("bthw,bhws->bst", binary, gt)
-  area_pred = jnp.sum(binary, axis=(2, 3))
-  union = jnp.sum(gt, axis=(1, 2))[:, :, None] + area_pred[:, None, :] - inter
-  return {
-      "iou": jnp.where(union > 0, inter / jnp.maximum(union, 1.0), 0.0),
-      "soft_iou": soft_iou_matrix(outputs["masks"], gt),
-      "present": valid_rows,
-      "pred_area": area_pred,
-      "pred_structure": jnp.argmax(outputs["structure_logits"], axis=-1).astype(jnp.int32),
-  }
-
-
-def report(arrays, config):
-  """Split metrics from the gathered eval_arrays: mAP (eq. 20), structure accuracy, Jaccard."""
-  del config
-  if "iou" not in arrays or len(arrays["iou"]) == 0:
-    return {}
-  return segmentation.summary(
-      iou=arrays["iou"], soft_iou=arrays["soft_iou"], present=arrays["present"],
-      pred_nonempty=arrays["pred_area"] > 0, pred_structure=arrays["pred_structure"],
-      names=schema.STRUCTURES)
-
-
-# --- explanations ----------------------------------------------------------------------
-
-
-def gaze_points(attention, image_shape):
-  """Argmax of each attention map, in image pixels: [T, h, w] -> [T, 2] (y, x) float."""
-  attention = np.asarray(attention)
-  t, h, w = attention.shape
-  flat = attention.reshape(t, -1).argmax(-1)
-  ys, xs = np.unravel_index(flat, (h, w))
-  return np.stack([(ys + 0.5) * image_shape[0] / h, (xs + 0.5) * image_shape[1] / w], -1)
-
-
-def explain(outputs, batch, images, ids, config, out_dir) -> None:
-  """Fig. 7-style PNG per example: numbered gazes | attention maps | masks with classes.
-
-  Writes <out_dir>/<id>_gaze.png and <id>_gaze.npz (attention, points, masks, classes).
-  """
-  from dermjax import visualize  # Host-only drawing (PIL).
-
-  del batch
-  os.makedirs(out_dir, exist_ok=True)
-  attention = np.asarray(outputs["attention"], np.float32)
-  masks = outputs.get("masks")
-  classes = outputs.get("structure_logits")
-  score = np.asarray(outputs["logits"], np.float32)
-  for b, example_id in enumerate(ids):
-    image = visualize.upscale(images[b])  # drawn legibly even for small model inputs.
-    points = gaze_points(attention[b], image.shape[:2])
-    diag = (f"p={1 / (1 + np.exp(-score[b, 0])):.2f}" if score.shape[-1] == 1
-            else f"class {int(score[b].argmax())}")
-    panels = [visualize.draw_label(visualize.draw_points(image, points), diag)]
-    panels += [visualize.draw_label(visualize.overlay_heatmap(image, a), f"A{t}")
-               for t, a in enumerate(attention[b])]
-    arrays = {"attention": attention[b], "points": gaze_points(attention[b], images[b].shape[:2])}
-    if masks is not None:
-      m = np.asarray(masks[b], np.float32)
-      cls = np.asarray(classes[b]).argmax(-1)
-      panels += [visualize.draw_label(visualize.overlay_mask(image, m[t] > 0.5),
-                                      f"M{t} {schema.STRUCTURES[cls[t]]}") for t in range(len(m))]
-      arrays.update(masks=(m > 0.5).astype(np.uint8), structures=cls)
-    name = str(example_id.decode() if isinstance(example_id, bytes) else example_id)
-    visualize.save_png(visualize.hstack(panels), os.path.join(out_dir, f"{name}_gaze.png"))
-    np.savez_compressed(os.path.join(out_dir, f"{name}_gaze.npz"), **arrays)

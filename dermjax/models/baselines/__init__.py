@@ -1,0 +1,8 @@
+"""Backbone classifiers that several papers' tables use as baselines (model name "vgg16":
+VGG-16 and VGG-16-GAP of AttnMel Tables 1-3 and the gaze thesis's Table 3)."""
+
+from dermjax.models.baselines.vgg import (HEADS, VGGClassifier, build, eval_arrays, explain, loss,
+                                          pretrained_targets, report)
+
+__all__ = ["build", "loss", "eval_arrays", "report", "explain", "VGGClassifier", "HEADS",
+           "pretrained_targets"]

@@ -1,0 +1,36 @@
+"""Explanation drawing shared by every model: heat-map overlays next to the lesion mask."""
+
+import os
+
+import numpy as np
+
+from dermjax import visualize
+
+
+def save_overlays(maps: dict, images, ids, out_dir, masks=None):
+  """One PNG per example: image | lesion mask (if given) | each map as a heat-map overlay.
+
+  maps: {name: [B, h, w]}; images uint8 [B, H, W, 3]; masks optional [B, H, W] 0/1 (None
+  rows skipped). Also writes `<id>_<name>.npy` with each map upsampled to the image.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  for i, example_id in enumerate(ids):
+    image = visualize.upscale(images[i])  # legible even for small model inputs.
+    panels = [image]
+    if masks is not None and masks[i] is not None:
+      panels.append(visualize.overlay_mask(image, masks[i], color=(0, 255, 0)))
+    for name, heat in maps.items():
+      heat = np.asarray(heat[i], np.float32)
+      panels.append(visualize.overlay_heatmap(image, heat))
+      np.save(os.path.join(out_dir, f"{example_id}_{name}.npy"),
+              visualize.resize_map(heat, np.shape(images[i])[:2]))
+    visualize.save_png(visualize.hstack(panels), os.path.join(out_dir, f"{example_id}.png"))
+
+
+def lesion_masks(batch, count):
+  """[count] lesion masks [H, W] from a (numpy) batch, None where not ground truth."""
+  if batch is None or "masks" not in batch:
+    return None
+  masks = np.asarray(batch["masks"])[..., 0]
+  has = np.asarray(batch["has_masks"])[:, 0] if "has_masks" in batch else np.ones(len(masks))
+  return [masks[i] if has[i] > 0.5 else None for i in range(count)]
