@@ -1,6 +1,6 @@
 """AttnMel-CNN and its baselines (Yan, Kawahara, Hamarneh 2019, Tables 1-3).
 
-  --config=configs/attnmel.py:<model>[,<dataset>][,paper]
+  --config=configs/attnmel.py:<model>[,<dataset>][,cpu|paper]   (dermjax.config_lib.parse_arg)
 
   model    Table rows                                      config
   attnmel  AttnMel-CNN (T1 #7, T2 #9)                      attnmel, sigmoid attention
@@ -30,7 +30,7 @@ code; the paper gives none of these three); the best epoch by validation melanom
 
 import ml_collections
 
-from dermjax import defaults
+from dermjax import config_lib
 from dermjax.models import baselines
 
 MODELS = ("attnmel", "lesion", "dermo", "bkg", "softmax", "melcnn", "vgg16", "vgg16_gap")
@@ -38,21 +38,10 @@ DATASETS = ("isic2017", "isic2016")
 REFERENCE = {"lesion": "lesion", "dermo": "dermo", "bkg": "background"}
 
 
-def parse(arg):
-  """'model,dataset,paper' -> (model, dataset, paper); bad tokens raise naming this file."""
-  tokens = [t.strip() for t in (arg or "attnmel").split(",") if t.strip()]
-  models = [t for t in tokens if t in MODELS]
-  datasets = [t for t in tokens if t in DATASETS]
-  unknown = [t for t in tokens if t not in MODELS + DATASETS + ("paper",)]
-  if unknown or len(models) > 1 or len(datasets) > 1:
-    raise ValueError(f"configs/attnmel.py: bad argument {arg!r}; expected "
-                     f"<model>[,<dataset>][,paper] with model in {MODELS}, dataset in {DATASETS}")
-  return (models or ["attnmel"])[0], (datasets or ["isic2017"])[0], "paper" in tokens
-
-
 def get_config(arg=None):
-  model, dataset, paper = parse(arg)
-  config = defaults.base_config()
+  parsed = config_lib.parse_arg(arg, table="configs/attnmel.py", rows=MODELS, datasets=DATASETS)
+  model, dataset, paper = parsed.row, parsed.dataset, parsed.paper
+  config = config_lib.base_config()
 
   data = config.data
   data.layout = dataset
@@ -72,7 +61,6 @@ def get_config(arg=None):
   m.pretrained_arch = "vgg16_bn"
   # With --config.model.pretrained=<vgg16_bn .pth/.safetensors>, ImageNet weights fill these
   # submodules (model path -> checkpoint path); VGG-16's fc8 and every new layer stay random.
-  m.pretrained = ml_collections.FieldReference(None, field_type=str)   # settable from the CLI.
   m.pretrained_targets = {"backbone": ""}
   if model in ("vgg16", "vgg16_gap"):
     m.name = "vgg16"

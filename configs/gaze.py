@@ -1,6 +1,6 @@
 """Gaze sequences (Esteve-Cogollos 2020) and the thesis's experiments, as one table.
 
-  --config=configs/gaze.py[:<variant>[,cpu]]
+  --config=configs/gaze.py[:<variant>[,cpu|paper]]     (dermjax.config_lib.parse_arg)
 
   variant          thesis experiment (Sec. 4.1 settings, Table 3 ablations)   differs from thesis
   thesis           VGG_AttentiveConvLSTM_Deco_GAP_3 = setting 2 (skips +       -
@@ -19,17 +19,17 @@
   deco_gap_17      ..._Deco_GAP_17: no skips + BN, the X' GAP version (a dense  + step_dim 256,
                    layer reduces the per-step GAPs), w_i weights (eq. 15)        eq. 15 weights
 
-  thesis setting: 224 px from 256, T = 5, batch 8, 20 epochs, Adam (.92, .96), rates encoder
-  0 / Attentive ConvLSTM 1e-2 / branches 1e-4, weight decay 1e-6, frozen encoder: give its
-  ImageNet weights with --config.model.pretrained=FILE (torchvision vgg16_bn).
-  cpu: the same model CPU-sized for the synthetic ISIC 2017 set (see cpu_sized()).
+  paper: the thesis's setting: 224 px from 256, T = 5, batch 8, 20 epochs, Adam (.92, .96),
+  rates encoder 0 / Attentive ConvLSTM 1e-2 / branches 1e-4, weight decay 1e-6, frozen
+  encoder: give its ImageNet weights with --config.model.pretrained=FILE (torchvision vgg16_bn).
+  cpu (the default): the same model CPU-sized for the synthetic ISIC 2017 set (cpu_sized()).
   No argument: `thesis,cpu`, the embedded default of `python -m dermjax.main`.
-e.g. `configs/gaze.py:thesis`, `configs/gaze.py:deco_gap_17`, `configs/gaze.py:vgg_gap,cpu`.
+e.g. `configs/gaze.py:thesis,paper`, `configs/gaze.py:deco_gap_17`, `configs/gaze.py:vgg_gap`.
 """
 
 import ml_collections
 
-from dermjax.defaults import base_config
+from dermjax import config_lib
 from dermjax.models import baselines
 
 # Optimiser groups: regexes over the "/"-joined parameter path.
@@ -40,7 +40,7 @@ BRANCHES = r"(^|/)(decoder|structure_head|diagnosis_vgg|diagnosis_head)/"
 
 def thesis_config() -> ml_collections.ConfigDict:
   """The thesis's training recipe and full-size architecture (skip + frozen BN, Deco_GAP_3)."""
-  config = base_config()
+  config = config_lib.base_config()
   config.data.image_size = 224
   config.data.resize_size = 256
   config.data.batch_size = 8
@@ -128,19 +128,11 @@ def cpu_sized(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-  """arg "<variant>[,cpu]" (see the table above); None / "" / "cpu": "thesis,cpu"."""
-  parts = [p for p in (arg or "").split(",") if p]
-  names = [p for p in parts if p != "cpu"]
-  cpu = "cpu" in parts or not names
-  names = names or ["thesis"]
-  if len(names) != 1 or names[0] not in VARIANTS:
-    raise ValueError(f"configs/gaze.py: unknown argument {arg!r}; use <variant>[,cpu] with a "
-                     f"variant in {sorted(VARIANTS)}")
-  config = thesis_config()
-  for field, value in VARIANTS[names[0]].items():
-    section, name = field.split(".")
-    config[section][name] = value
-  if config.model.name == "vgg16":  # dermjax/models/baselines.py: one rate, fc8 new.
+  """arg "<variant>[,cpu|paper]" (see the table above); no argument: "thesis,cpu"."""
+  parsed = config_lib.parse_arg(arg, table="configs/gaze.py", rows=tuple(VARIANTS),
+                                default_row="thesis")
+  config = config_lib.set_fields(thesis_config(), VARIANTS[parsed.row])
+  if config.model.name == "vgg16":  # dermjax/models/baselines: one rate, fc8 new.
     config.optim.groups = ml_collections.ConfigDict()
     config.model.pretrained_targets = baselines.pretrained_targets(config.model.head)
-  return cpu_sized(config) if cpu else config
+  return config if parsed.paper else cpu_sized(config)

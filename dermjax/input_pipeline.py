@@ -31,7 +31,6 @@ from typing import Callable, Iterator
 
 import grain
 import jax
-import ml_collections
 import numpy as np
 from PIL import Image
 
@@ -42,40 +41,6 @@ CROPS = ("resize_center_crop", "center_fraction")
 TARGETS = ("melanoma", "multiclass", "keratosis")
 MASK_CHANNELS = 1 + schema.NUM_ATTRIBUTES
 _ENDLESS = 2**62  # "Infinite" length of the training position stream.
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-  """config.data defaults (the thesis's ISIC 2017 setting); experiment configs override."""
-  c = ml_collections.ConfigDict()
-  # Raw ISIC directory; None -> synthetic data. (FieldReferences: settable from the CLI.)
-  c.dir = ml_collections.FieldReference(None, field_type=str)
-  c.layout = "isic2017"
-  c.prepared_dir = ml_collections.FieldReference(None, field_type=str)  # None: <dir>/prepared
-  c.synthetic_dir = ml_collections.FieldReference(None, field_type=str)  # None: <workdir>/synthetic_<layout>
-  c.synthetic_num_images = None   # {split: count} for the synthetic set; None: its default.
-  c.image_size = 224
-  c.resize_size = 256
-  c.crop = "resize_center_crop"   # | "center_fraction"
-  c.crop_fraction = 0.8
-  c.target = "melanoma"           # | "multiclass" | "keratosis"
-  c.batch_size = 8                # global, over all processes and devices.
-  c.eval_batch_size = 8
-  c.num_workers = 0               # grain worker processes (0 = threads in this process).
-  c.num_threads = 4               # reader threads per process / worker.
-  c.prefetch = 2                  # batches buffered per worker.
-  c.sampling = "none"             # | "oversample" | "balanced"
-  c.oversample_factor = 4
-  c.augment = ml_collections.ConfigDict(dict(
-      rotation=True,
-      max_rotation_deg=ml_collections.FieldReference(180.0, field_type=object),  # or "any".
-      hflip=True, vflip=True,
-      zoom=(0.8, 1.0),            # random crop side as a fraction of the image, or None.
-      fill="reflect"))            # | "constant" (zeros) outside the rotated image.
-  c.fold = ml_collections.FieldReference(None, field_type=int)  # None: official validation.
-  c.num_folds = 5
-  c.split_seed = 0                # carves derived validation/test splits and folds.
-  c.seed = 0                      # training order (sampling).
-  return c
 
 
 # --- per-example host preprocessing -------------------------------------------------

@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import re
-import sys
 import time
 
 from absl import app
@@ -23,9 +22,9 @@ from absl import flags
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from dermjax import input_pipeline  # noqa: E402  (repo root on the path for `python scripts/...`)
-from dermjax.data import augment  # noqa: E402
+from dermjax import config_lib
+from dermjax import input_pipeline
+from dermjax.data import augment
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Raw ISIC directory; default: synthetic data.")
@@ -47,7 +46,7 @@ SECTION = "## Input pipeline"
 
 
 def _data_config():
-  c = input_pipeline.default_data_config()
+  c = config_lib.data_config()
   c.layout = FLAGS.layout
   c.image_size, c.resize_size = FLAGS.image_size, FLAGS.resize_size
   c.batch_size = c.eval_batch_size = FLAGS.batch_size

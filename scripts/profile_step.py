@@ -1,6 +1,6 @@
 """Speed of a config's real train and eval steps: compile time, images/s, FLOPs, MFU, memory.
 
-  python scripts/profile_step.py --config=configs/gaze.py:thesis [--config.model.dtype=bfloat16]
+  python scripts/profile_step.py --config=configs/gaze.py:thesis,paper [--config.model.dtype=bfloat16]
       [--num_warmup=2] [--num_timed=5] [--xla_dump_to=DIR] [--trace_dir=DIR] [--json_out=F]
 
 The steps are the trainer's own (dermjax.train.create_train_state / make_train_step /

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dermjax import defaults, losses
+from dermjax import config_lib, losses
 from dermjax.data import schema
 from dermjax.models import attnmel
 from flax_helpers import random_variables  # tests/ is on sys.path under pytest.
@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(arg):
-  return defaults.load_config(os.path.join(ROOT, "configs", "attnmel.py"), arg)
+  return config_lib.load_config(os.path.join(ROOT, "configs", "attnmel.py"), arg)
 
 
 def make_batch(size=64, batch=2, seed=0):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from dermjax import defaults, losses, weights
+from dermjax import config_lib, losses, weights
 from dermjax.models import baselines
 from dermjax.models.backbones import build_backbone
 from flax_helpers import random_variables  # tests/ is on sys.path under pytest.
@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(arg):
-  return defaults.load_config(os.path.join(ROOT, "configs", "attnmel.py"), arg)
+  return config_lib.load_config(os.path.join(ROOT, "configs", "attnmel.py"), arg)
 
 
 def abstract_variables(module, size=224):
@@ -131,7 +131,7 @@ def test_table3_vgg_configs_graft_an_imagenet_checkpoint(variant, size, monkeypa
   from dermjax.data import schema
   from dermjax.models.backbones.vgg import VGGStages
 
-  config = defaults.load_config(os.path.join(ROOT, "configs", "gaze.py"), variant)
+  config = config_lib.load_config(os.path.join(ROOT, "configs", "gaze.py"), variant)
   model = baselines.build(config)
   batch = {"image": jnp.zeros((1, size, size, 3)), "meta": jnp.zeros((1, schema.META_DIM))}
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), batch, train=False))

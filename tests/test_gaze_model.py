@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dermjax import defaults
+from dermjax import config_lib
 from dermjax.data import schema
 from dermjax.models import gaze
 
@@ -17,7 +17,7 @@ S = schema.NUM_STRUCTURES
 
 
 def load_config(name, arg=None):
-  return defaults.load_config(os.path.join(REPO, "configs", name), arg)
+  return config_lib.load_config(os.path.join(REPO, "configs", name), arg)
 
 
 def fake_batch(size, batch=2, seed=0):
@@ -42,7 +42,7 @@ def fake_batch(size, batch=2, seed=0):
 
 def gaze_variants():
   """The experiments of configs/gaze.py that are gaze models (not the plain VGG baselines)."""
-  table = defaults.config_module(os.path.join(REPO, "configs", "gaze.py"))
+  table = config_lib.config_module(os.path.join(REPO, "configs", "gaze.py"))
   return [v for v in sorted(table.VARIANTS) if table.get_config(v).model.name == "gaze"]
 
 
@@ -51,7 +51,7 @@ def gaze_variants():
 
 @pytest.mark.parametrize("variant", gaze_variants())
 def test_full_size_shapes(variant):
-  config = load_config("gaze.py", variant)
+  config = load_config("gaze.py", variant + ",paper")
   size, t = config.data.image_size, config.model.timesteps
   assert (size, t) == (224, 5)
   net = gaze.build(config)
@@ -85,7 +85,7 @@ def test_full_size_shapes(variant):
 
 
 def test_thesis_recipe():
-  config = load_config("gaze.py", "thesis")
+  config = load_config("gaze.py", "thesis,paper")
   assert (config.data.resize_size, config.data.batch_size, config.train.num_epochs) == (256, 8, 20)
   assert (config.optim.b1, config.optim.b2, config.optim.weight_decay) == (0.92, 0.96, 1e-6)
   rates = {k: v[1] for k, v in config.optim.groups.items()}
@@ -97,7 +97,7 @@ def test_thesis_recipe():
 
 def test_optimizer_groups_cover_the_submodules():
   from dermjax import optim  # pylint: disable=g-import-not-at-top
-  config = load_config("gaze.py", "thesis")
+  config = load_config("gaze.py", "thesis,paper")
   net = gaze.build(config)
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), fake_batch(32))
   params = jax.eval_shape(lambda b: net.init(jax.random.key(0), b), batch)["params"]

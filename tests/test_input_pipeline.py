@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from dermjax import config_lib
 from dermjax import input_pipeline as ip
 from dermjax.data import sampling
 from dermjax.data import schema
@@ -253,7 +254,7 @@ def _mesh():
 
 
 def _config(**overrides):
-  c = ip.default_data_config()
+  c = config_lib.data_config()
   c.image_size, c.resize_size, c.batch_size, c.eval_batch_size = 32, 40, 4, 5
   c.num_threads = 2
   c.update(overrides)
@@ -389,7 +390,7 @@ def test_worker_processes_give_the_same_batches():
 
 def test_default_config_drives_device_preprocess():
   from dermjax.data import augment
-  c = ip.default_data_config()
+  c = config_lib.data_config()
   assert (c.image_size, c.resize_size, c.batch_size, c.sampling) == (224, 256, 8, "none")
   c.augment.max_rotation_deg = "any"   # a number or "any".
   batch = {"image": np.full((2, 8, 8, 3), 7, np.uint8), "masks": np.ones((2, 8, 8, 6), np.uint8)}

@@ -26,7 +26,7 @@ def load(path, name):
   return module
 
 
-def gaze_config(arg="thesis", **overrides):
+def gaze_config(arg="thesis,paper", **overrides):
   config = load("configs/gaze.py", "configs_gaze").get_config(arg)
   config.data.image_size = overrides.get("image_size", config.data.image_size)
   config.data.batch_size = config.data.eval_batch_size = overrides.get(
@@ -130,7 +130,7 @@ def test_torch_peer_has_the_flax_widths(bench_torch):
   import torch
 
   t = 5
-  config = gaze_config("thesis", image_size=64, timesteps=t)
+  config = gaze_config("thesis,paper", image_size=64, timesteps=t)
   shapes = {"image": jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
             "masks": jax.ShapeDtypeStruct((1, 64, 64, 1 + schema.NUM_ATTRIBUTES), jnp.float32),
             "has_masks": jax.ShapeDtypeStruct((1, 2), jnp.float32)}

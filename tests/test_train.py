@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dermjax import defaults
+from dermjax import config_lib
 from dermjax import models
 from dermjax import train
 from dermjax.data import schema
@@ -20,7 +20,7 @@ SIZE = 32
 
 
 def tiny_config(**train_overrides):
-  config = defaults.base_config()
+  config = config_lib.base_config()
   config.model.name = "tiny"
   config.model.frozen_encoder = False
   config.data.image_size = SIZE

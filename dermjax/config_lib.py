@@ -1,0 +1,166 @@
+"""Config defaults, the one experiment-table argument syntax, and loading configs by path.
+
+Every `configs/<paper>.py` is an experiment table with `get_config(arg)`, where
+
+  arg = "<row>[,<dataset>][,cpu|paper]"
+
+parsed by `parse_arg` (tokens in any order): `row` is a row of the paper's table,
+`dataset` one of the table's datasets, `paper` the paper's own scale and `cpu` (the
+default) the same model CPU-sized for the synthetic data. No argument at all is the
+table's default row, CPU-sized: the embedded default of `python -m dermjax.main`.
+
+`base_config()` holds every field the trainer, data layer, optimiser and checkpointing
+read (so each is settable from the command line); a table adds its model's fields.
+"""
+
+import dataclasses
+import importlib.util
+import os
+from typing import Sequence
+
+import ml_collections
+
+SCALES = ("cpu", "paper")
+
+
+@dataclasses.dataclass(frozen=True)
+class TableArg:
+  """A parsed experiment-table argument."""
+  row: str
+  dataset: str | None
+  paper: bool
+
+
+def parse_arg(arg, *, table: str, rows: Sequence[str], datasets: Sequence[str] = (),
+              default_row: str | None = None) -> TableArg:
+  """"<row>[,<dataset>][,cpu|paper]" -> TableArg; any bad token raises naming `table`.
+
+  rows / datasets: the table's names (the first dataset is the default); default_row:
+  the row of an argument without one (default: rows[0]).
+  """
+  tokens = [t.strip() for t in (arg or "").split(",") if t.strip()]
+  found_rows = [t for t in tokens if t in rows]
+  found_datasets = [t for t in tokens if t in datasets]
+  scales = [t for t in tokens if t in SCALES]
+  unknown = [t for t in tokens if t not in (*rows, *datasets, *SCALES)]
+  if unknown or len(found_rows) > 1 or len(found_datasets) > 1 or len(scales) > 1:
+    problem = (f"unknown {unknown}" if unknown else "more than one row, dataset or scale")
+    raise ValueError(
+        f"{table}: bad argument {arg!r} ({problem}); expected <row>[,<dataset>][,cpu|paper] "
+        f"with row in {list(rows)}" + (f", dataset in {list(datasets)}" if datasets else ""))
+  row = found_rows[0] if found_rows else (default_row or rows[0])
+  dataset = found_datasets[0] if found_datasets else (datasets[0] if datasets else None)
+  return TableArg(row=row, dataset=dataset, paper=scales == ["paper"])
+
+
+def set_fields(config: ml_collections.ConfigDict, fields: dict) -> ml_collections.ConfigDict:
+  """Sets {"section.sub.field": value} on `config` (a table row's overrides); returns it."""
+  for path, value in fields.items():
+    *parents, name = path.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[name] = value
+  return config
+
+
+def data_config() -> ml_collections.ConfigDict:
+  """config.data defaults (the thesis's ISIC 2017 setting); experiment configs override."""
+  c = ml_collections.ConfigDict()
+  # Raw ISIC directory; None -> synthetic data. (FieldReferences: settable from the CLI.)
+  c.dir = ml_collections.FieldReference(None, field_type=str)
+  c.layout = "isic2017"
+  c.prepared_dir = ml_collections.FieldReference(None, field_type=str)  # None: <dir>/prepared
+  c.synthetic_dir = ml_collections.FieldReference(None, field_type=str)  # None: <workdir>/synthetic_<layout>
+  c.synthetic_num_images = None   # {split: count} for the synthetic set; None: its default.
+  c.image_size = 224
+  c.resize_size = 256
+  c.crop = "resize_center_crop"   # | "center_fraction" (dermjax.input_pipeline.CROPS)
+  c.crop_fraction = 0.8
+  c.target = "melanoma"           # | "multiclass" | "keratosis" (dermjax.input_pipeline.TARGETS)
+  c.batch_size = 8                # global, over all processes and devices.
+  c.eval_batch_size = 8
+  c.num_workers = 0               # grain worker processes (0 = threads in this process).
+  c.num_threads = 4               # reader threads per process / worker.
+  c.prefetch = 2                  # batches buffered per worker.
+  c.sampling = "none"             # | "oversample" | "balanced"
+  c.oversample_factor = 4
+  c.augment = ml_collections.ConfigDict(dict(
+      rotation=True,
+      max_rotation_deg=ml_collections.FieldReference(180.0, field_type=object),  # or "any".
+      hflip=True, vflip=True,
+      zoom=(0.8, 1.0),            # random crop side as a fraction of the image, or None.
+      fill="reflect"))            # | "constant" (zeros) outside the rotated image.
+  c.fold = ml_collections.FieldReference(None, field_type=int)  # None: official validation.
+  c.num_folds = 5
+  c.split_seed = 0                # carves derived validation/test splits and folds.
+  c.seed = 0                      # training order (sampling).
+  return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """A complete config with the shared defaults; a table fills model/loss fields."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data = data_config()
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = ""
+  config.model.num_classes = 1            # 1: sigmoid melanoma score; >1: softmax classes.
+  config.model.dtype = "float32"          # compute dtype ("bfloat16" for mixed precision).
+  # ImageNet weights (.pth / .safetensors / converted dir) or a dermjax workdir (its best
+  # checkpoint), grafted into pretrained_targets (dermjax.weights.apply_pretrained).
+  config.model.pretrained = ml_collections.FieldReference(None, field_type=str)
+  config.model.pretrained_arch = "vgg16_bn"
+  config.model.pretrained_format = "auto"   # "auto" | "torchvision" | "timm" key names.
+  config.model.pretrained_targets = ml_collections.ConfigDict()  # submodule -> path in checkpoint.
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.focal_gamma = 2.0
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = "adam"              # "adam" | "sgd"
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.999
+  config.optim.momentum = 0.9             # sgd only.
+  config.optim.nesterov = False           # sgd only.
+  config.optim.weight_decay = 0.0         # L2 added to the gradient, as torch's weight_decay.
+  config.optim.learning_rate = 1e-4       # for params matching no group below.
+  # Per-module learning rates: group -> (regex over "/"-joined param path, learning rate).
+  # A rate of 0 freezes the group (no update; models also stop the backward pass there).
+  config.optim.groups = ml_collections.ConfigDict()
+  config.optim.decay_every_epochs = 0     # >0: multiply rates by decay_factor every N epochs.
+  config.optim.decay_factor = 0.1
+
+  config.train = ml_collections.ConfigDict()
+  config.train.num_epochs = 20
+  config.train.max_steps = -1             # >0 caps the run (smoke tests).
+  config.train.log_every_steps = 10
+  config.train.eval_every_epochs = 1
+  config.train.checkpoint_metric = "validation/loss"   # saved when it improves.
+  config.train.checkpoint_mode = "min"
+  config.train.keep_best = ("validation/auc",)         # also keep the best by these (max).
+  config.train.distributed = False        # jax.distributed.initialize() for multi-host.
+  config.train.save_config = True         # write <workdir>/config.json.
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.splits = ("validation", "test")
+  config.eval.num_visualizations = 8      # explanation PNGs per split.
+  return config
+
+
+def config_module(path: str):
+  """The config file at `path` as a module (configs/ is no package, so tests and tools load
+  experiment tables by path)."""
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f"dermjax_configs_{name}", path)
+  if spec is None or not os.path.isfile(path):
+    raise FileNotFoundError(f"no config file at {path}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_config(path: str, arg=None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file at `path`."""
+  return config_module(path).get_config(arg)

@@ -1,0 +1,87 @@
+"""On-device "crop the box of a map and resample it to S x S", batched with static shapes.
+
+MASLL (the box of the global activation map) and CIN (the box of the predicted lesion
+area) crop every image of a batch by its own box inside the jitted step: boxes are arrays,
+so different boxes never recompile, and nothing goes back to the host.
+
+Boxes are [B, 4] float32 (top, left, bottom, right) as fractions of the image side, with
+top < bottom and left < right: the rectangle [top * H, bottom * H) x [left * W, right * W)
+in pixel-edge coordinates, so (0, 0, 1, 1) is the whole image whatever its size.
+"""
+
+import jax
+import jax.numpy as jnp
+
+WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
+
+
+def mask_box(mask, *, min_size: float = 0.0):
+  """The smallest rectangle holding the True pixels of each mask: [B, h, w] bool -> [B, 4].
+
+  An empty mask gives the whole image. `min_size` (a fraction of the side) grows smaller
+  boxes about their centre, shifted back inside the image.
+  """
+  mask = jnp.asarray(mask, bool)
+  _, h, w = mask.shape
+  rows, cols = jnp.any(mask, axis=2), jnp.any(mask, axis=1)            # [B, h], [B, w]
+
+  def extent(hits, n):
+    idx = jnp.arange(n)
+    first = jnp.min(jnp.where(hits, idx, n), axis=1)
+    last = jnp.max(jnp.where(hits, idx, -1), axis=1)
+    empty = first >= n
+    lo = jnp.where(empty, 0, first) / n
+    hi = jnp.where(empty, n, last + 1) / n
+    return lo, hi
+
+  top, bottom = extent(rows, h)
+  left, right = extent(cols, w)
+  top, bottom = _at_least(top, bottom, min_size)
+  left, right = _at_least(left, right, min_size)
+  return jnp.stack([top, left, bottom, right], axis=-1).astype(jnp.float32)
+
+
+def _at_least(lo, hi, size):
+  """Grows [lo, hi) to length >= size about its centre, kept within [0, 1]."""
+  size = min(max(float(size), 0.0), 1.0)
+  grow = jnp.maximum(size - (hi - lo), 0.0) / 2
+  lo, hi = lo - grow, hi + grow
+  shift = jnp.maximum(-lo, 0.0) - jnp.maximum(hi - 1.0, 0.0)
+  return jnp.clip(lo + shift, 0.0, 1.0), jnp.clip(hi + shift, 0.0, 1.0)
+
+
+def map_box(maps, *, min_size: float = 0.0):
+  """MASLL eqs. 1-2 box: maps [B, h, w] -> [B, 4], the rectangle of the map >= its mean.
+
+  A constant map holds every position (the whole image); NaN-free for any finite map.
+  """
+  maps = jnp.asarray(maps, jnp.float32)
+  threshold = jnp.mean(maps, axis=(1, 2), keepdims=True)
+  return mask_box(maps >= threshold, min_size=min_size)
+
+
+def crop_and_resize(images, boxes, size: int, *, method: str = "linear",
+                    antialias: bool = True):
+  """Bilinear crop of each image's box, resampled to size x size.
+
+  images [B, H, W, C] float; boxes [B, 4] (see module docstring) -> [B, size, size, C] in
+  the images' dtype. No gradient flows into the boxes (they are a hard choice, as the
+  papers' cropping); gradients do flow into the images. `antialias` low-pass filters when
+  the box shrinks (as PIL's resize does).
+  """
+  boxes = jax.lax.stop_gradient(jnp.asarray(boxes, jnp.float32))
+  _, height, width, _ = images.shape
+  top, left, bottom, right = (boxes[:, i] for i in range(4))
+  # Guard against zero-area boxes: at least one input pixel a side.
+  box_h = jnp.maximum((bottom - top) * height, 1.0)
+  box_w = jnp.maximum((right - left) * width, 1.0)
+  scale = jnp.stack([size / box_h, size / box_w], axis=-1)                     # [B, 2]
+  translation = -jnp.stack([top * height, left * width], axis=-1) * scale     # [B, 2]
+
+  def one(image, scale, translation):
+    out = jax.image.scale_and_translate(
+        image.astype(jnp.float32), (size, size, image.shape[-1]), (0, 1), scale, translation,
+        method=method, antialias=antialias)
+    return out.astype(images.dtype)
+
+  return jax.vmap(one)(images, scale, translation)
