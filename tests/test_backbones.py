@@ -16,12 +16,14 @@ from dermjax.models.backbones.vgg import VGGStages, adaptive_avg_pool
 
 # torchvision's parameter counts (sum of p.numel() over model.parameters()).
 TORCHVISION_PARAMS = {
-    "vgg16": 138_357_544, "vgg16_bn": 138_365_992, "resnet18": 11_689_512, "resnet50": 25_557_032,
+    "alexnet": 61_100_840, "vgg16": 138_357_544, "vgg16_bn": 138_365_992, "resnet18": 11_689_512, "resnet50": 25_557_032,
     "resnet101": 44_549_160, "resnext50_32x4d": 25_028_904, "densenet121": 7_978_856,
 }
 
 # Taps the seeds use, at 224 px (NHWC, batch 1).
 TAPS_224 = {
+    "alexnet": {"conv1": (55, 55, 64), "pool1": (27, 27, 64), "pool2": (13, 13, 192), "conv4": (13, 13, 256),
+                "pool5": (6, 6, 256)},
     "vgg16": {"pool3": (28, 28, 256), "pool4": (14, 14, 512), "pool5": (7, 7, 512), "block5": (14, 14, 512)},
     "vgg16_bn": {"pool3": (28, 28, 256), "pool4": (14, 14, 512), "pool5": (7, 7, 512)},
     "resnet18": {"stem": (56, 56, 64), "layer1": (56, 56, 64), "layer2_1": (28, 28, 128),
@@ -44,14 +46,15 @@ def test_full_size_taps_and_parameter_count(arch):
   for name, shape in TAPS_224[arch].items():
     assert taps[name].shape == (1,) + shape, name
   spec = BACKBONES[arch]
-  assert taps[spec.features].shape == (1, 7, 7, spec.channels)
+  side = 6 if arch == "alexnet" else 7
+  assert taps[spec.features].shape == (1, side, side, spec.channels)
   assert taps["logits"].shape == (1, 1000)
   count = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(variables["params"]))
   assert count == TORCHVISION_PARAMS[arch]
-  assert ("batch_stats" in variables) == (arch != "vgg16")
+  assert ("batch_stats" in variables) == (arch not in ("vgg16", "alexnet"))
   headless = jax.eval_shape(lambda x: build_backbone(arch).apply(
       build_backbone(arch).init(jax.random.key(0), x), x), x)
-  assert "logits" not in headless and headless[spec.features].shape == (1, 7, 7, spec.channels)
+  assert "logits" not in headless and headless[spec.features].shape == (1, side, side, spec.channels)
 
 
 # One small member of each family (the frozen_bn plumbing is what is tested, not the depth).

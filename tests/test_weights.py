@@ -18,7 +18,8 @@ from dermjax.models.backbones.vgg import VGGStages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small inputs keep CI cheap; VGG at 64 px makes pool5 2x2, so the 7x7 adaptive pool really pools.
-SIZES = {"vgg16": 64, "vgg16_bn": 64, "resnet18": 64, "resnet50": 32, "resnet101": 32,
+# AlexNet at 96 px: pool5 2x2, replicated to the 6x6 adaptive pool.
+SIZES = {"alexnet": 96, "vgg16": 64, "vgg16_bn": 64, "resnet18": 64, "resnet50": 32, "resnet101": 32,
          "resnext50_32x4d": 32, "densenet121": 32}
 
 

@@ -1,4 +1,4 @@
-"""Plain-PyTorch copies of torchvision's VGG, ResNet and DenseNet (test-only).
+"""Plain-PyTorch copies of torchvision's AlexNet, VGG, ResNet and DenseNet (test-only).
 
 torchvision cannot be installed here, so these rebuild its module trees exactly: the same
 attribute names and `nn.Sequential` indices, hence the same state-dict keys. Each model's
@@ -45,6 +45,39 @@ class VGG(nn.Module):
       if isinstance(layer, nn.MaxPool2d):
         out[f"pool{block}"] = x
         block += 1
+    x = torch.flatten(self.avgpool(x), 1)
+    out["pre_logits"] = x = self.classifier[:6](x)
+    out["logits"] = self.classifier[6](x)
+    return out
+
+
+class AlexNet(nn.Module):
+  """torchvision.models.alexnet."""
+
+  def __init__(self, num_classes: int = 1000):
+    super().__init__()
+    self.features = nn.Sequential(
+        nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))
+    self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+    self.classifier = nn.Sequential(
+        nn.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
+        nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+        nn.Linear(4096, num_classes))
+
+  def taps(self, x):
+    out, conv = {}, 0
+    for layer in self.features:
+      x = layer(x)
+      if isinstance(layer, nn.Conv2d):
+        conv += 1
+      elif isinstance(layer, nn.ReLU):
+        out[f"conv{conv}"] = x.clone()
+      else:
+        out[f"pool{conv}"] = x
     x = torch.flatten(self.avgpool(x), 1)
     out["pre_logits"] = x = self.classifier[:6](x)
     out["logits"] = self.classifier[6](x)
@@ -213,6 +246,7 @@ class DenseNet(nn.Module):
 def build(arch: str) -> nn.Module:
   """The torchvision-equivalent model for a dermjax arch name, eval mode."""
   models = {
+      "alexnet": lambda: AlexNet(),
       "vgg16": lambda: VGG(batch_norm=False),
       "vgg16_bn": lambda: VGG(batch_norm=True),
       "resnet18": lambda: ResNet(BasicBlock, (2, 2, 2, 2)),

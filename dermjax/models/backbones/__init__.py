@@ -10,6 +10,7 @@ from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 
+from dermjax.models.backbones.alexnet import AlexNet
 from dermjax.models.backbones.densenet import DenseNet
 from dermjax.models.backbones.resnet import ResNet
 from dermjax.models.backbones.vgg import VGGStages
@@ -24,6 +25,7 @@ class Backbone(NamedTuple):
 
 
 BACKBONES = {
+    "alexnet": Backbone(AlexNet, "pool5", 256),
     "vgg16": Backbone(functools.partial(VGGStages, batch_norm=False), "pool5", 512),
     "vgg16_bn": Backbone(functools.partial(VGGStages, batch_norm=True), "pool5", 512),
     "resnet18": Backbone(functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block="basic"), "layer4", 512),

@@ -11,10 +11,9 @@ With `num_classes` set, the torchvision classifier (`VGGClassifierHead`, params
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from dermjax.models.backbones.layers import batch_norm
+from dermjax.models.backbones.layers import adaptive_pool, batch_norm
 
 # (output channels, convolutions) per block.
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -45,45 +44,35 @@ def max_pool(x):
 
 
 def adaptive_avg_pool(x, size: int):
-  """torch's AdaptiveAvgPool2d(size): [B, H, W, C] -> [B, size, size, C].
-
-  Output cell i averages rows floor(i H / size) .. ceil((i + 1) H / size) - 1 (same for
-  columns), so smaller maps are replicated and larger ones averaged exactly as in torch.
-  """
-
-  def pool_axis(x, axis):
-    n = x.shape[axis]
-    if n == size:
-      return x
-    cells = [
-        jnp.mean(jax.lax.slice_in_dim(x, (i * n) // size, -((-(i + 1) * n) // size), axis=axis),
-                 axis=axis, keepdims=True)
-        for i in range(size)
-    ]
-    return jnp.concatenate(cells, axis=axis)
-
-  return pool_axis(pool_axis(x, 1), 2)
+  """torch's AdaptiveAvgPool2d(size): [B, H, W, C] -> [B, size, size, C] (layers.adaptive_pool)."""
+  return adaptive_pool(x, size, jnp.mean)
 
 
 class VGGClassifierHead(nn.Module):
-  """torchvision's VGG classifier: [B, H, W, 512] pool5 -> {"pre_logits": [B, 4096], "logits": [B, K]}.
+  """torchvision's VGG / AlexNet classifier: [B, H, W, C] -> {"pre_logits": [B, 4096], "logits": [B, K]}.
 
-  Adaptive average pool to 7x7, flatten (NHWC order; `dermjax.weights` permutes torch's
-  NCHW-flattened `classifier.0` accordingly), then fc6 -> ReLU -> dropout -> fc7 -> ReLU ->
-  dropout -> fc8. Dropout needs a "dropout" rng when `train`.
+  Adaptive average pool to pool_size^2 (VGG 7, AlexNet 6), flatten (NHWC order;
+  `dermjax.weights` permutes torch's NCHW-flattened first layer accordingly), then
+  fc6 -> ReLU -> dropout -> fc7 -> ReLU -> dropout -> fc8 (VGG), or with `dropout_first`
+  dropout -> fc6 -> ReLU -> dropout -> fc7 -> ReLU -> fc8 (AlexNet). Dropout needs a
+  "dropout" rng when `train`.
   """
 
   num_classes: int = 1000
   hidden: int = 4096
   dropout_rate: float = 0.5
+  pool_size: int = 7
+  dropout_first: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    x = adaptive_avg_pool(x, 7).reshape(x.shape[0], -1)
+    x = adaptive_avg_pool(x, self.pool_size).reshape(x.shape[0], -1)
+    dropout = lambda x: nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     for name in ("fc6", "fc7"):
+      x = dropout(x) if self.dropout_first else x
       x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name=name)(x))
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      x = x if self.dropout_first else dropout(x)
     return {"pre_logits": x, "logits": nn.Dense(self.num_classes, dtype=self.dtype, name="fc8")(x)}
 
 
