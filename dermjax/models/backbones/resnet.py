@@ -5,11 +5,17 @@ One generic `ResNet` built from `BasicBlock` or `Bottleneck` residual blocks. Pa
   layer{i}_{j}/conv1, bn1, conv2, bn2[, conv3, bn3]  block j (from 0) of stage i (1..4)
   layer{i}_{j}/downsample_conv, downsample_bn        the projection shortcut, where needed
   fc                                                 the classifier (only with num_classes)
+  layer{i}_{j}_{block_module_name}/...               the optional per-block module (below)
 so a torchvision/timm state dict maps on by a fixed table (`dermjax.weights`).
+
+`block_module`: an optional factory `block_module(name=...) -> nn.Module` whose module is
+applied to the output of every residual block, `x -> module(x)`, the result being the next
+block's input and the block's tap (ZooME's Zoom-SE; None: nothing is inserted, the network
+and its parameters are exactly torchvision's).
 """
 
 import functools
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -80,7 +86,7 @@ class ResNet(nn.Module):
   """ResNet / ResNeXt. Input [B, H, W, 3] (ImageNet-normalised); returns a dict of taps:
 
     stem          [B, H/4, W/4, 64]       after the stem's max pool
-    layer{i}_{j}  output of block j of stage i (i = 1..4, j from 0)
+    layer{i}_{j}  output of block j of stage i (i = 1..4, j from 0; after the block_module)
     layer{i}      output of stage i: [B, H/2^(i+1), W/2^(i+1), 64 2^(i-1) expansion]
     pre_logits    [B, C] global average of layer4, and logits [B, num_classes] (with num_classes)
   At 224 px layer4 is [B, 7, 7, 512] (ResNet-18) or [B, 7, 7, 2048] (the others).
@@ -93,6 +99,8 @@ class ResNet(nn.Module):
   num_classes: Optional[int] = None
   frozen_bn: bool = False
   dtype: Any = jnp.float32
+  block_module: Optional[Callable[..., nn.Module]] = None
+  block_module_name: str = "module"
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -109,6 +117,8 @@ class ResNet(nn.Module):
       for j in range(num_blocks):
         strides = 2 if i > 1 and j == 0 else 1
         x = block(64 * 2**(i - 1), strides, name=f"layer{i}_{j}")(x, train=train)
+        if self.block_module is not None:
+          x = self.block_module(name=f"layer{i}_{j}_{self.block_module_name}")(x)
         taps[f"layer{i}_{j}"] = x
       taps[f"layer{i}"] = x
     if self.num_classes is not None:
