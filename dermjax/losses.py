@@ -8,16 +8,20 @@ import jax.numpy as jnp
 import optax
 
 
-def focal_loss(logits, labels, *, gamma: float = 2.0, weights=None):
+def focal_loss(logits, labels, *, gamma: float = 2.0, weights=None, alpha: float | None = None):
   """Mean focal loss (Lin et al.; thesis eq. 12, theta = gamma).
 
   logits: [B, K]. K == 1: binary (sigmoid) with labels in {0, 1}; K > 1: softmax with
   integer labels in [0, K). weights: optional [B] (e.g. `valid`). Returns a scalar.
-  gamma = 0 gives (binary) cross-entropy.
+  gamma = 0 gives (binary) cross-entropy. alpha (K == 1 only): Lin et al.'s alpha_t, the
+  weight alpha of positives and 1 - alpha of negatives (None: both 1).
   """
   labels = labels.astype(jnp.int32)
   if logits.shape[-1] == 1:
-    per_example = optax.sigmoid_focal_loss(logits[:, 0], labels.astype(logits.dtype), gamma=gamma)
+    per_example = optax.sigmoid_focal_loss(logits[:, 0], labels.astype(logits.dtype), alpha=alpha,
+                                           gamma=gamma)
+  elif alpha is not None:
+    raise ValueError("focal_loss: alpha is defined for a single sigmoid output (K == 1) only")
   else:
     log_p = jax.nn.log_softmax(logits, axis=-1)
     log_pt = jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]

@@ -131,6 +131,20 @@ def test_zoom_stays_inside_the_image():
   assert (out["masks"] == 1).all()
 
 
+def test_centred_zoom_maps_the_centre_to_itself():
+  """zoom_centred: input = centre + s (output - centre) for every draw (no shift, no rotation)."""
+  aug = dict(OFF, zoom=(0.8, 1.0), zoom_centred=True)
+  centre = np.array([(24 - 1) / 2, (32 - 1) / 2])
+  for seed in range(4):
+    matrix = np.asarray(augment.random_affine(jax.random.key(seed), aug, 24, 32))
+    scale = matrix[0, 0]
+    assert 0.8 <= scale <= 1.0
+    np.testing.assert_allclose(matrix[:2, :2], scale * np.eye(2), atol=1e-6)
+    np.testing.assert_allclose(matrix[:2, 2], centre - scale * centre, atol=1e-4)
+  shifted = np.asarray(augment.random_affine(jax.random.key(0), dict(aug, zoom_centred=False), 24, 32))
+  assert not np.allclose(shifted[:2, 2], centre - shifted[0, 0] * centre, atol=1e-3)
+
+
 def test_bad_config_is_rejected():
   batch = _batch(batch=1)
   with pytest.raises(ValueError, match="max_rotation_deg"):

@@ -47,7 +47,7 @@ def random_affine(rng, aug_config, height, width):
 
   input = centre + T + s * R(angle) @ F @ (output - centre), with F the flips, s in the zoom
   range (the crop side as a fraction of the image side) and T a random shift keeping the
-  un-rotated crop inside the image.
+  un-rotated crop inside the image (T = 0 with `zoom_centred`: the crop about the centre).
   """
   k_angle, k_hflip, k_vflip, k_scale, k_shift = jax.random.split(rng, 5)
   max_rot = _max_rotation_rad(aug_config)
@@ -64,6 +64,8 @@ def random_affine(rng, aug_config, height, width):
     scale = jax.random.uniform(k_scale, (), minval=zoom[0], maxval=zoom[1])
     room = jnp.maximum(1.0 - scale, 0.0) / 2 * jnp.array([height - 1, width - 1], jnp.float32)
     shift = jax.random.uniform(k_shift, (2,), minval=-1.0, maxval=1.0) * room
+    if aug_config.get("zoom_centred", False):
+      shift = jnp.zeros((2,), jnp.float32)
   cos, sin = jnp.cos(angle), jnp.sin(angle)
   linear = scale * jnp.array([[cos, -sin], [sin, cos]], jnp.float32) @ jnp.diag(
       jnp.stack([fy, fx]).astype(jnp.float32))

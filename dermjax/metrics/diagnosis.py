@@ -1,7 +1,8 @@
 """Diagnosis metrics as the papers report them (scikit-learn), pure host functions.
 
 Binary (melanoma vs rest): AUC, AP, accuracy / sensitivity / specificity at a threshold
-(0.5), and sensitivity at specificity .95 / .90 / .85. Multiclass (K > 1): per-class
+(0.5), and sensitivity at specificity .95 / .90 / .85; `youden_threshold` chooses a threshold
+on one split (e.g. validation) and `at_threshold` applies it to another. Multiclass (K > 1): per-class
 one-vs-rest AUC and their mean, accuracy and balanced accuracy. A split where a metric is
 undefined (one class only) gives NaN and a warning, never an exception.
 """
@@ -61,6 +62,24 @@ def binary_metrics(scores, labels, *, threshold: float = 0.5, prefix: str = "") 
     key = f"sensitivity_at_specificity_{round(spec * 100)}"
     out[key] = sensitivity_at_specificity(scores, labels, spec) if both else float("nan")
   return {prefix + k: v for k, v in out.items()}
+
+
+def youden_threshold(scores, labels) -> float:
+  """The ROC threshold maximising Youden's J = sensitivity + specificity - 1 (ties: the higher
+  threshold); NaN with one class only. Predict positive where score >= threshold."""
+  scores, labels = _check(scores, labels, 1)
+  if labels.min(initial=0) == labels.max(initial=0) or len(labels) == 0:
+    return _nan("Youden threshold needs both classes")
+  fpr, tpr, thresholds = skm.roc_curve(labels, scores)
+  best = int(np.argmax(tpr - fpr))
+  return float(min(thresholds[best], np.max(scores)))  # roc_curve's first threshold is inf.
+
+
+def at_threshold(scores, labels, threshold: float) -> dict:
+  """{threshold, accuracy, sensitivity, specificity} of scores [N] against 0/1 labels [N]."""
+  out = binary_metrics(scores, labels, threshold=threshold)
+  return {"threshold": float(threshold),
+          **{k: out[k] for k in ("accuracy", "sensitivity", "specificity")}}
 
 
 def multiclass_metrics(probs, labels, class_names=None) -> dict:

@@ -60,6 +60,8 @@ MODELS = {
     "attnmel": "dermjax.models.attnmel",
     # VGG-16 / VGG-16-GAP baselines (AttnMel Tables 1-3, gaze Table 3).
     "vgg16": "dermjax.models.baselines",
+    # ZooME (Xing et al.): Zoom-SE + metadata embedding, its Table I-II ablations and AlexNet.
+    "zoome": "dermjax.models.zoome",
 }
 
 REQUIRED_HOOKS = ("build", "loss")
