@@ -6,6 +6,8 @@ Each image is a skin-coloured, non-square JPEG with one lesion. Melanomas differ
 benign lesions in ways a small CNN sees even at 64 px: an irregular multi-lobed border,
 two or three colours including black and blue-grey, and (often) radial streaks; nevi are
 round/oval and uniformly brown; seborrheic keratoses are light tan with milia-like cysts.
+Metadata (2017, 2019, 2020) have missing values; in isic2020 the age is also a melanoma
+signal (older patients), so models that read metadata have something to learn from it.
 Superpixels are a jittered-grid Voronoi partition of ~500-900 segments (indices well
 above 256, stored as R + (G << 8) + (B << 16)). Every attribute region is a union of
 superpixels, its pattern is drawn only inside that region, and its mask (2018) or its
@@ -223,8 +225,15 @@ def draw_lesion(rng, height, width, style, *, with_globules=True):
 # --- datasets -----------------------------------------------------------------------
 
 
-def _metadata(rng, layout, index):
-  age = "" if rng.random() < .08 else float(5 * rng.integers(4, 18))
+def _metadata(rng, layout, index, style):
+  """Age (years, "" missing), sex, site, patient and lesion ids of one image. In isic2020 the
+  age carries a melanoma signal (melanoma 55-85, others 20-65) for metadata models to learn;
+  the other layouts' metadata are independent of the diagnosis."""
+  if layout == "isic2020":
+    low, high = (11, 18) if style == "melanoma" else (4, 14)
+    age = "" if rng.random() < .08 else float(5 * rng.integers(low, high))
+  else:
+    age = "" if rng.random() < .08 else float(5 * rng.integers(4, 18))
   sex = "" if rng.random() < .05 else ("male", "female")[int(rng.integers(2))]
   sites = _SITES_2020 if layout == "isic2020" else _SITES_2019
   site = "" if rng.random() < .05 else sites[int(rng.integers(len(sites)))]
@@ -251,7 +260,7 @@ def iter_examples(layout, num_images=None, *, seed=0, min_side=240, max_side=400
       drawn = draw_lesion(rng, height, width, diagnoses[diagnosis][2],
                           with_globules=layout == "isic2018")
       yield _TOKENS[layout][split], f"ISIC_{index:07d}", diagnosis, _metadata(
-          rng, layout, index), drawn
+          rng, layout, index, diagnoses[diagnosis][2]), drawn
       index += 1
 
 
