@@ -11,6 +11,7 @@ import pytest
 
 from dermjax.models.backbones import BACKBONES, build_backbone
 from dermjax.models.backbones.densenet import DenseNet
+from dermjax.models.backbones.layers import adaptive_pool
 from dermjax.models.backbones.resnet import ResNet
 from dermjax.models.backbones.vgg import VGGStages, adaptive_avg_pool
 
@@ -99,3 +100,12 @@ def test_adaptive_avg_pool_matches_torch(size):
   want = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x.transpose(0, 3, 1, 2)), 7).numpy()
   np.testing.assert_allclose(np.asarray(adaptive_avg_pool(jnp.asarray(x), 7)).transpose(0, 3, 1, 2), want,
                              rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [1, 3, 6, 9])
+def test_adaptive_max_pool_matches_torch(size):
+  torch = pytest.importorskip("torch")
+  x = np.random.default_rng(size).normal(size=(2, size, size + 2, 4)).astype(np.float32)
+  want = torch.nn.functional.adaptive_max_pool2d(torch.from_numpy(x.transpose(0, 3, 1, 2)), 4).numpy()
+  got = np.asarray(adaptive_pool(jnp.asarray(x), 4, jnp.max)).transpose(0, 3, 1, 2)
+  np.testing.assert_array_equal(got, want)

@@ -83,3 +83,22 @@ def test_bad_shapes_raise():
     diagnosis.binary_metrics(np.zeros((3, 2)), np.zeros(3))
   with pytest.raises(ValueError, match="0/1"):
     diagnosis.binary_metrics(np.zeros(3), np.array([0, 1, 2]))
+
+
+def test_youden_threshold_hand_computed_and_brute_force():
+  # Same scores as test_binary_hand_computed: J at thresholds 0.9: 1/3, 0.7: 1/3 - 1/4,
+  # 0.6: 2/3 - 1/4, 0.4: 1 - 1/4 = 3/4 (best), 0.3: 1 - 2/4 ...
+  scores = np.array([0.9, 0.6, 0.4, 0.7, 0.3, 0.2, 0.1])
+  labels = np.array([1, 1, 1, 0, 0, 0, 0])
+  assert diagnosis.youden_threshold(scores, labels) == pytest.approx(0.4)
+  at = diagnosis.at_threshold(scores, labels, 0.4)
+  assert at == pytest.approx({"threshold": 0.4, "accuracy": 6 / 7, "sensitivity": 1.0,
+                              "specificity": 0.75})
+  rng = np.random.default_rng(0)
+  labels = (rng.random(300) < 0.1).astype(int)
+  scores = rng.random(300) + 0.3 * labels
+  best = max(np.unique(scores), key=lambda t: (np.mean(scores[labels == 1] >= t)
+                                                - np.mean(scores[labels == 0] >= t), t))
+  assert diagnosis.youden_threshold(scores, labels) == pytest.approx(best)
+  with pytest.warns(RuntimeWarning):
+    assert math.isnan(diagnosis.youden_threshold(scores, np.zeros(300)))
