@@ -102,3 +102,8 @@ def test_youden_threshold_hand_computed_and_brute_force():
   assert diagnosis.youden_threshold(scores, labels) == pytest.approx(best)
   with pytest.warns(RuntimeWarning):
     assert math.isnan(diagnosis.youden_threshold(scores, np.zeros(300)))
+  # Every operating point is worse than chance: predict nothing positive.
+  worse = diagnosis.youden_threshold(np.array([0.1, 0.2, 0.8, 0.9]), np.array([1, 1, 0, 0]))
+  assert 0.9 < worse < 0.9 + 1e-9
+  assert diagnosis.at_threshold(np.array([0.1, 0.2, 0.8, 0.9]), np.array([1, 1, 0, 0]), worse)[
+      "specificity"] == 1.0

@@ -72,7 +72,9 @@ def youden_threshold(scores, labels) -> float:
     return _nan("Youden threshold needs both classes")
   fpr, tpr, thresholds = skm.roc_curve(labels, scores)
   best = int(np.argmax(tpr - fpr))
-  return float(min(thresholds[best], np.max(scores)))  # roc_curve's first threshold is inf.
+  if not np.isfinite(thresholds[best]):  # roc_curve's first point: nothing predicted positive.
+    return float(np.nextafter(np.max(scores), np.inf))
+  return float(thresholds[best])
 
 
 def at_threshold(scores, labels, threshold: float) -> dict:
