@@ -1,4 +1,4 @@
-"""What every paper's model can use: compute dtype, crop-and-resize (crop.py), overlays (explain.py)."""
+"""What every paper's model can use: compute dtype, crop-and-resize (crop.py), overlays (explain.py), Grad-CAM (gradcam.py)."""
 
 import jax.numpy as jnp
 
