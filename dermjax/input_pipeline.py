@@ -384,8 +384,9 @@ class Datasets:
   eval(split)      one ordered pass over a split, last batch padded (valid = 0, index = -1)
   source(split)    random-access records at original resolution, in ids[split] order
   ids              {split: [id, ...]}; a batch's `index` points into it
-  num_examples, steps_per_epoch (data.passes_per_epoch x batches per pass), stats (stats.json), mean, std (float32 [3], 0-255),
-  layout, class_names, sharding (of every batch array)
+  num_examples, steps_per_epoch (data.passes_per_epoch x batches per pass), stats
+  (stats.json), mean, std (float32 [3], 0-255), layout, class_names, sharding (of every
+  batch array)
   """
 
   def __init__(self, *, data_config, mesh, loaders, sources, ids, stats, train_classes,
