@@ -95,6 +95,7 @@ def test_row_trains_evaluates_and_explains(path, row, prepared_layout, tmp_path)
   config = config_lib.load_config(path, row)
   raw, prepared = prepared_layout(config.data.layout)
   config.data.dir, config.data.prepared_dir = raw, prepared
+  config.data.num_folds = 2         # as prepared_layout prepared it
   config.data.batch_size = config.data.eval_batch_size = 2
   config.data.num_threads = 1
   config.train.num_epochs = 1
