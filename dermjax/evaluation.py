@@ -4,11 +4,20 @@ predictions and explanations, written under a workdir:
   workdir/results/<split>.json       final metrics (losses, diagnosis, report, step)
   workdir/predictions/<split>.npz    ids, scores, logits, labels, melanoma
   workdir/explanations/<split>/      the model's explain() output
+  workdir/predictions/<split>_<format>.csv   ISIC challenge submission (dermjax.submission)
+  workdir/results/normalization.json the run's preprocessing constants (mean, std, classes)
+
+Test-time augmentation (config.eval.tta = 8): the model runs on the 8 flips/transposes of
+each image (the dihedral group) and its "logits" become those of the mean probability.
+`load_run` rebuilds a finished run (config, model, best checkpoint) for dermjax.predict
+and dermjax.evaluate.
 
 Used by the trainer (dermjax.train, at the end of training) and by dermjax.evaluate (a
 finished run's checkpoint on any split or dataset).
 """
 
+import dataclasses
+import json
 import os
 
 import jax
@@ -18,7 +27,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from dermjax import fileio
+from dermjax import submission
 from dermjax.metrics import diagnosis
+
+NORMALIZATION = os.path.join("results", "normalization.json")
 
 # Class names whose probability is the "melanoma score" of a multiclass model.
 MELANOMA_CLASS_NAMES = ("melanoma", "MEL", "malignant")
@@ -127,6 +139,15 @@ def evaluate_splits(config, workdir, state, datasets, model_lib, module, loss_st
   """Evaluates `state` on each of `splits`; writes results, predictions and explanations
   under `workdir` (layout above) and, with a writer, final_<split>/* summaries at `step`.
   Returns {split: result}."""
+  if int(config.eval.get("tta", 1)) > 1:
+    from dermjax import train  # pylint: disable=g-import-not-at-top (train imports this module)
+    eval_step = jax.jit(train.make_eval_step(TTAModule(module, int(config.eval.tta)), model_lib,
+                                             config, loss_stats, datasets.mean, datasets.std))
+  if jax.process_index() == 0:
+    fileio.write_json(os.path.join(workdir, NORMALIZATION), {
+        "mean": datasets.mean, "std": datasets.std, "class_names": list(datasets.class_names),
+        "layout": datasets.layout, "target": config.data.target})
+  fmt = submission.format_for(config.eval.get("submission", ""), config.data.layout)
   results = {}
   for split in splits:
     losses, arrays = run_eval(eval_step, state, datasets.eval(split))
@@ -145,8 +166,117 @@ def evaluate_splits(config, workdir, state, datasets, model_lib, module, loss_st
       fileio.savez(os.path.join(workdir, "predictions", f"{split}.npz"),
                    ids=np.asarray([ids[i] for i in arrays["index"]]),
                    scores=scores, logits=logits, labels=arrays["label"], melanoma=arrays["melanoma"])
+      if fmt:
+        submission.write(os.path.join(workdir, "predictions", f"{split}_{fmt}.csv"), fmt,
+                         [ids[i] for i in arrays["index"]], scores, datasets.class_names)
     out_dir = os.path.join(workdir, "explanations", split)
     explain_split(model_lib, module, config, state, datasets, split, loss_stats, out_dir)
     if writer is not None:
       writer.write_images(step, _pngs(out_dir, f"explanations_{split}"))
   return results
+
+
+# --- test-time augmentation ------------------------------------------------------------
+
+
+def dihedral(x, k: int):
+  """The k-th of the 8 flips/transposes (k in [0, 8)) of square images x [B, S, S, C]:
+  bit 2 transposes, bit 0 flips left-right, bit 1 flips up-down (in that order)."""
+  if k & 4:
+    x = jnp.swapaxes(x, 1, 2)
+  if k & 1:
+    x = x[:, :, ::-1]
+  if k & 2:
+    x = x[:, ::-1]
+  return x
+
+
+def mean_probability_logits(logits):
+  """logits [n, B, K] of n views -> [B, K] logits whose sigmoid / softmax is the views' mean
+  probability (clipped away from 0 and 1 so the logits stay finite)."""
+  logits = logits.astype(jnp.float32)
+  if logits.shape[-1] == 1:
+    p = jnp.clip(jnp.mean(jax.nn.sigmoid(logits), 0), 1e-7, 1 - 1e-7)
+    return jnp.log(p) - jnp.log1p(-p)
+  return jnp.log(jnp.maximum(jnp.mean(jax.nn.softmax(logits, -1), 0), 1e-30))
+
+
+class TTAModule:
+  """A flax module's `apply` with test-time augmentation: outputs of the untransformed batch,
+  "logits" replaced by mean_probability_logits over the first `n` dihedral views of image
+  and masks. The views run one after another (jax.lax.map: one compiled model body), so
+  the batch the model sees is unchanged."""
+
+  def __init__(self, module, n: int = 8):
+    if not 1 <= n <= 8:
+      raise ValueError(f"TTA takes 1 to 8 dihedral views, got {n}")
+    self.module, self.n = module, int(n)
+
+  def apply(self, variables, batch, *, train=False, **kwargs):
+    outputs = self.module.apply(variables, batch, train=train, **kwargs)
+    if self.n == 1 or "logits" not in outputs:
+      return outputs
+    views = {k: jnp.stack([dihedral(batch[k], i) for i in range(1, self.n)])
+             for k in ("image", "masks")}
+    logits = jax.lax.map(
+        lambda v: self.module.apply(variables, {**batch, **v}, train=train, **kwargs)["logits"],
+        views)
+    all_logits = jnp.concatenate([outputs["logits"][None].astype(jnp.float32),
+                                  logits.astype(jnp.float32)])
+    return {**outputs, "logits": mean_probability_logits(all_logits)}
+
+
+# --- a finished run ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+  """A finished run, ready for inference. variables: {"params", "batch_stats"} (numpy);
+  mean, std: float32 [3] (0-255); step / meta: of the restored checkpoint."""
+  workdir: str
+  config: object
+  model_lib: object
+  module: object
+  variables: dict
+  mean: np.ndarray
+  std: np.ndarray
+  class_names: tuple
+  step: int
+  meta: dict
+
+
+def normalization(workdir, config) -> dict:
+  """{"mean", "std", "class_names"} of a run: results/normalization.json, or (runs written
+  before it existed) the stats of the prepared dataset its config names."""
+  path = os.path.join(workdir, NORMALIZATION)
+  if os.path.isfile(path):
+    with open(path) as f:
+      return json.load(f)
+  from dermjax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
+  c = config.data
+  raw = c.dir or input_pipeline.synthetic_dir(c, workdir)
+  stats = prepare.load(c.prepared_dir or os.path.join(raw, "prepared"), c.layout).stats
+  return {"mean": stats["mean"], "std": stats["std"],
+          "class_names": list(input_pipeline.class_names(c.layout, c.target))}
+
+
+def load_run(workdir: str, config=None) -> Run:
+  """The run in `workdir`: its config (config.json unless `config` is given), model and the
+  checkpoint the trainer evaluates at the end (best by train.checkpoint_metric, else latest)."""
+  from dermjax import checkpoint  # pylint: disable=g-import-not-at-top
+  from dermjax import config_lib  # pylint: disable=g-import-not-at-top
+  from dermjax import models  # pylint: disable=g-import-not-at-top
+  workdir = os.path.abspath(workdir)
+  config = config_lib.load_run_config(workdir) if config is None else config
+  model_lib = models.get(config.model.name)
+  state, meta = checkpoint.run_checkpoint(workdir)
+  variables = {"params": state["params"]}
+  if state.get("batch_stats"):
+    variables["batch_stats"] = state["batch_stats"]
+  norm = normalization(workdir, config)
+  return Run(workdir=workdir, config=config, model_lib=model_lib, module=model_lib.build(config),
+             variables=variables, mean=np.asarray(norm["mean"], np.float32).reshape(3),
+             std=np.asarray(norm["std"], np.float32).reshape(3),
+             class_names=tuple(norm["class_names"]), step=int(meta.get("step", state["step"])),
+             meta=meta)
