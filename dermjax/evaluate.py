@@ -24,6 +24,7 @@ from dermjax import config_lib
 from dermjax import evaluation
 from dermjax import input_pipeline
 from dermjax import train
+from dermjax import writers
 
 FLAGS = flags.FLAGS
 
@@ -82,6 +83,7 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  writers.quiet_libraries()
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")
   config = FLAGS.config

@@ -38,18 +38,20 @@ from dermjax.data import schema
 from dermjax.metrics import diagnosis
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
+SKIPPED_SUFFIXES = ("_superpixels.png",)   # ISIC 2016/2017 ship these beside the images.
 
 FLAGS = flags.FLAGS
 
 
 def list_images(paths) -> list[str]:
-  """Files and folders -> sorted image files (folders searched recursively for EXTENSIONS;
-  files given by name are taken whatever their extension)."""
+  """Files and folders -> sorted image files (folders searched recursively for EXTENSIONS,
+  without ISIC's *_superpixels.png; files given by name are taken whatever their name)."""
   found = []
   for path in paths:
     if os.path.isdir(path):
       for root, _, names in os.walk(path):
-        found += [os.path.join(root, n) for n in names if n.lower().endswith(EXTENSIONS)]
+        found += [os.path.join(root, n) for n in names if n.lower().endswith(EXTENSIONS)
+                  and not n.lower().endswith(SKIPPED_SUFFIXES)]
     elif os.path.exists(path):
       found.append(path)
     else:
@@ -203,6 +205,7 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  writers.quiet_libraries()
   for name in ("workdir", "images", "out"):
     if not getattr(FLAGS, name):
       raise app.UsageError(f"--{name} is required")

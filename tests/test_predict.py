@@ -64,6 +64,7 @@ def test_predict_uses_the_runs_preprocessing(run, tmp_path):
   images = os.path.join(config.data.synthetic_dir, "ISIC-2017_Test_v2_Data")
   result = predict.predict(run, [images], str(tmp_path), batch_size=3, explain=False)
   saved = np.load(os.path.join(run, "predictions", "test.npz"))
+  assert sorted(result["ids"]) == sorted(saved["ids"])  # (ISIC's *_superpixels.png skipped)
   by_id = dict(zip(result["ids"], result["probabilities"]["melanoma"]))
   np.testing.assert_allclose([by_id[i] for i in saved["ids"]], saved["scores"], rtol=1e-5,
                              atol=1e-6)
