@@ -17,7 +17,9 @@ every process writes the summary of the folds finished so far, and
   W/summary.json   {"folds": [{fold, seed, workdir, <split>/<metric>: value}], "mean": ...,
                     "std": ..., "count": ...} over the finished folds
   W/summary.md     the same as tables: mean ± std per metric, then one row per fold
-Synthetic data (no data.dir) is written once, to W/synthetic_<layout>, for all folds.
+Synthetic data (no data.dir) is written once, to W/synthetic_<layout>, for all folds. A
+prepared dataset stores its fold assignment: --folds other than the one it was prepared
+with needs its own --config.data.prepared_dir.
 """
 
 import math
