@@ -153,6 +153,8 @@ def evaluate_splits(config, workdir, state, datasets, model_lib, module, loss_st
     losses, arrays = run_eval(eval_step, state, datasets.eval(split))
     result = split_metrics(losses, arrays, config, model_lib, datasets.class_names)
     result.update(step=step, checkpoint_metric=config.train.checkpoint_metric)
+    if int(config.eval.get("tta", 1)) > 1:
+      result["tta"] = int(config.eval.tta)
     results[split] = result
     if writer is not None:
       writer.write_scalars(step, scalar_summaries(f"final_{split}", result))

@@ -136,3 +136,21 @@ def test_help(command):
   assert out.returncode == 0, out.stderr[-2000:]
   assert f"python -m dermjax.{command}" in out.stdout and "--workdir" in out.stdout + (
       "--workdir" if command == "report" else "")
+
+
+def test_evaluate_command_with_tta_and_a_config_override(run, tmp_path):
+  """The absl entry point: --config.<field> overrides the run's config.json; --tta=8."""
+  code = ("import sys; from dermjax import models; models.MODELS['tiny'] = 'tiny_model'; "
+          "from dermjax import evaluate; from absl import app; evaluate.define_flags(); "
+          "evaluate.define_config_flag(sys.argv); app.run(evaluate.main)")
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join([trained_run.TESTS_DIR, env.get("PYTHONPATH", "")])
+  out = subprocess.run([sys.executable, "-c", code, f"--workdir={run}", f"--out={tmp_path}",
+                        "--split=test", "--tta=8", "--config.eval.num_visualizations=0"],
+                       capture_output=True, text=True, timeout=300, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(tmp_path / "results" / "test.json") as f:
+    result = json.load(f)
+  assert result["tta"] == 8 and result["diagnosis"]["num_examples"] == 8
+  assert not (tmp_path / "explanations" / "test").exists() or not os.listdir(
+      tmp_path / "explanations" / "test")
