@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 
 from dermjax import fileio
 from dermjax import submission
+from dermjax import writers
 from dermjax.metrics import diagnosis
 
 NORMALIZATION = os.path.join("results", "normalization.json")
@@ -150,7 +151,9 @@ def evaluate_splits(config, workdir, state, datasets, model_lib, module, loss_st
   fmt = submission.format_for(config.eval.get("submission", ""), config.data.layout)
   results = {}
   for split in splits:
-    losses, arrays = run_eval(eval_step, state, datasets.eval(split))
+    num_batches = -(-datasets.num_examples[split] // int(config.data.eval_batch_size))
+    losses, arrays = run_eval(eval_step, state,
+                              _progress(datasets.eval(split), num_batches, f"evaluating {split}"))
     result = split_metrics(losses, arrays, config, model_lib, datasets.class_names)
     result.update(step=step, checkpoint_metric=config.train.checkpoint_metric)
     if int(config.eval.get("tta", 1)) > 1:
@@ -176,6 +179,15 @@ def evaluate_splits(config, workdir, state, datasets, model_lib, module, loss_st
     if writer is not None:
       writer.write_images(step, _pngs(out_dir, f"explanations_{split}"))
   return results
+
+
+def _progress(batches, total, what):
+  """Yields `batches`, logging a progress line with ETA about every 10% (long splits)."""
+  progress = writers.Progress(total)
+  for i, batch in enumerate(batches, 1):
+    yield batch
+    if total >= 20 and (i % (total // 10) == 0 or i == total):
+      progress(i, f"batches, {what}")
 
 
 # --- test-time augmentation ------------------------------------------------------------

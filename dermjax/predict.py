@@ -163,15 +163,14 @@ def predict(workdir, images, out_dir, *, tta=None, fmt="", batch_size=None, expl
         explain_fn(jax.tree.map(keep, outputs), jax.tree.map(keep, batch),
                    batch["image"][:len(rows)], [ids[i] for i in rows], config, explain_dir)
     if b + 1 == num_batches or (b + 1) % max(num_batches // 20, 1) == 0:
-      progress(b + 1, f"{len(done_ids)} predicted, {len(errors)} errors")
+      progress(b + 1, f"batches; {len(done_ids)} images predicted, {len(errors)} errors")
   pool.shutdown()
 
   columns = {}
   if chunks:
     columns = probability_columns(np.concatenate(chunks), run.class_names)
-    table = io.StringIO()
-    table.write(submission.csv_text(done_ids, columns))
-    fileio.write_text(os.path.join(out_dir, "predictions.csv"), table.getvalue())
+    fileio.write_text(os.path.join(out_dir, "predictions.csv"),
+                      submission.csv_text(done_ids, columns))
     target = submission.format_for(fmt, config.data.layout)
     if target:
       probs = diagnosis.probabilities(np.concatenate(chunks))

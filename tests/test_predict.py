@@ -154,3 +154,15 @@ def test_evaluate_command_with_tta_and_a_config_override(run, tmp_path):
   assert result["tta"] == 8 and result["diagnosis"]["num_examples"] == 8
   assert not (tmp_path / "explanations" / "test").exists() or not os.listdir(
       tmp_path / "explanations" / "test")
+
+
+def test_listing_images(tmp_path):
+  for name in ("a/x.jpg", "a/X_superpixels.png", "b/x.PNG", "b/c/y.jpeg", "b/readme.md"):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_bytes(b"")
+  paths = predict.list_images([str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "b/c/y.jpeg")])
+  assert [os.path.relpath(p, tmp_path) for p in paths] == ["a/x.jpg", "b/c/y.jpeg", "b/x.PNG"]
+  ids = predict.image_ids(paths)
+  assert ids[1] == "y" and ids[0] != ids[2] and ids[0].endswith("a__x")  # repeated stems
+  with pytest.raises(FileNotFoundError, match="no such image"):
+    predict.list_images([str(tmp_path / "missing")])
