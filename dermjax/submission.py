@@ -10,8 +10,8 @@ PyPI isic-challenge-scoring, reads).
 A model's probabilities {class name: [N]} fill the columns of the same name; "melanoma",
 "MEL" and "malignant" are one class (the melanoma score). A column the model does not
 predict (e.g. seborrheic_keratosis for a melanoma-only model) is written as 0.0, with a
-warning: the scorer then accepts the file, and that column's metrics are those of a
-constant score.
+warning (once per process): the scorer then accepts the file, and that column's metrics
+are those of a constant score.
 """
 
 import csv
@@ -71,8 +71,8 @@ def columns(fmt: str, probabilities: dict) -> dict:
                      f"{list(wanted)}")
   missing = [c for c in wanted if c not in found]
   if missing:
-    logging.warning("%s submission: the model does not predict %s; writing 0.0 there", fmt,
-                    missing)
+    logging.log_first_n(logging.WARNING, "%s submission: the model does not predict %s; "
+                        "writing 0.0 there", 1, fmt, missing)
   size = len(next(iter(by_name.values())))
   return {c: np.clip(by_name[_canonical(c)], 0.0, 1.0) if c in found else np.zeros(size)
           for c in wanted}
