@@ -51,14 +51,16 @@ Paper setting (Sec. III-IV) and the choices where it is silent or inconsistent:
   fold is then also the one the epoch is chosen on, as in the paper's CV).
 - Thresholds: with ~1.8% melanoma, accuracy / sensitivity / specificity depend entirely on
   the threshold, which the paper does not state. results/<split>.json gives them at 0.5
-  ("diagnosis") and at the split's own Youden threshold ("report/threshold_chosen_here");
-  on the validation fold that is the validation-chosen threshold, and
-  dermjax.metrics.diagnosis.at_threshold applies it to the test split's predictions. The
-  paper's sensitivity ~ specificity ~ 85% points to a threshold chosen so, not 0.5.
+  ("diagnosis": positive when the score is > 0.5) and at the split's own Youden threshold
+  ("report": youden_threshold, accuracy / sensitivity / specificity_at_youden, which
+  dermjax.cv averages over the folds); on the validation fold that is the
+  validation-chosen threshold, and dermjax.metrics.diagnosis.at_threshold applies it to the
+  test split's predictions. The paper's sensitivity ~ specificity ~ 85% points to a
+  threshold chosen so, not 0.5.
 - Explanations: Grad-CAM of the logit on the last (metadata-weighted) feature map per
   example (for the GAP + FC head it is the CAM through a ReLU), and each example's score with
   and without its metadata (all fields missing) in explanations/<split>/metadata_contribution.csv
-  and <id>.json; report/metadata summarises the contribution over the split.
+  and <id>.json; the report's metadata_* and auc_without_metadata summarise it over the split.
 """
 
 from dermjax import config_lib
@@ -89,7 +91,7 @@ def get_config(arg=None):
   data.crop = "resize_center_crop"   # with resize_size = image_size: the whole image.
   data.sampling = "none"
   data.num_folds = 10
-  data.augment.rotation = True
+  data.augment.rotation = "uniform"
   data.augment.max_rotation_deg = 30.0
   data.augment.hflip = True
   data.augment.vflip = False

@@ -85,25 +85,46 @@ def test_bad_shapes_raise():
     diagnosis.binary_metrics(np.zeros(3), np.array([0, 1, 2]))
 
 
-def test_youden_threshold_hand_computed_and_brute_force():
-  # Same scores as test_binary_hand_computed: J at thresholds 0.9: 1/3, 0.7: 1/3 - 1/4,
-  # 0.6: 2/3 - 1/4, 0.4: 1 - 1/4 = 3/4 (best), 0.3: 1 - 2/4 ...
+def test_score_of_exactly_one_half_is_negative_and_balanced_accuracy():
+  # The ISIC challenge counts a score as positive when it is > 0.5.
+  m = diagnosis.binary_metrics(np.array([0.5, 0.9, 0.5, 0.1]), np.array([1, 1, 0, 0]))
+  assert m["sensitivity"] == pytest.approx(1 / 2) and m["specificity"] == pytest.approx(1.0)
+  assert m["balanced_accuracy"] == pytest.approx(3 / 4)
+
+
+def test_auc_above_sensitivity_hand_computed():
+  # Positives 0.9, 0.6, 0.4; negatives 0.7, 0.3, 0.2, 0.1. ROC points (FPR, TPR):
+  # (0,0) (0,1/3) (1/4,1/3) (1/4,2/3) (1/4,1) (2/4,1) ... (1,1). TPR 0.8 is reached at FPR 1/4,
+  # so the area above TPR 0.8 is the rectangle FPR 1/4..1, TPR 0.8..1 (measured from 0 up):
+  # integral of TPR over FPR in [1/4, 1] = 3/4 * 1.
   scores = np.array([0.9, 0.6, 0.4, 0.7, 0.3, 0.2, 0.1])
   labels = np.array([1, 1, 1, 0, 0, 0, 0])
-  assert diagnosis.youden_threshold(scores, labels) == pytest.approx(0.4)
-  at = diagnosis.at_threshold(scores, labels, 0.4)
-  assert at == pytest.approx({"threshold": 0.4, "accuracy": 6 / 7, "sensitivity": 1.0,
+  assert diagnosis.auc_above_sensitivity(scores, labels, 0.8) == pytest.approx(3 / 4)
+  # A perfect ranking: the whole FPR range at TPR 1 -> 1.
+  assert diagnosis.auc_above_sensitivity(np.array([0.9, 0.8, 0.1]), np.array([1, 1, 0])) == 1.0
+
+
+def test_youden_threshold_hand_computed_and_brute_force():
+  # Same scores as test_binary_hand_computed: J with the cut just below 0.9: 1/3, 0.7: 1/3 - 1/4,
+  # 0.6: 2/3 - 1/4, 0.4: 1 - 1/4 = 3/4 (best), 0.3: 1 - 2/4 ... Positive is score > threshold,
+  # so the threshold is the midpoint between 0.4 and the next lower score, 0.3.
+  scores = np.array([0.9, 0.6, 0.4, 0.7, 0.3, 0.2, 0.1])
+  labels = np.array([1, 1, 1, 0, 0, 0, 0])
+  assert diagnosis.youden_threshold(scores, labels) == pytest.approx(0.35)
+  at = diagnosis.at_threshold(scores, labels, 0.35)
+  assert at == pytest.approx({"threshold": 0.35, "accuracy": 6 / 7, "sensitivity": 1.0,
                               "specificity": 0.75})
   rng = np.random.default_rng(0)
   labels = (rng.random(300) < 0.1).astype(int)
   scores = rng.random(300) + 0.3 * labels
-  best = max(np.unique(scores), key=lambda t: (np.mean(scores[labels == 1] >= t)
-                                                - np.mean(scores[labels == 0] >= t), t))
-  assert diagnosis.youden_threshold(scores, labels) == pytest.approx(best)
+  j = lambda t: np.mean(scores[labels == 1] > t) - np.mean(scores[labels == 0] > t)
+  best = max(j(t) for t in np.concatenate([[-1.0], np.unique(scores)]))
+  found = diagnosis.at_threshold(scores, labels, diagnosis.youden_threshold(scores, labels))
+  assert found["sensitivity"] + found["specificity"] - 1 == pytest.approx(best)
   with pytest.warns(RuntimeWarning):
     assert math.isnan(diagnosis.youden_threshold(scores, np.zeros(300)))
-  # Every operating point is worse than chance: predict nothing positive.
+  # Every operating point is worse than chance: the top score, so nothing is positive.
   worse = diagnosis.youden_threshold(np.array([0.1, 0.2, 0.8, 0.9]), np.array([1, 1, 0, 0]))
-  assert 0.9 < worse < 0.9 + 1e-9
+  assert worse == 0.9
   assert diagnosis.at_threshold(np.array([0.1, 0.2, 0.8, 0.9]), np.array([1, 1, 0, 0]), worse)[
       "specificity"] == 1.0

@@ -222,11 +222,12 @@ def test_explain_writes_cam_and_metadata_contribution(tmp_path):
                                           "metadata_contribution": 0.0})
   report = zoome.report({"logits": np.array([[2.0], [-2.0], [0.1], [-0.1]]), "label": np.array([1, 0, 1, 0]),
                          "score_without_metadata": np.array([0.5, 0.5, 0.4, 0.6])}, None)
-  assert report["threshold_chosen_here"]["sensitivity"] == 1.0
+  assert report["sensitivity_at_youden"] == 1.0 and report["specificity_at_youden"] == 1.0
   # Without metadata: positives 0.5, 0.4 vs negatives 0.5, 0.6 -> one tie of four pairs.
-  assert report["metadata"]["auc_without_metadata"] == pytest.approx(0.125)
-  # At 0.5: with (T, F, T, F), without (T, T, F, T) -> three of four flip.
-  assert report["metadata"]["decisions_flipped_at_0.5"] == pytest.approx(0.75)
+  assert report["auc_without_metadata"] == pytest.approx(0.125)
+  # At 0.5 (positive: > 0.5): with (T, F, T, F), without (F, F, F, T) -> two of four flip.
+  assert report["metadata_flips_at_0.5"] == pytest.approx(0.5)
+  assert all(isinstance(v, float) for v in report.values())
 
 
 def test_pretrained_targets_graft_the_backbone_not_zoom_se():

@@ -7,6 +7,9 @@ One generic `ResNet` built from `BasicBlock` or `Bottleneck` residual blocks. Pa
   fc                                                 the classifier (only with num_classes)
   layer{i}_{j}_{block_module_name}/...               the optional per-block module (below)
 so a torchvision/timm state dict maps on by a fixed table (`dermjax.weights`).
+BasicBlock and Bottleneck repeat each other's field list and conv/norm set-up on purpose:
+they mirror torchvision's two block classes one to one, which keeps the key table and the
+parity tests readable.
 
 `block_module`: an optional factory `block_module(name=...) -> nn.Module` whose module is
 applied to the output of every residual block, `x -> module(x)`, the result being the next

@@ -61,32 +61,35 @@ def eval_arrays(outputs, batch, config):
 
 
 def report(arrays, config):
-  """Operating point chosen on this split (Youden) and the metadata's contribution.
+  """Scalars (so dermjax.cv averages them over folds): the operating point chosen on this
+  split and the metadata's contribution.
 
-  threshold_chosen_here: {threshold, accuracy, sensitivity, specificity} at the split's own
-  Youden threshold (on validation: the validation-chosen threshold; apply it to another
-  split's predictions with diagnosis.at_threshold). metadata: mean (absolute) change of the
-  melanoma score when the metadata are withheld, the AUC without them, and the fraction of
-  decisions at 0.5 it flips.
+  youden_threshold and accuracy / sensitivity / specificity_at_youden: at the split's own
+  Youden threshold (on the validation fold: the validation-chosen threshold; apply it to
+  another split's predictions with diagnosis.at_threshold). With metadata:
+  metadata_mean_contribution / metadata_mean_abs_contribution (change of the melanoma score
+  when the metadata are withheld), auc_without_metadata, metadata_flips_at_0.5 (fraction
+  of decisions at 0.5 that change).
   """
   del config
   labels = arrays["label"]
   known = labels >= 0
   scores = diagnosis.probabilities(arrays["logits"])[known]
   labels = labels[known]
-  threshold = diagnosis.youden_threshold(scores, labels)
-  out = {"threshold_chosen_here": diagnosis.at_threshold(scores, labels, threshold)}
+  at = diagnosis.at_threshold(scores, labels, diagnosis.youden_threshold(scores, labels))
+  out = {"youden_threshold": at["threshold"],
+         **{f"{k}_at_youden": at[k] for k in ("accuracy", "sensitivity", "specificity")}}
   if "score_without_metadata" in arrays:
     without = np.asarray(arrays["score_without_metadata"], np.float64)[known]
     change = scores - without
     both = labels.min(initial=0) != labels.max(initial=0)
-    out["metadata"] = {
-        "mean_contribution": float(np.mean(change)) if len(change) else math.nan,
-        "mean_abs_contribution": float(np.mean(np.abs(change))) if len(change) else math.nan,
+    mean = lambda v: float(np.mean(v)) if len(v) else math.nan
+    out.update({
+        "metadata_mean_contribution": mean(change),
+        "metadata_mean_abs_contribution": mean(np.abs(change)),
         "auc_without_metadata": diagnosis.binary_metrics(without, labels)["auc"] if both else math.nan,
-        "decisions_flipped_at_0.5": float(np.mean((scores >= .5) != (without >= .5)))
-                                    if len(change) else math.nan,
-    }
+        "metadata_flips_at_0.5": mean((scores > .5) != (without > .5)),
+    })
   return out
 
 
