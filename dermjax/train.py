@@ -9,6 +9,7 @@ metrics (dermjax.metrics.diagnosis) and the results under the workdir:
   workdir/checkpoints/{latest,best_<metric>}/   orbax checkpoints
   workdir/tensorboard/                          event files + metrics.jsonl
   workdir/results/<split>.json                  final metrics (best checkpoint)
+  workdir/results/roc_<split>.{png,csv}         ROC curve of the diagnosis score
   workdir/predictions/<split>.npz               ids, scores, logits, labels
   workdir/explanations/<split>/                 the model's explain() output
 """
@@ -36,7 +37,7 @@ from dermjax import models
 from dermjax import optim
 from dermjax import writers
 from dermjax.data import augment
-from dermjax.metrics import diagnosis
+from dermjax.metrics import diagnosis, roc
 
 # Class names whose probability is the "melanoma score" of a multiclass model.
 MELANOMA_CLASS_NAMES = ("melanoma", "MEL", "malignant")
@@ -462,6 +463,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       np.savez(os.path.join(workdir, "predictions", f"{split}.npz"),
                ids=np.asarray([ids[i] for i in arrays["index"]]),
                scores=scores, logits=logits, labels=arrays["label"], melanoma=arrays["melanoma"])
+      roc.write_roc(os.path.join(workdir, "results"), split, logits, arrays["label"],
+                    arrays["melanoma"], _melanoma_class(datasets.class_names))
     out_dir = os.path.join(workdir, "explanations", split)
     explain_split(model_lib, module, config, state, datasets, split, loss_stats, out_dir)
     writer.write_images(int(final_meta["step"]), _pngs(out_dir, f"explanations_{split}"))

@@ -101,3 +101,16 @@ def draw_label(image, text, *, color=(255, 255, 255)):
   draw.rectangle([0, 0, right + 2, bottom + 1], fill=(0, 0, 0))
   draw.text((2, 1), text, fill=color)
   return np.asarray(img)
+
+
+def draw_box(image, box, *, color=(255, 255, 0), width=None):
+  """Outline box = (top, left, bottom, right), fractions of the side (crop.py's boxes), on
+  image uint8 [H, W, 3]; returns a new uint8 [H, W, 3]."""
+  img = Image.fromarray(np.asarray(image, np.uint8))
+  h, w = img.height, img.width
+  top, left, bottom, right = (float(v) for v in box)
+  width = width or max(1, min(h, w) // 96)
+  x0, y0 = round(left * w), round(top * h)
+  x1, y1 = max(round(right * w) - 1, x0), max(round(bottom * h) - 1, y0)
+  ImageDraw.Draw(img).rectangle([x0, y0, x1, y1], outline=color, width=width)
+  return np.asarray(img)

@@ -60,6 +60,10 @@ MODELS = {
     "attnmel": "dermjax.models.attnmel",
     # VGG-16 / VGG-16-GAP baselines (AttnMel Tables 1-3, gaze Table 3).
     "vgg16": "dermjax.models.baselines",
+    # MASLL (Wang et al.): global + SLL-cropped local branch, WFI fusion.
+    "masll": "dermjax.models.masll",
+    # Any backbone + global average pooling + dense (MASLL Table I's ResNet101 / DenseNet121).
+    "gap_classifier": "dermjax.models.baselines.gap_classifier",
 }
 
 REQUIRED_HOOKS = ("build", "loss")
