@@ -2,20 +2,21 @@
 
 `write_roc(results_dir, split, logits, labels, ...)` writes results_dir/roc_<split>.csv
 (columns fpr, tpr, threshold; sklearn's roc_curve with every threshold kept) and
-roc_<split>.png (drawn with PIL, no plotting library needed). The curve is the one the
+roc_<split>.png (drawn with PIL, no plotting library needed), atomically (dermjax.fileio). The curve is the one the
 diagnosis metrics score: K = 1: sigmoid(logits) against `labels`; K > 1: the softmax
 probability of `melanoma_class` against `melanoma` (rows < 0 dropped). A split with one
 class only, or a K > 1 model without a melanoma class, has no curve (nothing written).
 The cross-run overlay of several curves is the experiment report's job.
 """
 
+import io
 import os
 
 import numpy as np
 from PIL import Image, ImageDraw
 from sklearn import metrics as skm
 
-from dermjax import visualize
+from dermjax import fileio
 from dermjax.metrics import diagnosis
 
 
@@ -70,10 +71,12 @@ def write_roc(results_dir, split, logits, labels, melanoma=None, melanoma_class=
     return None
   fpr, tpr, thresholds = points
   auc = float(skm.auc(fpr, tpr))
-  os.makedirs(results_dir, exist_ok=True)
   prefix = os.path.join(results_dir, f"roc_{split}")
-  np.savetxt(prefix + ".csv", np.stack([fpr, tpr, thresholds], axis=1), delimiter=",",
+  text = io.StringIO()
+  np.savetxt(text, np.stack([fpr, tpr, thresholds], axis=1), delimiter=",",
              header="fpr,tpr,threshold", comments="", fmt="%.8g")
-  visualize.save_png(plot(fpr, tpr, title=f"{split}: AUC {auc:.4f}, n={len(inputs[1])}"),
-                     prefix + ".png")
+  fileio.write_text(prefix + ".csv", text.getvalue())
+  image = plot(fpr, tpr, title=f"{split}: AUC {auc:.4f}, n={len(inputs[1])}")
+  with fileio.atomic_path(prefix + ".png") as tmp:
+    Image.fromarray(image).save(tmp, format="PNG")
   return auc
