@@ -1,9 +1,9 @@
 """ROC curve of one run's melanoma (or binary target) score: CSV + PNG (MASLL Fig. 3, one curve).
 
-`write_roc(results_dir, split, logits, labels, ...)` writes results_dir/roc_<split>.csv
-(columns fpr, tpr, threshold; sklearn's roc_curve with every threshold kept) and
-roc_<split>.png (drawn with PIL, no plotting library needed), atomically (dermjax.fileio). The curve is the one the
-diagnosis metrics score: K = 1: sigmoid(logits) against `labels`; K > 1: the softmax
+`write_roc(results_dir, split, logits, labels, ...)` writes, atomically (dermjax.fileio),
+results_dir/roc_<split>.csv (columns fpr, tpr, threshold; sklearn's roc_curve with every
+threshold kept) and roc_<split>.png (drawn with PIL, no plotting library needed). The curve
+is the one the diagnosis metrics score: K = 1: sigmoid(logits) against `labels`; K > 1: the softmax
 probability of `melanoma_class` against `melanoma` (rows < 0 dropped). A split with one
 class only, or a K > 1 model without a melanoma class, has no curve (nothing written).
 The cross-run overlay of several curves is the experiment report's job.
