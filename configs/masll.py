@@ -58,7 +58,7 @@ def get_config(arg=None):
   data.target = "melanoma"
   data.crop = "resize_center_crop"     # with resize_size == image_size: the whole image.
   data.sampling = "none"
-  data.augment.rotation = True
+  data.augment.rotation = "uniform"    # any angle in +-max_rotation_deg, resampled.
   data.augment.max_rotation_deg = 180.0
   data.augment.hflip = True
   data.augment.vflip = True

@@ -85,12 +85,16 @@ def data_config() -> ml_collections.ConfigDict:
   c.prefetch = 2                  # batches buffered per worker.
   c.sampling = "none"             # | "oversample" | "balanced"
   c.oversample_factor = 4
+  c.passes_per_epoch = 1          # passes over the training split per epoch (AttnMel's num_aug).
   c.augment = ml_collections.ConfigDict(dict(
-      rotation=True,
+      rotation="uniform",          # | "k90" (multiples of 90 degrees, exact) | "none".
       max_rotation_deg=ml_collections.FieldReference(180.0, field_type=object),  # or "any".
       hflip=True, vflip=True,
       zoom=(0.8, 1.0),            # random crop side as a fraction of the image, or None.
-      fill="reflect"))            # | "constant" (zeros) outside the rotated image.
+      fill="reflect",             # | "constant" (zeros) outside the rotated image.
+      # Model input side C < image_size: a random C x C window in training, the central one
+      # at evaluation, no resampling (AttnMel's authors' 224 of 256); None: the whole image.
+      crop_size=ml_collections.FieldReference(None, field_type=int)))
   c.fold = ml_collections.FieldReference(None, field_type=int)  # None: official validation.
   c.num_folds = 5
   c.split_seed = 0                # carves derived validation/test splits and folds.

@@ -225,7 +225,8 @@ def test_table_rows_and_paper_scale():
     assert config.model.backbone == config.model.pretrained_arch == row.removeprefix("masll_")
     assert (config.data.image_size, config.data.batch_size, config.train.num_epochs) == (256, 15, 100)
     assert config.optim.name == "sgd" and config.loss.focal_gamma == 0.0
-    assert config.data.augment.rotation and config.data.augment.hflip and config.data.augment.vflip
+    augment = config.data.augment
+    assert augment.rotation == "uniform" and augment.hflip and augment.vflip
     cpu = load_config(row)
     assert cpu.data.image_size == 64 and cpu.data.batch_size == 4
   config = load_config("masll_densenet121")

@@ -88,15 +88,14 @@ def eval_arrays(outputs, batch, config):
 def report(arrays, config):
   """The CAM column of AttnMel's Table 3."""
   del config
-  if "has_lesion_mask" not in arrays:
-    return {}
   return attention_metrics.jaccard_report(arrays)
 
 
 def explain(outputs, batch, images, ids, config, out_dir):
-  """Class activation maps upsampled onto the image, next to the lesion mask."""
-  del config
+  """Class activation maps upsampled onto the image, next to the lesion mask (both cropped
+  as the model saw them, common.explain.model_view)."""
   if "cam" not in outputs:
     return
+  images, batch = common_explain.model_view(images, batch, config)
   common_explain.save_overlays({"cam": np.asarray(outputs["cam"])}, images, ids, out_dir,
                                common_explain.lesion_masks(batch, len(ids)))
