@@ -1,23 +1,60 @@
-"""ROC curve of one run's melanoma (or binary target) score: CSV + PNG (MASLL Fig. 3, one curve).
+"""ROC curves: points of one split's scores, one run's curve (CSV + PNG, written by the
+trainer's final evaluation) and one figure overlaying several runs (dermjax.report).
 
-`write_roc(results_dir, split, logits, labels, ...)` writes, atomically (dermjax.fileio),
-results_dir/roc_<split>.csv (columns fpr, tpr, threshold; sklearn's roc_curve with every
-threshold kept) and roc_<split>.png (drawn with PIL, no plotting library needed). The curve
-is the one the diagnosis metrics score: K = 1: sigmoid(logits) against `labels`; K > 1: the softmax
-probability of `melanoma_class` against `melanoma` (rows < 0 dropped). A split with one
-class only, or a K > 1 model without a melanoma class, has no curve (nothing written).
-The cross-run overlay of several curves is the experiment report's job.
+  roc_points(scores, labels) -> {"fpr", "tpr", "thresholds": [P], "auc": float}
+  plot_roc_curves(curves, path, title=None)   curves: {run name: roc_points(...)}
+  curve_inputs(logits, labels, melanoma, melanoma_class) -> (scores, 0/1 targets) | None
+  write_roc(results_dir, split, logits, labels, melanoma, melanoma_class)
+      results_dir/roc_<split>.csv (fpr, tpr, threshold) and roc_<split>.png (MASLL Fig. 3,
+      one curve), atomically; the curve the diagnosis metrics score: K = 1: sigmoid(logits)
+      against `labels`; K > 1: the softmax probability of `melanoma_class` against
+      `melanoma` (rows < 0 dropped). One-class splits and K > 1 models without a melanoma
+      class have no curve (nothing written).
 """
 
 import io
 import os
 
 import numpy as np
-from PIL import Image, ImageDraw
 from sklearn import metrics as skm
 
 from dermjax import fileio
 from dermjax.metrics import diagnosis
+
+
+def roc_points(scores, labels) -> dict:
+  """scores [N], labels [N] in {0, 1} (both present) -> the ROC (scikit-learn's operating
+  points) and its AUC."""
+  scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(np.int64)
+  fpr, tpr, thresholds = skm.roc_curve(labels, scores)
+  return {"fpr": fpr, "tpr": tpr, "thresholds": thresholds,
+          "auc": float(skm.roc_auc_score(labels, scores))}
+
+
+def plot_roc_curves(curves: dict, path: str, title: str | None = None, auc_labels=None) -> str:
+  """One PNG with a ROC curve per run (MASLL Fig. 3 style): labelled axes, the chance
+  diagonal, a legend "name (AUC x.xxx)" (auc_labels {name: text} replaces the AUC text).
+  curves: {name: {"fpr", "tpr", "auc"}}. Written atomically; returns path."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(5.5, 5.0), dpi=120)
+  for name, curve in curves.items():
+    text = (auc_labels or {}).get(name, f"AUC {curve['auc']:.3f}")
+    ax.plot(curve["fpr"], curve["tpr"], lw=1.8, label=f"{name} ({text})")
+  ax.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="chance")
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1.01)
+  ax.set_xlabel("False positive rate (1 - specificity)")
+  ax.set_ylabel("True positive rate (sensitivity)")
+  ax.set_title(title or "ROC")
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower right", fontsize=8)
+  fig.tight_layout()
+  with fileio.atomic_path(path) as tmp:
+    fig.savefig(tmp, format="png")
+  plt.close(fig)
+  return path
 
 
 def curve_inputs(logits, labels, melanoma=None, melanoma_class=None):
@@ -34,49 +71,16 @@ def curve_inputs(logits, labels, melanoma=None, melanoma_class=None):
   return probs[keep, melanoma_class], targets[keep]
 
 
-def roc_points(scores, targets):
-  """(fpr, tpr, thresholds) from sklearn, or None when `targets` hold one class only."""
-  targets = np.asarray(targets).astype(np.int64)
-  if targets.size == 0 or targets.min() == targets.max():
-    return None
-  return skm.roc_curve(targets, np.asarray(scores, np.float64), drop_intermediate=False)
-
-
-def plot(fpr, tpr, *, title: str = "", size: int = 400):
-  """uint8 [size, size, 3]: the ROC curve on unit axes with a chance diagonal and 0.2 ticks."""
-  img = Image.new("RGB", (size, size), (255, 255, 255))
-  draw = ImageDraw.Draw(img)
-  left, top, right, bottom = 44, 24, size - 12, size - 36
-  to_xy = lambda x, y: (left + x * (right - left), bottom - y * (bottom - top))
-  for t in np.linspace(0, 1, 6):
-    draw.line([to_xy(t, 0), to_xy(t, 1)], fill=(230, 230, 230))
-    draw.line([to_xy(0, t), to_xy(1, t)], fill=(230, 230, 230))
-    x, y = to_xy(t, 0)
-    draw.text((x - 8, y + 4), f"{t:.1f}", fill=(0, 0, 0))
-    x, y = to_xy(0, t)
-    draw.text((x - 26, y - 6), f"{t:.1f}", fill=(0, 0, 0))
-  draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
-  draw.line([to_xy(0, 0), to_xy(1, 1)], fill=(160, 160, 160))
-  draw.line([to_xy(x, y) for x, y in zip(fpr, tpr)], fill=(200, 30, 30), width=2)
-  draw.text((left + (right - left) // 2 - 60, size - 18), "1 - specificity (FPR)", fill=(0, 0, 0))
-  draw.text((4, 4), f"sensitivity (TPR)   {title}", fill=(0, 0, 0))
-  return np.asarray(img)
-
-
 def write_roc(results_dir, split, logits, labels, melanoma=None, melanoma_class=None):
   """Writes roc_<split>.csv and roc_<split>.png under results_dir; returns the AUC or None."""
   inputs = curve_inputs(logits, labels, melanoma, melanoma_class)
-  points = None if inputs is None else roc_points(*inputs)
-  if points is None:
+  if inputs is None or inputs[1].size == 0 or inputs[1].min() == inputs[1].max():
     return None
-  fpr, tpr, thresholds = points
-  auc = float(skm.auc(fpr, tpr))
+  points = roc_points(*inputs)
   prefix = os.path.join(results_dir, f"roc_{split}")
   text = io.StringIO()
-  np.savetxt(text, np.stack([fpr, tpr, thresholds], axis=1), delimiter=",",
-             header="fpr,tpr,threshold", comments="", fmt="%.8g")
+  np.savetxt(text, np.stack([points["fpr"], points["tpr"], points["thresholds"]], axis=1),
+             delimiter=",", header="fpr,tpr,threshold", comments="", fmt="%.8g")
   fileio.write_text(prefix + ".csv", text.getvalue())
-  image = plot(fpr, tpr, title=f"{split}: AUC {auc:.4f}, n={len(inputs[1])}")
-  with fileio.atomic_path(prefix + ".png") as tmp:
-    Image.fromarray(image).save(tmp, format="PNG")
-  return auc
+  plot_roc_curves({split: points}, prefix + ".png", title=f"ROC, {split} (n={inputs[1].size})")
+  return points["auc"]
