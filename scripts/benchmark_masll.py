@@ -53,7 +53,8 @@ def main(argv):
   results = {"load_average_before": os.getloadavg(), "rows": {}}
   start = time.perf_counter()
   for row in FLAGS.rows:
-    config = config_lib.load_config(os.path.join(ROOT, "configs", "masll.py"), f"{row},{FLAGS.scale}")
+    table = os.path.join(ROOT, "configs", "masll.py")
+    config = config_lib.load_config(table, f"{row},{FLAGS.scale}")
     if FLAGS.batch_size:
       config.data.batch_size = config.data.eval_batch_size = FLAGS.batch_size
     result = profile_step.profile(config, num_warmup=FLAGS.num_warmup, num_timed=FLAGS.num_timed,

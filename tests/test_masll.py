@@ -223,7 +223,8 @@ def test_table_rows_and_paper_scale():
     config = load_config(f"{row},paper")
     assert config.model.name == name
     assert config.model.backbone == config.model.pretrained_arch == row.removeprefix("masll_")
-    assert (config.data.image_size, config.data.batch_size, config.train.num_epochs) == (256, 15, 100)
+    scale = (config.data.image_size, config.data.batch_size, config.train.num_epochs)
+    assert scale == (256, 15, 100)
     assert config.optim.name == "sgd" and config.loss.focal_gamma == 0.0
     augment = config.data.augment
     assert augment.rotation == "uniform" and augment.hflip and augment.vflip

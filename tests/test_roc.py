@@ -1,4 +1,5 @@
-"""dermjax.metrics.roc.write_roc: curve vs sklearn, which score is plotted, files, one-class splits."""
+"""dermjax.metrics.roc.write_roc: the curve vs sklearn, which score it plots, its files,
+one-class splits."""
 
 import numpy as np
 import pytest

@@ -55,7 +55,8 @@ def pretrained_targets() -> dict:
 def build(config) -> nn.Module:
   m = config.model
   if m.backbone not in BACKBONES:
-    raise ValueError(f"config.model.backbone must be one of {sorted(BACKBONES)}, got {m.backbone!r}")
+    raise ValueError(f"config.model.backbone must be one of {sorted(BACKBONES)}, "
+                     f"got {m.backbone!r}")
   return GAPClassifier(backbone=m.backbone, num_classes=m.num_classes, dtype=compute_dtype(config))
 
 

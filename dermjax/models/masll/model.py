@@ -98,14 +98,15 @@ class MASLL(nn.Module):
 def build(config) -> nn.Module:
   m = config.model
   if m.backbone not in BACKBONES:
-    raise ValueError(f"config.model.backbone must be one of {sorted(BACKBONES)}, got {m.backbone!r}")
+    raise ValueError(f"config.model.backbone must be one of {sorted(BACKBONES)}, "
+                     f"got {m.backbone!r}")
   if m.fusion not in FUSIONS:
     raise ValueError(f"config.model.fusion must be one of {FUSIONS}, got {m.fusion!r}")
   targets = m.get("pretrained_targets") or {}
   if m.share_weights and m.get("pretrained") and "local_backbone" in targets:
     raise ValueError("config.model.share_weights=True has no local_backbone; set "
-                     "config.model.pretrained_targets to masll.pretrained_targets(share_weights=True)"
-                     " = {'global_backbone': ''}")
+                     "config.model.pretrained_targets to {'global_backbone': ''} "
+                     "(masll.pretrained_targets(share_weights=True))")
   return MASLL(backbone=m.backbone, num_classes=m.num_classes, share_weights=m.share_weights,
                fusion=m.fusion, crop_size=m.get("crop_size", 0), min_box=m.get("min_box", 0.0),
                dtype=compute_dtype(config))
@@ -155,6 +156,8 @@ def explain(outputs, batch, images, ids, config, out_dir):
     panels = [visualize.draw_label(boxed, "SLL box"), visualize.draw_label(heat, "M"),
               visualize.draw_label(local, "crop")]
     visualize.save_png(visualize.hstack(panels), os.path.join(out_dir, f"{example_id}.png"))
+    activation = np.asarray(outputs["activation_map"][i], np.float32)
     np.save(os.path.join(out_dir, f"{example_id}_activation_map.npy"),
-            visualize.resize_map(np.asarray(outputs["activation_map"][i], np.float32), (height, width)))
-    np.save(os.path.join(out_dir, f"{example_id}_box.npy"), np.asarray(outputs["box"][i], np.float32))
+            visualize.resize_map(activation, (height, width)))
+    np.save(os.path.join(out_dir, f"{example_id}_box.npy"),
+            np.asarray(outputs["box"][i], np.float32))
