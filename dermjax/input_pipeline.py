@@ -38,7 +38,11 @@ from dermjax.data import sampling
 from dermjax.data import schema
 
 CROPS = ("resize_center_crop", "center_fraction")
-TARGETS = ("melanoma", "multiclass", "keratosis")
+# data.target -> the record column holding its label. "seborrheic_keratosis" (ISIC 2017
+# sub-task 2, seborrheic keratosis vs rest) is the documented name; "keratosis" is an alias.
+TARGET_KEYS = {"melanoma": "melanoma", "multiclass": "label", "seborrheic_keratosis": "keratosis",
+               "keratosis": "keratosis"}
+TARGETS = tuple(TARGET_KEYS)
 MASK_CHANNELS = 1 + schema.NUM_ATTRIBUTES
 _ENDLESS = 2**62  # "Infinite" length of the training position stream.
 
@@ -116,8 +120,7 @@ def target_label(record, target):
   """The diagnosis target of one record (int, -1 if unknown)."""
   if target not in TARGETS:
     raise ValueError(f"data.target must be one of {TARGETS}, got {target!r}")
-  key = {"melanoma": "melanoma", "keratosis": "keratosis", "multiclass": "label"}[target]
-  return int(record[key])
+  return int(record[TARGET_KEYS[target]])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -358,7 +361,7 @@ def class_names(layout, target):
   """Names of the values `label` takes for `target`."""
   if target == "melanoma":
     return ("other", "melanoma")
-  if target == "keratosis":
+  if TARGET_KEYS.get(target) == "keratosis":
     return ("other", "seborrheic_keratosis")
   if target == "multiclass":
     from dermjax.data import isic  # pylint: disable=g-import-not-at-top
@@ -513,7 +516,7 @@ def create_datasets(data_config, *, mesh, workdir=None) -> Datasets:
     index["validation"], index["train"] = _take(index["train"], held), _take(index["train"], kept)
 
   loaders = {s: loader_from_config(raw[s], c, PreparedExampleLoader) for s in raw}
-  target_key = {"melanoma": "melanoma", "keratosis": "keratosis", "multiclass": "label"}[c.target]
+  target_key = TARGET_KEYS[c.target]
   return Datasets(data_config=c, mesh=mesh, loaders=loaders, sources=records,
                   ids={s: v["ids"] for s, v in index.items()}, stats=prepared.stats,
                   train_classes=index["train"][target_key],
