@@ -34,6 +34,7 @@ from dermjax import config_lib
 from dermjax.models import baselines
 
 MODELS = ("attnmel", "lesion", "dermo", "bkg", "softmax", "melcnn", "vgg16", "vgg16_gap")
+ROWS = MODELS                     # the table's rows (tests/test_contract.py runs each).
 DATASETS = ("isic2017", "isic2016")
 REFERENCE = {"lesion": "lesion", "dermo": "dermo", "bkg": "background"}
 

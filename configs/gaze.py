@@ -101,6 +101,7 @@ VARIANTS = {
     "deco_gap_5": {**NO_SKIPS_BN, "loss.balancing": "presence_inverse"},
     "deco_gap_17": {**NO_SKIPS_BN, "model.step_dim": 256, "loss.balancing": "presence_others"},
 }
+ROWS = tuple(VARIANTS)          # the table's rows (tests/test_contract.py runs each).
 
 
 def cpu_sized(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -129,7 +130,7 @@ def cpu_sized(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   """arg "<variant>[,cpu|paper]" (see the table above); no argument: "thesis,cpu"."""
-  parsed = config_lib.parse_arg(arg, table="configs/gaze.py", rows=tuple(VARIANTS),
+  parsed = config_lib.parse_arg(arg, table="configs/gaze.py", rows=ROWS,
                                 default_row="thesis")
   config = config_lib.set_fields(thesis_config(), VARIANTS[parsed.row])
   if config.model.name == "vgg16":  # dermjax/models/baselines: one rate, fc8 new.

@@ -8,9 +8,11 @@ state, best values so far, the metric values at that step, ...).
 """
 
 import base64
+import json
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 LATEST = "latest"
@@ -86,3 +88,33 @@ class Checkpoints:
   def close(self):
     for manager in [self._latest, *self._best.values()]:
       manager.close()
+
+
+def run_checkpoint_dir(workdir: str) -> str:
+  """The checkpoint folder of a finished dermjax run: best by its config's
+  train.checkpoint_metric when there is one, else latest."""
+  root = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"{workdir}: not a dermjax run (no checkpoints/ folder)")
+  metric = None
+  config_path = os.path.join(workdir, "config.json")
+  if os.path.isfile(config_path):
+    with open(config_path) as f:
+      metric = json.load(f).get("train", {}).get("checkpoint_metric")
+  for name in ([best_dirname(metric)] if metric else []) + [LATEST]:
+    path = os.path.join(root, name)
+    if os.path.isdir(path) and _manager(path).latest_step() is not None:
+      return path
+  raise FileNotFoundError(f"{workdir}: no saved checkpoint under {root}")
+
+
+def run_variables(workdir: str) -> dict:
+  """{"params": tree, "batch_stats": tree} (numpy) of a dermjax run's best checkpoint, e.g.
+  to graft a trained stage into another model (dermjax.weights.apply_pretrained)."""
+  manager = _manager(run_checkpoint_dir(workdir))
+  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))
+  manager.close()
+  state = restored["state"]
+  to_numpy = lambda tree: jax.tree.map(np.asarray, tree or {})
+  return {"params": to_numpy(state["params"]), "batch_stats": to_numpy(state.get("batch_stats"))}

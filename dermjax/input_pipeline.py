@@ -104,18 +104,6 @@ def decode_jpeg_for(data, box_fn, size):
   return image, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
 
-def meta_features(record):
-  """float32 [META_DIM]: age/100, age missing, sex one-hot, sex missing, site one-hot, missing."""
-  out = np.zeros(schema.META_DIM, np.float32)
-  age = float(record.get("age", math.nan))
-  out[0], out[1] = (0.0, 1.0) if math.isnan(age) else (age / 100.0, 0.0)
-  for value, start, n in ((int(record.get("sex", -1)), 2, len(schema.SEXES)),
-                          (int(record.get("site", -1)), 2 + len(schema.SEXES) + 1,
-                           len(schema.SITES))):
-    out[start + value if 0 <= value < n else start + n] = 1.0
-  return out
-
-
 def target_label(record, target):
   """The diagnosis target of one record (int, -1 if unknown)."""
   if target not in TARGETS:
@@ -142,15 +130,7 @@ class ExampleLoader:
                     crop=self.crop, crop_fraction=self.crop_fraction)
 
   def padding(self):
-    s = self.image_size
-    return {
-        "image": np.zeros((s, s, 3), np.uint8),
-        "masks": np.zeros((s, s, MASK_CHANNELS), np.uint8),
-        "has_masks": np.zeros((2,), np.float32),
-        "label": np.int32(-1), "melanoma": np.int32(-1),
-        "meta": np.zeros((schema.META_DIM,), np.float32),
-        "valid": np.float32(0.0), "index": np.int32(-1),
-    }
+    return schema.padding_batch(self.image_size)
 
   def resize_masks(self, masks, box):
     """masks as `read` returns them -> uint8 [S, S, 1+A]."""
@@ -179,10 +159,13 @@ class ExampleLoader:
     return {
         "image": resize_image(image, image_box, self.image_size),
         "masks": masks,
-        "has_masks": np.array([record["has_lesion_mask"], record["has_attributes"]], np.float32),
+        "has_lesion_mask": np.float32(record["has_lesion_mask"]),
+        "has_attributes": np.float32(record["has_attributes"]),
         "label": np.int32(target_label(record, self.target)),
         "melanoma": np.int32(record["melanoma"]),
-        "meta": meta_features(record),
+        "age": np.float32(record.get("age", math.nan)),
+        "sex": np.int32(record.get("sex", -1)),
+        "site": np.int32(record.get("site", -1)),
         "valid": np.float32(1.0),
         "index": np.int32(index),
     }
@@ -448,9 +431,9 @@ class Datasets:
   def batch_shapes(self, train=True) -> dict:
     """jax.ShapeDtypeStruct per batch entry (global shapes), e.g. for model init."""
     size = self.config.batch_size if train else self.config.eval_batch_size
-    example = self._loaders["train"].padding()
-    return {k: jax.ShapeDtypeStruct((size,) + np.shape(v), np.asarray(v).dtype,
-                                    sharding=self.sharding) for k, v in example.items()}
+    spec = schema.batch_spec(self.config.image_size, size)
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=self.sharding)
+            for k, (shape, dtype) in spec.items()}
 
 
 def _check_batch(size, mesh, name):

@@ -1,8 +1,9 @@
 """The shared trainer: one jitted train step and eval step over a data-parallel mesh.
 
 Any registered model (dermjax.models) runs under it; the model module supplies `build`,
-`loss` and optionally `loss_stats`, `eval_arrays`, `report`, `explain` (see
-dermjax/models/__init__.py). The trainer owns the mesh, TrainState, optimiser
+`loss` and optionally `loss_stats`, `eval_arrays`, `report`, `explain` (the contract in
+dermjax/models/__init__.py). Diagnosis metrics and predictions exist for models whose
+outputs hold "logits". The trainer owns the mesh, TrainState, optimiser
 (dermjax.optim), checkpoints (dermjax.checkpoint), summaries (dermjax.writers), diagnosis
 metrics (dermjax.metrics.diagnosis) and the results under the workdir:
 
@@ -14,7 +15,6 @@ metrics (dermjax.metrics.diagnosis) and the results under the workdir:
 """
 
 import functools
-import json
 import math
 import os
 from typing import Any
@@ -31,6 +31,7 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from dermjax import checkpoint as ckpt_lib
+from dermjax import fileio
 from dermjax import input_pipeline
 from dermjax import models
 from dermjax import optim
@@ -81,7 +82,7 @@ def _merge(trainable, frozen):
 
 def preprocess(batch, rng, config, mean, std, *, train: bool):
   return augment.device_preprocess(batch, rng, mean=mean, std=std,
-                                   aug_config=config.data.get("augment"), train=train)
+                                   aug_config=config.data.augment, train=train)
 
 
 def init_variables(module, config, batch_shapes, rng, mean, std):
@@ -89,7 +90,8 @@ def init_variables(module, config, batch_shapes, rng, mean, std):
   params_rng, dropout_rng = jax.random.split(rng)
   host_batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_shapes.items()}
   batch = preprocess(host_batch, params_rng, config, mean, std, train=False)
-  variables = module.init({"params": params_rng, "dropout": dropout_rng}, batch, train=False)
+  variables = module.init({"params": params_rng, "dropout": dropout_rng, "sample": dropout_rng},
+                          batch, train=False)
   return flax.core.unfreeze(variables)
 
 
@@ -130,14 +132,15 @@ def make_train_step(module, model_lib, tx, mask, config, loss_stats, mean, std):
 
   def train_step(state, batch):
     step_rng = jax.random.fold_in(state.rng, state.step)
-    aug_rng, dropout_rng = jax.random.split(step_rng)
+    aug_rng, dropout_rng, sample_rng = jax.random.split(step_rng, 3)
     batch = preprocess(batch, aug_rng, config, mean, std, train=True)
     trainable, frozen = _split(state.params, mask)
 
     def loss_fn(trainable):
       params = _merge(trainable, frozen)
       outputs, new_vars = module.apply(_variables(params, state.batch_stats), batch, train=True,
-                                       mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+                                       mutable=["batch_stats"],
+                                       rngs={"dropout": dropout_rng, "sample": sample_rng})
       loss, aux = model_lib.loss(outputs, batch, config, loss_stats)
       return loss, (aux, new_vars.get("batch_stats", state.batch_stats))
 
@@ -168,8 +171,10 @@ def make_eval_step(module, model_lib, config, loss_stats, mean, std, *, with_out
     count = jnp.sum(batch["valid"])
     sums = {k: jnp.asarray(v, jnp.float32) * count for k, v in {"loss": loss, **aux}.items()}
     sums["count"] = count
-    arrays = {"logits": outputs["logits"].astype(jnp.float32), "label": batch["label"],
-              "melanoma": batch["melanoma"], "valid": batch["valid"], "index": batch["index"]}
+    arrays = {"label": batch["label"], "melanoma": batch["melanoma"], "valid": batch["valid"],
+              "index": batch["index"]}
+    if "logits" in outputs:
+      arrays["logits"] = outputs["logits"].astype(jnp.float32)
     if eval_arrays is not None:
       extra = eval_arrays(outputs, batch, config)
       clash = set(extra) & set(arrays)
@@ -231,16 +236,16 @@ def split_metrics(losses, arrays, config, model_lib, class_names=None):
   class_names: names of the label values (Datasets.class_names); for K > 1 the melanoma
   score is the probability of the class named melanoma / MEL / malignant.
   """
-  logits, labels = arrays["logits"], arrays["label"]
-  known = labels >= 0
-  if logits.shape[1] == 1 or class_names is None or len(class_names) != logits.shape[1]:
-    class_names = None
-  melanoma_class = _melanoma_class(class_names)
-  result = {"losses": losses,
-            "diagnosis": diagnosis.diagnosis_metrics(
-                logits[known], labels[known], melanoma=arrays["melanoma"][known],
-                melanoma_class=melanoma_class,
-                class_names=None if class_names is None else list(class_names))}
+  result = {"losses": losses}
+  if "logits" in arrays:
+    logits, labels = arrays["logits"], arrays["label"]
+    known = labels >= 0
+    if logits.shape[1] == 1 or class_names is None or len(class_names) != logits.shape[1]:
+      class_names = None
+    result["diagnosis"] = diagnosis.diagnosis_metrics(
+        logits[known], labels[known], melanoma=arrays["melanoma"][known],
+        melanoma_class=_melanoma_class(class_names),
+        class_names=None if class_names is None else list(class_names))
   report = getattr(model_lib, "report", None)
   if report is not None:
     result["report"] = report(arrays, config)
@@ -270,30 +275,6 @@ def _better(value, best, mode):
   if value is None or not math.isfinite(value):
     return False
   return best is None or (value < best if mode == "min" else value > best)
-
-
-def _json_default(value):
-  if isinstance(value, (np.floating, np.integer)):
-    return value.item()
-  if isinstance(value, np.ndarray):
-    return value.tolist()
-  raise TypeError(f"not JSON serialisable: {type(value)}")
-
-
-def _nan_to_none(value):
-  if isinstance(value, float) and math.isnan(value):
-    return None
-  if isinstance(value, dict):
-    return {k: _nan_to_none(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_nan_to_none(v) for v in value]
-  return value
-
-
-def write_json(path, obj):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(_nan_to_none(obj), f, indent=2, default=_json_default)
 
 
 def tracked_metrics(config):
@@ -385,10 +366,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                  enabled=jax.process_index() == 0)
   train_step, eval_step = jit_steps(module, model_lib, tx, mask, config, loss_stats,
                                     datasets.mean, datasets.std, mesh)
-  if config.train.get("save_config", True) and jax.process_index() == 0:
+  if config.train.save_config and jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    fileio.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
   start_step = int(state.step)
   progress = writers.Progress(total_steps, start_step)
@@ -451,17 +431,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     result.update(step=int(final_meta["step"]), checkpoint_metric=config.train.checkpoint_metric)
     all_results[split] = result
     writer.write_scalars(int(final_meta["step"]), scalar_summaries(f"final_{split}", result))
-    logging.info("final %s: %s", split, json.dumps(_nan_to_none(result["diagnosis"]),
-                                                   default=_json_default))
+    logging.info("final %s: %s", split, fileio.to_json(result.get("diagnosis", result.get("report"))))
     if jax.process_index() == 0:
-      write_json(os.path.join(workdir, "results", f"{split}.json"), result)
+      fileio.write_json(os.path.join(workdir, "results", f"{split}.json"), result)
+    if jax.process_index() == 0 and "logits" in arrays:
       ids = datasets.ids[split]
       logits = arrays["logits"]
       scores = diagnosis.probabilities(logits).astype(logits.dtype)
-      os.makedirs(os.path.join(workdir, "predictions"), exist_ok=True)
-      np.savez(os.path.join(workdir, "predictions", f"{split}.npz"),
-               ids=np.asarray([ids[i] for i in arrays["index"]]),
-               scores=scores, logits=logits, labels=arrays["label"], melanoma=arrays["melanoma"])
+      fileio.savez(os.path.join(workdir, "predictions", f"{split}.npz"),
+                   ids=np.asarray([ids[i] for i in arrays["index"]]),
+                   scores=scores, logits=logits, labels=arrays["label"], melanoma=arrays["melanoma"])
     out_dir = os.path.join(workdir, "explanations", split)
     explain_split(model_lib, module, config, state, datasets, split, loss_stats, out_dir)
     writer.write_images(int(final_meta["step"]), _pngs(out_dir, f"explanations_{split}"))

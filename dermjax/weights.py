@@ -484,7 +484,8 @@ def _like(value, leaf):
 def apply_pretrained(variables: Mapping[str, Any], model_config) -> dict:
   """Grafts `model_config.pretrained` into `variables` (None -> unchanged).
 
-  Reads model_config.pretrained (path), .pretrained_arch (a BACKBONES name) and
+  Reads model_config.pretrained (an ImageNet checkpoint path, or a dermjax workdir: its best
+  checkpoint), .pretrained_arch (a BACKBONES name; unused for a workdir) and
   .pretrained_targets ({submodule path: path in the checkpoint}), see `graft`.
   """
   path = model_config.get("pretrained")
@@ -495,7 +496,11 @@ def apply_pretrained(variables: Mapping[str, Any], model_config) -> dict:
   if not targets:
     raise ValueError(f"model.pretrained={path!r} is set but model.pretrained_targets is empty; say which "
                      f"submodule loads which part of the checkpoint, e.g. {{'encoder': ''}}.")
-  pretrained = load_pretrained(path, model_config.get("pretrained_arch"),
-                               source_format=model_config.get("pretrained_format", "auto"))
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    from dermjax import checkpoint  # pylint: disable=g-import-not-at-top
+    pretrained = checkpoint.run_variables(path)
+  else:
+    pretrained = load_pretrained(path, model_config.pretrained_arch,
+                                 source_format=model_config.pretrained_format)
   return graft(variables, pretrained, targets)
 

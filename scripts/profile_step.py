@@ -47,35 +47,31 @@ SYNTHETIC_STATS = {
 
 
 def synthetic_host_batch(config, batch_size: int, seed: int = 0) -> dict:
-  """A host batch in the input pipeline's format (its padding example's keys, dtypes, shapes):
-  random uint8 image, random 0/1 lesion and attribute masks (each present in about half the
-  images), has_masks 1, random labels, valid 1."""
-  example = input_pipeline.loader_from_config(None, config.data).padding()
+  """A host batch of schema.batch_spec: random uint8 image, random 0/1 lesion and attribute
+  masks (each attribute present in about half the images), masks marked ground truth,
+  random labels and metadata, valid 1."""
   rng = np.random.default_rng(seed)
   s = int(config.data.image_size)
+  batch = schema.padding_batch(s, batch_size)
   num_classes = max(int(config.model.num_classes), 2)
-  masks = np.zeros((batch_size, s, s, example["masks"].shape[-1]), np.uint8)
+  masks = batch["masks"]
   for b in range(batch_size):
     for c in range(masks.shape[-1]):
       if c == 0 or rng.random() < 0.5:  # Rectangle of random size and position.
         y0, x0 = rng.integers(0, s // 2, 2)
         y1, x1 = y0 + rng.integers(1, s // 2 + 1, 2)
         masks[b, y0:y1, x0:x1, c] = 1
-  batch = {
-      "image": rng.integers(0, 256, (batch_size, s, s, 3), dtype=np.uint8),
-      "masks": masks,
-      "has_masks": np.ones((batch_size, 2), np.float32),
-      "label": rng.integers(0, num_classes, batch_size).astype(np.int32),
-      "melanoma": rng.integers(0, 2, batch_size).astype(np.int32),
-      "meta": rng.random((batch_size,) + example["meta"].shape).astype(np.float32),
-      "valid": np.ones((batch_size,), np.float32),
-      "index": np.arange(batch_size, dtype=np.int32),
+  random = {
+      "image": rng.integers(0, 256, batch["image"].shape),
+      "has_lesion_mask": np.ones(batch_size), "has_attributes": np.ones(batch_size),
+      "label": rng.integers(0, num_classes, batch_size),
+      "melanoma": rng.integers(0, 2, batch_size),
+      "age": rng.uniform(20, 90, batch_size), "sex": rng.integers(0, len(schema.SEXES), batch_size),
+      "site": rng.integers(0, len(schema.SITES), batch_size),
+      "valid": np.ones(batch_size), "index": np.arange(batch_size),
   }
-  missing = set(example) ^ set(batch)
-  if missing:
-    raise ValueError(f"scripts/profile_step.py: synthetic batch keys differ from the input pipeline's "
-                     f"by {sorted(missing)}; update synthetic_host_batch")
-  return {k: v.astype(np.asarray(example[k]).dtype) for k, v in batch.items()}
+  batch.update({k: v.astype(batch[k].dtype) for k, v in random.items()})
+  return batch
 
 
 def build_steps(config):

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import batches
 from dermjax import config_lib, losses
 from dermjax.data import schema
 from dermjax.models import attnmel
@@ -28,14 +29,9 @@ def make_batch(size=64, batch=2, seed=0):
   rng = np.random.default_rng(seed)
   masks = np.zeros((batch, size, size, 1 + schema.NUM_ATTRIBUTES), np.float32)
   masks[:, :, size // 4:3 * size // 4, 0] = 1   # a vertical band: exact under bilinear upsampling
-  return {
-      "image": jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32),
-      "masks": jnp.asarray(masks),
-      "has_masks": jnp.ones((batch, 2), jnp.float32),
-      "label": jnp.asarray(np.arange(batch) % 2, jnp.int32),
-      "melanoma": jnp.asarray(np.arange(batch) % 2, jnp.int32),
-      "valid": jnp.ones((batch,), jnp.float32),
-  }
+  return batches.model_batch(batch, size, image=rng.normal(size=(batch, size, size, 3)),
+                             masks=masks, label=np.arange(batch) % 2,
+                             melanoma=np.arange(batch) % 2)
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -122,7 +118,7 @@ def test_dice_handles_empty_masks_and_skips_examples_without_ground_truth():
   batch["masks"] = batch["masks"].at[1].set(0.0)
   outputs = perfect_outputs(batch)
   # Example 2: no ground-truth mask; its (wrong) map must not count.
-  batch["has_masks"] = batch["has_masks"].at[2].set(0.0)
+  batch["has_lesion_mask"] = batch["has_lesion_mask"].at[2].set(0.0)
   outputs["attention3"] = outputs["attention3"].at[2].set(1.0)
   outputs["attention4"] = outputs["attention4"].at[2].set(1.0)
   _, metrics = attnmel.loss(outputs, batch, config, {})
@@ -140,13 +136,14 @@ def test_references_lesion_background_and_dermo_union():
   masks[0, 0, 0, 1 + schema.ATTRIBUTES.index("streaks")] = 1
   masks[0, 1, 1, 1 + schema.ATTRIBUTES.index("pigment_network")] = 1
   masks[1, 2, 2, 1 + schema.ATTRIBUTES.index("globules")] = 1  # not an ISIC 2017 attribute
-  has = jnp.asarray([[1.0, 0.0], [1.0, 1.0]])
-  lesion, has_lesion = attnmel.reference_map(jnp.asarray(masks), has, "lesion")
+  batch = {"masks": jnp.asarray(masks), "has_lesion_mask": jnp.asarray([1.0, 1.0]),
+           "has_attributes": jnp.asarray([0.0, 1.0])}
+  lesion, has_lesion = attnmel.reference_map(batch, "lesion")
   np.testing.assert_array_equal(lesion, masks[..., 0])
   np.testing.assert_array_equal(has_lesion, [1.0, 1.0])
-  background, _ = attnmel.reference_map(jnp.asarray(masks), has, "background")
+  background, _ = attnmel.reference_map(batch, "background")
   np.testing.assert_array_equal(background, 1 - masks[..., 0])
-  dermo, has_dermo = attnmel.reference_map(jnp.asarray(masks), has, "dermo")
+  dermo, has_dermo = attnmel.reference_map(batch, "dermo")
   assert float(dermo[0].sum()) == 2 and float(dermo[1].sum()) == 0
   np.testing.assert_array_equal(has_dermo, [0.0, 1.0])
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+import batches
 from dermjax import config_lib, losses, weights
 from dermjax.models import baselines
 from dermjax.models.backbones import build_backbone
@@ -110,7 +111,7 @@ def test_cam_jaccard_report_and_overlays(tmp_path):
   cam = np.zeros((2, 2, 2), np.float32)
   cam[:, :, 0] = 3.0                          # CAM high on the left column of pool5
   cam[1] = -cam[1]                            # ... and on the right for example 1
-  batch = {"masks": jnp.asarray(masks), "has_masks": jnp.ones((2, 2))}
+  batch = {"masks": jnp.asarray(masks), "has_lesion_mask": jnp.ones((2,))}
   outputs = {"logits": jnp.zeros((2, 2)), "cam": jnp.asarray(cam)}
   arrays = jax.tree.map(np.asarray, baselines.eval_arrays(outputs, batch, config))
   np.testing.assert_allclose(arrays["jaccard_cam"], [1.0, 0.0])
@@ -133,7 +134,7 @@ def test_table3_vgg_configs_graft_an_imagenet_checkpoint(variant, size, monkeypa
 
   config = config_lib.load_config(os.path.join(ROOT, "configs", "gaze.py"), variant)
   model = baselines.build(config)
-  batch = {"image": jnp.zeros((1, size, size, 3)), "meta": jnp.zeros((1, schema.META_DIM))}
+  batch = batches.model_batch(1, size)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), batch, train=False))
   imagenet = jax.eval_shape(lambda: VGGStages(num_classes=1000).init(
       jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))

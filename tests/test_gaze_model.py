@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import batches
 from dermjax import config_lib
 from dermjax.data import schema
 from dermjax.models import gaze
@@ -28,16 +29,9 @@ def fake_batch(size, batch=2, seed=0):
   masks[:, q:3 * q, q:3 * q, 0] = 1
   masks[0, q:2 * q, q:2 * q, 1] = 1
   masks[1 % batch, 2 * q:3 * q, q:2 * q, 4] = 1
-  return {
-      "image": jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32),
-      "masks": jnp.asarray(masks),
-      "has_masks": jnp.ones((batch, 2), jnp.float32),
-      "label": jnp.asarray(np.arange(batch) % 2, jnp.int32),
-      "melanoma": jnp.asarray(np.arange(batch) % 2, jnp.int32),
-      "meta": jnp.zeros((batch, schema.META_DIM), jnp.float32),
-      "valid": jnp.ones((batch,), jnp.float32),
-      "index": jnp.arange(batch, dtype=jnp.int32),
-  }
+  return batches.model_batch(batch, size, image=rng.normal(size=(batch, size, size, 3)),
+                             masks=masks, label=np.arange(batch) % 2,
+                             melanoma=np.arange(batch) % 2)
 
 
 def gaze_variants():
@@ -238,7 +232,7 @@ def test_gradient_reaches_masks_only_through_matched_pairs():
 
 def test_absent_and_unannotated_structures_are_not_targets():
   batch = fake_batch(16)
-  batch["has_masks"] = jnp.array([[1.0, 1.0], [1.0, 0.0]])
+  batch["has_attributes"] = jnp.array([1.0, 0.0])
   _, valid = gaze.structure_targets(batch)
   np.testing.assert_array_equal(np.asarray(valid), [[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
 

@@ -12,6 +12,7 @@ import pytest
 
 from dermjax import config_lib
 from dermjax import input_pipeline as ip
+from dermjax.data import metadata
 from dermjax.data import sampling
 from dermjax.data import schema
 
@@ -102,25 +103,29 @@ def test_host_batch_format(records):
   batch = next(iter(ip.train_dataset(_loader(records), _schedule(records), global_batch_size=4)))
   expected = {
       "image": ((4, 16, 16, 3), np.uint8), "masks": ((4, 16, 16, 1 + schema.NUM_ATTRIBUTES), np.uint8),
-      "has_masks": ((4, 2), np.float32), "label": ((4,), np.int32), "melanoma": ((4,), np.int32),
-      "meta": ((4, schema.META_DIM), np.float32), "valid": ((4,), np.float32),
+      "has_lesion_mask": ((4,), np.float32), "has_attributes": ((4,), np.float32),
+      "label": ((4,), np.int32), "melanoma": ((4,), np.int32), "age": ((4,), np.float32),
+      "sex": ((4,), np.int32), "site": ((4,), np.int32), "valid": ((4,), np.float32),
       "index": ((4,), np.int32),
   }
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
+  assert expected == schema.batch_spec(16, 4)
   for row, i in enumerate(batch["index"]):
     r = records[i]
     assert batch["label"][row] == r["melanoma"] == batch["melanoma"][row]
-    np.testing.assert_array_equal(batch["has_masks"][row], [1.0, float(r["has_attributes"])])
+    np.testing.assert_array_equal([batch["has_lesion_mask"][row], batch["has_attributes"][row]],
+                                  [1.0, float(r["has_attributes"])])
+    np.testing.assert_array_equal([batch["sex"][row], batch["site"][row]], [r["sex"], r["site"]])
   assert set(np.unique(batch["masks"])) <= {0, 1} and batch["masks"][..., 0].any()
   assert (batch["valid"] == 1).all()
 
 
-def test_meta_features():
-  meta = ip.meta_features({"age": np.float32(60), "sex": np.int32(1), "site": np.int32(3)})
+def test_metadata_encoding():
+  meta = np.asarray(metadata.encode([60.0], [1], [3]))[0]
   assert meta.shape == (schema.META_DIM,)
   np.testing.assert_allclose(meta[:5], [0.6, 0, 0, 1, 0])
   assert meta[5 + 3] == 1 and meta.sum() == pytest.approx(0.6 + 2)
-  missing = ip.meta_features({"age": np.float32(np.nan), "sex": np.int32(-1), "site": np.int32(-1)})
+  missing = np.asarray(metadata.encode([np.nan], [-1], [-1]))[0]
   np.testing.assert_array_equal(np.nonzero(missing)[0], [1, 4, schema.META_DIM - 1])
 
 

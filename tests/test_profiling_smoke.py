@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import batches
 from dermjax import profiling
 from dermjax.data import schema
 from dermjax.models import gaze
@@ -133,7 +134,8 @@ def test_torch_peer_has_the_flax_widths(bench_torch):
   config = gaze_config("thesis,paper", image_size=64, timesteps=t)
   shapes = {"image": jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
             "masks": jax.ShapeDtypeStruct((1, 64, 64, 1 + schema.NUM_ATTRIBUTES), jnp.float32),
-            "has_masks": jax.ShapeDtypeStruct((1, 2), jnp.float32)}
+            "has_lesion_mask": jax.ShapeDtypeStruct((1,), jnp.float32),
+            "has_attributes": jax.ShapeDtypeStruct((1,), jnp.float32)}
   variables = jax.eval_shape(
       lambda b: gaze.build(config).init({"params": jax.random.PRNGKey(0),
                                          "dropout": jax.random.PRNGKey(1)}, b), shapes)
@@ -175,11 +177,8 @@ def test_bfloat16_stays_close_to_float32():
   masks[:, 8:24, 8:24, 0] = 1
   masks[0, 8:16, 8:16, 1] = 1
   masks[1, 16:24, 8:16, 4] = 1
-  batch = {"image": jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32),
-           "masks": jnp.asarray(masks), "has_masks": jnp.ones((2, 2), jnp.float32),
-           "label": jnp.array([0, 1], jnp.int32), "melanoma": jnp.array([0, 1], jnp.int32),
-           "meta": jnp.zeros((2, schema.META_DIM), jnp.float32), "valid": jnp.ones((2,)),
-           "index": jnp.arange(2, dtype=jnp.int32)}
+  batch = batches.model_batch(2, size, image=rng.normal(size=(2, size, size, 3)), masks=masks,
+                              label=[0, 1], melanoma=[0, 1])
   module32, module16 = gaze.build(config), gaze.build(bf16)
   variables = module32.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
                             batch)

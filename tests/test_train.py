@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import batches
 from dermjax import config_lib
 from dermjax import models
 from dermjax import train
@@ -43,15 +44,8 @@ def host_batch(batch_size=8, seed=0):
   label = np.arange(batch_size, dtype=np.int32) % 2
   image = rng.integers(0, 100, size=(batch_size, SIZE, SIZE, 3)).astype(np.uint8)
   image[label == 1] += 120
-  return {
-      "image": image,
-      "masks": np.zeros((batch_size, SIZE, SIZE, 1 + schema.NUM_ATTRIBUTES), np.uint8),
-      "has_masks": np.zeros((batch_size, 2), np.float32),
-      "label": label, "melanoma": label,
-      "meta": np.zeros((batch_size, schema.META_DIM), np.float32),
-      "valid": np.ones((batch_size,), np.float32),
-      "index": np.arange(batch_size, dtype=np.int32),
-  }
+  return batches.host_batch(batch_size, SIZE, image=image, label=label, melanoma=label,
+                            has_lesion_mask=np.zeros(batch_size), has_attributes=np.zeros(batch_size))
 
 
 def _shapes(batch):

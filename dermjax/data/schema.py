@@ -22,11 +22,18 @@ kept uint8 where possible so host->device transfer stays small:
 
   image          uint8   [B, H, W, 3]    resized/cropped to config.data.image_size
   masks          uint8   [B, H, W, 1+A]  channel 0 lesion, then ATTRIBUTES (0/1 values)
-  has_masks      float32 [B, 2]          (has_lesion_mask, has_attributes)
+  has_lesion_mask float32 [B]            1 where masks[..., 0] is ground truth
+  has_attributes float32 [B]             1 where masks[..., 1:] are ground truth
   label          int32   [B]             diagnosis target chosen by config.data.target
   melanoma       int32   [B]
-  meta           float32 [B, META_DIM]   metadata features (see META_DIM below)
+  age            float32 [B]             years, NaN if missing (raw: models encode metadata
+  sex            int32   [B]             index into SEXES, -1 if missing   themselves, e.g.
+  site           int32   [B]             index into SITES, -1 if missing   data/metadata.py)
   valid          float32 [B]             0 for padding rows of the last eval batch
+  index          int32   [B]             position in the split (-1 for padding)
+
+`batch_spec(image_size, batch_size)` is that table as data: the input pipeline's padding
+example, scripts/profile_step.py's synthetic batch and the tests' batches are made from it.
 
 On device, inside the jitted step, `dermjax.data.augment` turns that into the model's
 batch: image float [B, H, W, 3] normalised with the training split's mean/std (and
@@ -35,6 +42,8 @@ augmented when training), masks float32 [B, H, W, 1+A] transformed identically.
 Gaze structure masks (the thesis's eqs. 17-19) are derived from `masks` on device by
 `dermjax.data.structures.structure_masks`, so augmentation touches one mask stack only.
 """
+
+import numpy as np
 
 # Dermoscopic attributes in channel order. ISIC 2017 annotates the first four;
 # ISIC 2018 Task 2 adds globules.
@@ -72,6 +81,35 @@ CLASSES = {
     "isic2020": ("benign", "malignant"),
 }
 
-# Metadata feature vector: [age/100, age_missing, sex one-hot (2), sex_missing,
-# site one-hot (len(SITES)), site_missing].
+# Metadata feature vector of dermjax.data.metadata.encode: [age/100, age_missing,
+# sex one-hot (2), sex_missing, site one-hot (len(SITES)), site_missing].
 META_DIM = 2 + len(SEXES) + 1 + len(SITES) + 1
+
+# Host batch entries: name -> (shape after the batch axis, with "S" for image_size; dtype;
+# value of a padding row).
+_BATCH = {
+    "image": (("S", "S", 3), "uint8", 0),
+    "masks": (("S", "S", 1 + NUM_ATTRIBUTES), "uint8", 0),
+    "has_lesion_mask": ((), "float32", 0.0),
+    "has_attributes": ((), "float32", 0.0),
+    "label": ((), "int32", -1),
+    "melanoma": ((), "int32", -1),
+    "age": ((), "float32", float("nan")),
+    "sex": ((), "int32", -1),
+    "site": ((), "int32", -1),
+    "valid": ((), "float32", 0.0),
+    "index": ((), "int32", -1),
+}
+
+
+def batch_spec(image_size: int, batch_size: int | None = None) -> dict:
+  """{name: (shape, numpy dtype)} of a host batch; batch_size None: one example, no batch axis."""
+  lead = () if batch_size is None else (int(batch_size),)
+  return {name: (lead + tuple(int(image_size) if d == "S" else d for d in shape), np.dtype(dtype))
+          for name, (shape, dtype, _) in _BATCH.items()}
+
+
+def padding_batch(image_size: int, batch_size: int | None = None) -> dict:
+  """A host batch (or example) of padding rows: valid 0, labels/index -1, age NaN, zeros."""
+  return {name: np.full(shape, _BATCH[name][2], dtype)
+          for name, (shape, dtype) in batch_spec(image_size, batch_size).items()}

@@ -130,19 +130,20 @@ def area_downsample(maps, size):
   return jax.image.resize(maps, (batch, h, w), method="linear", antialias=True)
 
 
-def reference_map(masks, has_masks, reference):
+def reference_map(batch, reference):
   """The regulariser's reference [B, H, W] and which examples have it as ground truth [B].
 
-  masks [B, H, W, 1 + A] (channel 0 lesion, then schema.ATTRIBUTES), has_masks [B, 2].
+  batch: masks [B, H, W, 1 + A] (channel 0 lesion, then schema.ATTRIBUTES),
+  has_lesion_mask [B], has_attributes [B].
   """
-  lesion = masks[..., 0]
+  lesion = batch["masks"][..., 0]
   if reference == "lesion":
-    return lesion, has_masks[:, 0]
+    return lesion, batch["has_lesion_mask"]
   if reference == "background":
-    return 1.0 - lesion, has_masks[:, 0]
+    return 1.0 - lesion, batch["has_lesion_mask"]
   if reference == "dermo":
     channels = [1 + schema.ATTRIBUTES.index(a) for a in DERMO_ATTRIBUTES]
-    return jnp.max(masks[..., channels], axis=-1), has_masks[:, 1]
+    return jnp.max(batch["masks"][..., channels], axis=-1), batch["has_attributes"]
   raise ValueError(f"Unknown attention reference {reference!r}; expected one of {REFERENCES[1:]}")
 
 
@@ -156,7 +157,7 @@ def loss(outputs, batch, config, stats):
   total = focal
   reference = config.loss.get("attention_reference", None)
   if reference is not None:
-    ref, has_ref = reference_map(batch["masks"], batch["has_masks"], reference)
+    ref, has_ref = reference_map(batch, reference)
     keep = (valid * has_ref.astype(jnp.float32))[:, None, None]
     for (_, name), weight in zip(ATTENDED, config.loss.attention_weights):
       att = outputs[name]
@@ -174,7 +175,7 @@ def eval_arrays(outputs, batch, config):
   maps = {tap: outputs[name] for tap, name in ATTENDED if name in outputs}
   if not maps:
     return {}
-  return attention_metrics.map_jaccard_arrays(maps, batch["masks"][..., 0], batch["has_masks"][:, 0])
+  return attention_metrics.map_jaccard_arrays(maps, batch["masks"][..., 0], batch["has_lesion_mask"])
 
 
 def report(arrays, config):

@@ -82,7 +82,7 @@ def eval_arrays(outputs, batch, config):
   if "cam" not in outputs:
     return {}
   return attention_metrics.map_jaccard_arrays({"cam": outputs["cam"]}, batch["masks"][..., 0],
-                                              batch["has_masks"][:, 0])
+                                              batch["has_lesion_mask"])
 
 
 def report(arrays, config):

@@ -32,5 +32,5 @@ def lesion_masks(batch, count):
   if batch is None or "masks" not in batch:
     return None
   masks = np.asarray(batch["masks"])[..., 0]
-  has = np.asarray(batch["has_masks"])[:, 0] if "has_masks" in batch else np.ones(len(masks))
+  has = np.asarray(batch.get("has_lesion_mask", np.ones(len(masks))))
   return [masks[i] if has[i] > 0.5 else None for i in range(count)]

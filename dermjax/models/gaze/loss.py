@@ -29,9 +29,10 @@ def structure_targets(batch):
   """Batch -> GT structures [B, H, W, S] and valid rows [B, S] (present and annotated)."""
   gt = structure_masks(batch["masks"])
   present = structure_presence(gt)
-  has = batch["has_masks"] > 0.5  # (has_lesion_mask, has_attributes)
+  lesion = (batch["has_lesion_mask"] > 0.5)[:, None]
+  attributes = (batch["has_attributes"] > 0.5)[:, None]
   num_attr = schema.NUM_STRUCTURES - 2
-  annotated = jnp.concatenate([has[:, :1], has[:, :1], jnp.repeat(has[:, 1:2], num_attr, 1)], 1)
+  annotated = jnp.concatenate([lesion, lesion, jnp.repeat(attributes, num_attr, 1)], 1)
   return gt, present & annotated
 
 

@@ -1,0 +1,117 @@
+"""The model contract (dermjax/models/__init__.py), for every row of every experiment table.
+
+Each row of each configs/<paper>.py (its ROWS) must: build; run at its paper scale as shapes
+only (jax.eval_shape of init and a training apply + loss); and train CPU-sized through the
+real trainer (dermjax.train.train_and_evaluate) on prepared synthetic data of its layout,
+then evaluate (eval_arrays, report) and explain. Adding a paper's table adds its rows here.
+"""
+
+import glob
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dermjax import config_lib
+from dermjax import models
+from dermjax import train
+from dermjax.data import schema
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TABLES = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
+CONTRACT_IMAGES = {"train": 8, "validation": 4, "test": 4}
+
+
+def table_rows():
+  for path in TABLES:
+    module = config_lib.config_module(path)
+    for row in module.ROWS:
+      yield pytest.param(path, row, id=f"{os.path.basename(path)[:-3]}:{row}")
+
+
+ROWS = list(table_rows())
+
+
+def test_every_table_has_rows_and_a_registered_model():
+  assert {os.path.basename(p) for p in TABLES} >= {"gaze.py", "attnmel.py"}
+  for param in ROWS:
+    path, row = param.values
+    assert config_lib.load_config(path, row).model.name in models.MODELS, (path, row)
+  for name in models.MODELS:
+    models.get(name)   # imports and has the required hooks
+
+
+@pytest.mark.parametrize("path,row", ROWS)
+def test_paper_scale_shapes(path, row, prepared_layout):
+  """Paper-scale init + training forward + loss as shapes only: the row is well formed."""
+  from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config(path, f"{row},paper")
+  model_lib = models.get(config.model.name)
+  stats_fn = getattr(model_lib, "loss_stats", None)
+  stats = stats_fn(prepare.load(prepared_layout(config.data.layout)[1], config.data.layout).stats,
+                   config) if stats_fn else {}
+  module = model_lib.build(config)
+  spec = schema.batch_spec(config.data.image_size, 2)
+  batch = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
+  rngs = {name: jax.random.key(i) for i, name in enumerate(("params", "dropout", "sample"))}
+  mean = std = np.ones(3, np.float32)
+
+  def forward(batch):
+    batch = train.preprocess(batch, rngs["dropout"], config, mean, std, train=True)
+    variables = module.init(rngs, batch, train=False)
+    outputs, _ = module.apply(variables, batch, train=True, mutable=["batch_stats"],
+                              rngs={"dropout": rngs["dropout"], "sample": rngs["sample"]})
+    loss, aux = model_lib.loss(outputs, batch, config, stats)
+    return outputs, loss, aux
+
+  outputs, loss, aux = jax.eval_shape(forward, batch)
+  assert loss.shape == () and all(v.shape == () for v in aux.values())
+  if "logits" in outputs:
+    assert outputs["logits"].shape == (2, max(int(config.model.num_classes), 1))
+
+
+@pytest.fixture(scope="session")
+def prepared_layout(synthetic_isic, tmp_path_factory):
+  """layout -> (raw dir, prepared dir) of a tiny synthetic set, prepared once per session."""
+  from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
+  cache = {}
+
+  def make(layout):
+    if layout not in cache:
+      raw = synthetic_isic(layout, CONTRACT_IMAGES, min_side=40, max_side=56)
+      out = str(tmp_path_factory.mktemp(f"prepared_{layout}"))
+      prepare.prepare(layout, raw, out, num_folds=2)
+      cache[layout] = (raw, out)
+    return cache[layout]
+
+  return make
+
+
+@pytest.mark.parametrize("path,row", ROWS)
+def test_row_trains_evaluates_and_explains(path, row, prepared_layout, tmp_path):
+  config = config_lib.load_config(path, row)
+  raw, prepared = prepared_layout(config.data.layout)
+  config.data.dir, config.data.prepared_dir = raw, prepared
+  config.data.batch_size = config.data.eval_batch_size = 2
+  config.data.num_threads = 1
+  config.train.num_epochs = 1
+  config.train.max_steps = 2
+  config.train.log_every_steps = 1
+  config.eval.num_visualizations = 1
+  model_lib = models.get(config.model.name)
+
+  results = train.train_and_evaluate(config, str(tmp_path))
+
+  for split in config.eval.splits:
+    with open(tmp_path / "results" / f"{split}.json") as f:
+      written = json.load(f)
+    assert np.isfinite(written["losses"]["loss"]), (split, written["losses"])
+    has_logits = os.path.exists(tmp_path / "predictions" / f"{split}.npz")
+    assert ("diagnosis" in written) == has_logits
+    if getattr(model_lib, "report", None) is not None:
+      assert "report" in results[split]
+    if getattr(model_lib, "explain", None) is not None:
+      assert os.listdir(tmp_path / "explanations" / split), f"{row}: explain wrote nothing"
