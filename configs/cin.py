@@ -59,7 +59,7 @@ STAGE2 = {  # row -> (A, F, D)
     "D": (False, False, True), "A+F": (True, True, False), "A+F+D": (True, True, True),
     "cin": (True, True, True),
 }
-ROWS = ("lesion_attention",) + tuple(STAGE2)
+ROWS = ("lesion_attention",) + tuple(r for r in STAGE2 if r != "cin")   # "cin": alias of A+F+D.
 DATASETS = ("isic2017", "isic2016")
 
 
@@ -71,7 +71,7 @@ def lesion_config(paper: bool) -> dict:
 
 
 def get_config(arg=None):
-  parsed = config_lib.parse_arg(arg, table="configs/cin.py", rows=ROWS, datasets=DATASETS)
+  parsed = config_lib.parse_arg(arg, table="configs/cin.py", rows=ROWS + ("cin",), datasets=DATASETS)
   row, dataset, paper = parsed.row, parsed.dataset, parsed.paper
   config = config_lib.base_config()
   data = config.data
