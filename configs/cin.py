@@ -108,6 +108,7 @@ def get_config(arg=None):
     m.hidden = 256 if paper else 16
     m.reduction = 8
     m.correlation_norm = "global"
+    m.use_correlation = True        # False: F without its correlation block (benchmarks only).
     m.distinguish_features = 256 if paper else 16
     m.distinguish_hidden = 256 if paper else 16
     m.dropout = 0.5

@@ -40,6 +40,7 @@ class Branch(nn.Module):
   hidden: int = 256
   reduction: int = 8
   correlation_norm: str = "global"
+  correlation: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -47,8 +48,9 @@ class Branch(nn.Module):
     f = build_backbone(self.arch, dtype=self.dtype, name="backbone")(x, train=train)["layer4"]
     out = {}
     if self.attention:
-      f, maps = LesionFeatureAttention(reduction=self.reduction, correlation_norm=self.correlation_norm,
-                                       dtype=self.dtype, name="attention")(f)
+      f, maps = LesionFeatureAttention(correlation=self.correlation, reduction=self.reduction,
+                                       correlation_norm=self.correlation_norm, dtype=self.dtype,
+                                       name="attention")(f)
       out["q"] = maps["q"]
     h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(jnp.mean(f, axis=(1, 2))))
     out["class_logits"] = nn.Dense(self.num_classes, dtype=self.dtype, name="fc2")(h).astype(jnp.float32)
@@ -117,6 +119,7 @@ class CIN(nn.Module):
   hidden: int = 256
   reduction: int = 8
   correlation_norm: str = "global"
+  correlation: bool = True      # False: F without its correlation block (benchmarks).
   distinguish_features: int = 256
   distinguish_hidden: int = 256
   dropout: float = 0.5
@@ -133,7 +136,8 @@ class CIN(nn.Module):
       out["lesion_map"], out["crop_box"] = found["lesion_map"], found["box"]
       image = crop.crop_and_resize(image, found["box"], image.shape[1])
     branch = lambda name: Branch(self.num_classes, self.arch, self.attention, self.hidden,
-                                 self.reduction, self.correlation_norm, self.dtype, name=name)
+                                 self.reduction, self.correlation_norm, self.correlation, self.dtype,
+                                 name=name)
     branch_a = branch("branch_a")
     a = branch_a(image, train=train)
     out["class_logits_a"] = a["class_logits"]
@@ -164,6 +168,7 @@ def build(config):
   return CIN(num_classes=m.num_classes, lesion=m.use_lesion, attention=m.use_attention,
              distinguish=m.use_distinguish, share_branches=m.share_branches, arch=m.arch,
              hidden=m.hidden, reduction=m.reduction, correlation_norm=m.correlation_norm,
+             correlation=m.use_correlation,
              distinguish_features=m.distinguish_features, distinguish_hidden=m.distinguish_hidden,
              dropout=m.dropout, lesion_kwargs=lesion.module_kwargs(config) if m.use_lesion else None,
              dtype=compute_dtype(config))
