@@ -312,3 +312,28 @@ def test_table_rows():
   assert config_lib.load_config(TABLE, "A").data.target == "seborrheic_keratosis"
   stage1 = config_lib.load_config(TABLE, "lesion_attention")
   assert stage1.model.name == "cin_lesion" and stage1.train.checkpoint_metric == "validation/report/jaccard"
+
+
+def test_explanations_written_per_image(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 255, (2, SIZE, SIZE, 3), np.uint8)
+  masks = np.zeros((2, SIZE, SIZE, 6), np.uint8)
+  masks[:, 8:20, 8:24, 0] = 1
+  batch = {"masks": masks, "has_lesion_mask": np.array([1.0, 0.0], np.float32)}
+  box = np.array([[0.25, 0.25, 0.625, 0.75]] * 2, np.float32)
+  outputs = {"logits": np.array([[0.3], [-2.0]]), "lesion_map": rng.random((2, SIZE, SIZE)),
+             "crop_box": box, "q": rng.random((2, 4, 4))}
+  cin.explain(outputs, batch, images, ["a", "b"], None, str(tmp_path / "cin"))
+  assert sorted(os.listdir(tmp_path / "cin")) == sorted(
+      f"{i}{s}" for i in "ab" for s in (".png", "_lesion_map.npy", "_box.npy", "_q.npy"))
+  np.testing.assert_array_equal(np.load(tmp_path / "cin" / "a_q.npy"), outputs["q"][0].astype(np.float32))
+  cin.explain({"logits": outputs["logits"]}, batch, images, ["a", "b"], None, str(tmp_path / "baseline"))
+  assert sorted(os.listdir(tmp_path / "baseline")) == ["a.png", "b.png"]
+  lesion.explain({"lesion_map": outputs["lesion_map"], "box": box}, batch, images, ["a", "b"], None,
+                 str(tmp_path / "stage1"))
+  assert len(os.listdir(tmp_path / "stage1")) == 6
+  # The host crop of the explanation matches the model's on-device crop.
+  from dermjax.models.cin.explain import crop_image  # pylint: disable=g-import-not-at-top
+  from dermjax.models.common import crop  # pylint: disable=g-import-not-at-top
+  device = np.asarray(crop.crop_and_resize(jnp.asarray(images[:1], jnp.float32), box[:1], SIZE))[0]
+  assert np.mean(np.abs(crop_image(images[0], box[0], (SIZE, SIZE)) - device)) < 12

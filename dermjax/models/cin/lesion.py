@@ -214,10 +214,8 @@ def explain(outputs, batch, images, ids, config, out_dir):
                      gt_boxes=gt_boxes)
 
 
-def write_explanations(lesion_map, boxes, images, ids, out_dir, *, masks=None, gt_boxes=None,
-                       extra_panels=None):
-  """The stage-1 panels (see `explain`), with optional extra panels (per image: a list of uint8
-  images as large as visualize.upscale(image)) appended (stage 2: attention over the crop)."""
+def write_explanations(lesion_map, boxes, images, ids, out_dir, *, masks=None, gt_boxes=None):
+  """The stage-1 panels and arrays (see `explain`)."""
   os.makedirs(out_dir, exist_ok=True)
   for i, example_id in enumerate(ids):
     image = visualize.upscale(images[i])
@@ -226,8 +224,6 @@ def write_explanations(lesion_map, boxes, images, ids, out_dir, *, masks=None, g
     if masks is not None and masks[i] is not None:
       panels.append(visualize.overlay_mask(image, masks[i], color=(0, 255, 0)))
     panels.append(visualize.overlay_heatmap(image, np.asarray(lesion_map[i], np.float32)))
-    for panel in (extra_panels[i] if extra_panels else []):
-      panels.append(panel)
     np.save(os.path.join(out_dir, f"{example_id}_lesion_map.npy"), np.asarray(lesion_map[i], np.float32))
     np.save(os.path.join(out_dir, f"{example_id}_box.npy"), np.asarray(boxes[i], np.float32))
     visualize.save_png(visualize.hstack(panels), os.path.join(out_dir, f"{example_id}.png"))
