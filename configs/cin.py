@@ -41,7 +41,8 @@ Choices where the paper is silent (see also dermjax/models/cin/*.py docstrings):
   pretrained_targets {"branch_a/backbone": "encoder", ...}). Rows without A (baseline, F,
   D) take an ImageNet ResNet-18 checkpoint as config.model.pretrained instead.
 - The crop is resampled to the input size (448 px at paper scale) from the 448 px image.
-- Classifier: GAP of F_A -> FC(256) -> ReLU -> FC(2). Distinguish: 1x1/3x3/3x3 convs of 256
+- Classifier: GAP of F_A -> FC(256) -> ReLU -> FC(2) softmax; the trainer sees one logit
+  log(p_1 / p_0) (model.num_classes = 1), at test time of the branches' mean probability. Distinguish: 1x1/3x3/3x3 convs of 256
   channels with ReLU, GAP, FC(256), ReLU, dropout 0.5, FC(1). Attention widths C/8. Eq. 2's
   softmax over all M x M entries as printed (--config.model.correlation_norm=row: per row).
 - With D, the two branches have separate weights (the synergic-network design CIN compares
@@ -101,7 +102,7 @@ def get_config(arg=None):
   else:
     use_lesion, use_attention, use_distinguish = STAGE2[row]
     m.name = "cin"
-    m.num_classes = 2
+    m.num_classes = 1                 # one score (sigmoid); the heads are 2-way softmax (eq. 4).
     m.use_lesion, m.use_attention, m.use_distinguish = use_lesion, use_attention, use_distinguish
     m.share_branches = False
     m.arch = "resnet18"

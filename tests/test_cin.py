@@ -116,7 +116,7 @@ def test_test_time_sum_of_branch_probabilities():
   np.testing.assert_allclose(jax.nn.sigmoid(cin.summed_logits(la, lb))[:, 0], p[:, 1], rtol=1e-5)
   la3, lb3 = jnp.array([[0.3, -1.0, 2.0]]), jnp.array([[1.0, 0.0, -2.0]])
   p3 = (np.asarray(jax.nn.softmax(la3)) + np.asarray(jax.nn.softmax(lb3))) / 2
-  np.testing.assert_allclose(jax.nn.softmax(cin.summed_logits(la3, lb3)), p3, rtol=1e-5)
+  np.testing.assert_allclose(jax.nn.softmax(cin.summed_logits(la3, lb3, 3)), p3, rtol=1e-5)
 
 
 def test_evaluated_model_sums_its_branches(d_model):
@@ -153,9 +153,10 @@ def test_weighted_ce_and_distinguish_loss_by_hand():
 def test_class_weights_from_stats_and_target_alias():
   stats = {"splits": {"train": {"num_images": 10, "melanoma": 2, "keratosis": 4,
                                 "class_counts": [4, 2, 4]}}}
-  assert cin.train_class_counts(stats, "seborrheic_keratosis", 2) == [6, 4]
-  assert cin.train_class_counts(stats, "keratosis", 2) == [6, 4]
+  assert cin.train_class_counts(stats, "seborrheic_keratosis", 1) == [6, 4]
+  assert cin.train_class_counts(stats, "keratosis", 1) == [6, 4]
   assert cin.train_class_counts(stats, "melanoma", 2) == [8, 2]
+  assert cin.train_class_counts(stats, "multiclass", 3) == [4, 2, 4]
   np.testing.assert_allclose(cin.class_weights([8, 2]), [10 / 16, 10 / 4])
   np.testing.assert_allclose(cin.class_weights([8, 2], "none"), [1, 1])
   record = {"melanoma": 0, "keratosis": 1, "label": 2}

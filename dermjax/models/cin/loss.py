@@ -6,7 +6,7 @@ import numpy as np
 import optax
 
 from dermjax import input_pipeline
-from dermjax.models.cin.model import same_class
+from dermjax.models.cin.model import head_classes, same_class
 
 WEIGHTINGS = ("balanced", "none")
 
@@ -33,8 +33,9 @@ def train_class_counts(data_stats: dict, target: str, num_classes: int):
   else:
     positives = int(train[key])
     counts = [int(train["num_images"]) - positives, positives]
-  if len(counts) != num_classes:
-    raise ValueError(f"data.target={target!r} has {len(counts)} classes, model.num_classes={num_classes}")
+  if len(counts) != head_classes(num_classes):
+    raise ValueError(f"data.target={target!r} has {len(counts)} classes; model.num_classes="
+                     f"{num_classes} needs {head_classes(num_classes)}")
   return counts
 
 
@@ -57,7 +58,8 @@ def loss(outputs, batch, config, stats):
   Padding rows and unknown labels (< 0) do not count (nor do pairs holding one)."""
   label = batch["label"]
   valid = batch["valid"].astype(jnp.float32) * (label >= 0)
-  weights = jnp.asarray(stats.get("class_weights", jnp.ones(config.model.num_classes)), jnp.float32)
+  weights = jnp.asarray(stats.get("class_weights", jnp.ones(head_classes(config.model.num_classes))),
+                        jnp.float32)
   ce_sum = jnp.sum(valid * weighted_ce(outputs["class_logits_a"], label, weights))
   count = jnp.sum(valid)
   metrics = {}

@@ -8,11 +8,13 @@
 
 The two branches have their own weights (`share_branches = False`, as the synergic network
 [22] CIN builds on; True: one Siamese network). At test time each image goes through both
-branches and their class probabilities are summed (Sec. 3.2): outputs["logits"] is the log
-of the normalised sum, so the trainer's softmax metrics read exactly (p_a + p_b) / 2; for
-two classes it is the single logit log(p_1 / p_0), whose sigmoid is that mean probability of
-class 1 (the binary AUC / AP / ACC / SE / SP of the paper). Without D there is one branch.
-In training outputs["logits"] is branch a's (on the unpaired images).
+branches and their class probabilities are summed (Sec. 3.2). The heads are softmax
+classifiers over K = max(num_classes, 2) classes (eq. 4's weighted CE); outputs["logits"]
+follows the model contract: for num_classes = 1 (binary targets, the paper's tasks) the one
+logit log(p_1 / p_0) of the mean (p_a + p_b) / 2, so the trainer's sigmoid reads exactly that
+mean probability of class 1 (binary AUC / AP / ACC / SE / SP); for num_classes = K > 1 the
+log of the mean probabilities [B, K]. Without D there is one branch. In training
+outputs["logits"] is branch a's (on the unpaired images).
 
 Stage 1 (`lesion_attention`, dermjax.models.cin.lesion.LesionAttention) always runs with
 train=False (running BN statistics) behind a stop_gradient; its parameters come from the
@@ -88,29 +90,33 @@ def same_class(label, perm):
   return (label == label[perm]).astype(jnp.float32)
 
 
-def summed_logits(logits_a, logits_b):
-  """Test-time fusion: branch logits [B, K] -> the log of (softmax a + softmax b) / 2, or for
-  K = 2 the logit [B, 1] log(p_1 / p_0) of that mean (sigmoid -> mean probability of class 1)."""
+def head_classes(num_classes: int) -> int:
+  """Softmax classes of the heads: 2 for a one-score (sigmoid) model, else num_classes."""
+  return max(int(num_classes), 2)
+
+
+def summed_logits(logits_a, logits_b, num_classes: int = 1):
+  """Test-time fusion: branch logits [B, K] -> log (softmax a + softmax b) / 2 [B, K], or for
+  num_classes = 1 (K = 2) the logit [B, 1] log(p_1 / p_0) of that mean (its sigmoid = the
+  mean probability of class 1)."""
   p = (jax.nn.softmax(logits_a, axis=-1) + jax.nn.softmax(logits_b, axis=-1)) / 2
-  logp = jnp.log(jnp.maximum(p, 1e-30))
-  if logp.shape[-1] == 2:
-    return logp[:, 1:] - logp[:, :1]
-  return logp
+  return contract_logits(jnp.log(jnp.maximum(p, 1e-30)), num_classes)
 
 
-def binary_logits(logits):
-  """Class logits [B, K] -> the trainer's form: [B, 1] logit of class 1 for K = 2, else [B, K]."""
-  if logits.shape[-1] == 2:
+def contract_logits(logits, num_classes: int):
+  """Head logits (or log-probabilities) [B, K] -> outputs["logits"]: [B, 1] = logit of class 1
+  (log p_1 - log p_0) for num_classes = 1, else unchanged."""
+  if num_classes == 1:
     return logits[:, 1:] - logits[:, :1]
   return logits
 
 
 class CIN(nn.Module):
-  """batch {"image" [B, S, S, 3], ...} -> outputs (see the module docstring):
-  class_logits_a [B, K], logits, and with A lesion_map [B, S, S], crop_box [B, 4]; with F
+  """batch {"image" [B, S, S, 3], ...} -> outputs (see the module docstring): head logits
+  class_logits_a [B, K], logits [B, max(num_classes, 1)], and with A lesion_map [B, S, S], crop_box [B, 4]; with F
   q [B, h, w] (branch a); with D class_logits_b [B, K], pair_perm [B], pair_logit [B]."""
 
-  num_classes: int = 2
+  num_classes: int = 1          # the contract's: 1 = one sigmoid score (2-way softmax heads).
   lesion: bool = True
   attention: bool = True
   distinguish: bool = True
@@ -135,7 +141,7 @@ class CIN(nn.Module):
       found = jax.lax.stop_gradient(stage1({"image": image}, train=False))
       out["lesion_map"], out["crop_box"] = found["lesion_map"], found["box"]
       image = crop.crop_and_resize(image, found["box"], image.shape[1])
-    branch = lambda name: Branch(self.num_classes, self.arch, self.attention, self.hidden,
+    branch = lambda name: Branch(head_classes(self.num_classes), self.arch, self.attention, self.hidden,
                                  self.reduction, self.correlation_norm, self.correlation, self.dtype,
                                  name=name)
     branch_a = branch("branch_a")
@@ -144,7 +150,7 @@ class CIN(nn.Module):
     if "q" in a:
       out["q"] = a["q"]
     if not self.distinguish:
-      out["logits"] = binary_logits(a["class_logits"])
+      out["logits"] = contract_logits(a["class_logits"], self.num_classes)
       return out
     size = image.shape[0]
     perm = (pair_permutation(self.make_rng("sample"), size) if train
@@ -155,8 +161,8 @@ class CIN(nn.Module):
     out["pair_logit"] = Distinguish(self.distinguish_features, self.distinguish_hidden, self.dropout,
                                     self.dtype, name="distinguish")(a["features"], b["features"], train=train)
     # Evaluation pairs are the identity: both branches saw the same image; sum their probabilities.
-    out["logits"] = (binary_logits(a["class_logits"]) if train
-                     else summed_logits(a["class_logits"], b["class_logits"]))
+    out["logits"] = (contract_logits(a["class_logits"], self.num_classes) if train
+                     else summed_logits(a["class_logits"], b["class_logits"], self.num_classes))
     return out
 
 
