@@ -38,11 +38,10 @@ from dermjax.data import sampling
 from dermjax.data import schema
 
 CROPS = ("resize_center_crop", "center_fraction")
-# data.target -> the record column holding its label. "seborrheic_keratosis" (ISIC 2017
-# sub-task 2, seborrheic keratosis vs rest) is the documented name; "keratosis" is an alias.
-TARGET_KEYS = {"melanoma": "melanoma", "multiclass": "label", "seborrheic_keratosis": "keratosis",
-               "keratosis": "keratosis"}
-TARGETS = tuple(TARGET_KEYS)
+# config.data.target -> the record field that is its label. "seborrheic_keratosis" (ISIC 2017
+# sub-task 2, seborrheic keratosis vs rest) is the documented name; "keratosis" an alias.
+TARGETS = {"melanoma": "melanoma", "multiclass": "label", "seborrheic_keratosis": "keratosis",
+           "keratosis": "keratosis"}
 MASK_CHANNELS = 1 + schema.NUM_ATTRIBUTES
 _ENDLESS = 2**62  # "Infinite" length of the training position stream.
 
@@ -106,9 +105,14 @@ def decode_jpeg_for(data, box_fn, size):
 
 def target_label(record, target):
   """The diagnosis target of one record (int, -1 if unknown)."""
+  return int(record[target_key(target)])
+
+
+def target_key(target):
+  """The record field holding config.data.target's label; raises for an unknown target."""
   if target not in TARGETS:
-    raise ValueError(f"data.target must be one of {TARGETS}, got {target!r}")
-  return int(record[TARGET_KEYS[target]])
+    raise ValueError(f"data.target must be one of {tuple(TARGETS)}, got {target!r}")
+  return TARGETS[target]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,12 +348,12 @@ def class_names(layout, target):
   """Names of the values `label` takes for `target`."""
   if target == "melanoma":
     return ("other", "melanoma")
-  if TARGET_KEYS.get(target) == "keratosis":
+  if TARGETS.get(target) == "keratosis":
     return ("other", "seborrheic_keratosis")
   if target == "multiclass":
     from dermjax.data import isic  # pylint: disable=g-import-not-at-top
     return isic.classes(layout)
-  raise ValueError(f"data.target must be one of {TARGETS}, got {target!r}")
+  raise ValueError(f"data.target must be one of {tuple(TARGETS)}, got {target!r}")
 
 
 def synthetic_dir(data_config, workdir):
@@ -465,8 +469,7 @@ def create_datasets(data_config, *, mesh, workdir=None) -> Datasets:
   """config.data -> Datasets: prepares the data once (synthetic when data.dir is None)."""
   from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
   c = data_config
-  if c.target not in TARGETS:
-    raise ValueError(f"data.target must be one of {TARGETS}, got {c.target!r}")
+  label_key = target_key(c.target)
   if c.dir is None:
     raw_dir = ensure_synthetic(c, workdir)
     logging.warning("no dataset path given (config.data.dir); using synthetic %s data in %s",
@@ -499,8 +502,7 @@ def create_datasets(data_config, *, mesh, workdir=None) -> Datasets:
     index["validation"], index["train"] = _take(index["train"], held), _take(index["train"], kept)
 
   loaders = {s: loader_from_config(raw[s], c, PreparedExampleLoader) for s in raw}
-  target_key = TARGET_KEYS[c.target]
   return Datasets(data_config=c, mesh=mesh, loaders=loaders, sources=records,
                   ids={s: v["ids"] for s, v in index.items()}, stats=prepared.stats,
-                  train_classes=index["train"][target_key],
+                  train_classes=index["train"][label_key],
                   train_melanoma=index["train"]["melanoma"])
