@@ -42,8 +42,9 @@ Choices where the paper is silent (see also dermjax/models/cin/*.py docstrings):
   D) take an ImageNet ResNet-18 checkpoint as config.model.pretrained instead.
 - The crop is resampled to the input size (448 px at paper scale) from the 448 px image.
 - Classifier: GAP of F_A -> FC(256) -> ReLU -> FC(2) softmax; the trainer sees one logit
-  log(p_1 / p_0) (model.num_classes = 1), at test time of the branches' mean probability. Distinguish: 1x1/3x3/3x3 convs of 256
-  channels with ReLU, GAP, FC(256), ReLU, dropout 0.5, FC(1). Attention widths C/8. Eq. 2's
+  log(p_1 / p_0) (model.num_classes = 1), at test time of the branches' mean probability.
+  Distinguish: 1x1/3x3/3x3 convs of 256 channels with ReLU, GAP, FC(256), ReLU, dropout
+  0.5, FC(1). CPU size: FC / distinguish widths 16, decoder 32/16/8. Attention widths C/8. Eq. 2's
   softmax over all M x M entries as printed (--config.model.correlation_norm=row: per row).
 - With D, the two branches have separate weights (the synergic-network design CIN compares
   with; their summed probabilities at test time, Sec. 3.2, would otherwise be one branch's);

@@ -29,8 +29,9 @@ import jax.numpy as jnp
 
 from dermjax.models.backbones import build_backbone
 from dermjax.models.cin.attention import LesionFeatureAttention
+from dermjax.models.cin import lesion
 from dermjax.models.cin.lesion import LesionAttention
-from dermjax.models.common import crop
+from dermjax.models.common import compute_dtype, crop
 
 
 class Branch(nn.Module):
@@ -113,8 +114,9 @@ def contract_logits(logits, num_classes: int):
 
 class CIN(nn.Module):
   """batch {"image" [B, S, S, 3], ...} -> outputs (see the module docstring): head logits
-  class_logits_a [B, K], logits [B, max(num_classes, 1)], and with A lesion_map [B, S, S], crop_box [B, 4]; with F
-  q [B, h, w] (branch a); with D class_logits_b [B, K], pair_perm [B], pair_logit [B]."""
+  class_logits_a [B, K], logits [B, num_classes]; with A lesion_map [B, S, S], crop_box
+  [B, 4]; with F q [B, h, w] (branch a); with D class_logits_b [B, K], pair_perm [B],
+  pair_logit [B]. share_branches=True has no branch_b (drop it from pretrained_targets)."""
 
   num_classes: int = 1          # the contract's: 1 = one sigmoid score (2-way softmax heads).
   lesion: bool = True
@@ -168,8 +170,6 @@ class CIN(nn.Module):
 
 def build(config):
   """config.model (configs/cin.py) -> CIN."""
-  from dermjax.models.cin import lesion  # pylint: disable=g-import-not-at-top
-  from dermjax.models.common import compute_dtype  # pylint: disable=g-import-not-at-top
   m = config.model
   return CIN(num_classes=m.num_classes, lesion=m.use_lesion, attention=m.use_attention,
              distinguish=m.use_distinguish, share_branches=m.share_branches, arch=m.arch,
