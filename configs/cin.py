@@ -50,6 +50,7 @@ Choices where the paper is silent (see also dermjax/models/cin/*.py docstrings):
   with; their summed probabilities at test time, Sec. 3.2, would otherwise be one branch's);
   pairs: each image with a random permutation of the batch, drawn on device.
 - Eq. 4's class weights: N / (K n_j) from the training split's counts (stats.json).
+- Augmentation (the paper names none): any rotation, flips, random zoom 0.8-1 (both stages).
 - Optimiser (the paper names none): SGD momentum 0.9, lr 1e-3 x0.1 every 20 epochs (paper),
   weight decay 1e-4, 60 epochs; best epoch by validation AUC.
 """
@@ -80,7 +81,7 @@ def get_config(arg=None):
   data.layout = dataset
   data.target = "seborrheic_keratosis" if dataset == "isic2017" else "melanoma"
   data.crop = "resize_center_crop"
-  data.augment.rotation = True
+  data.augment.rotation = "uniform"   # the paper names no augmentation: rotation, flips, zoom.
   data.augment.hflip = True
   data.augment.vflip = True
   data.augment.zoom = (0.8, 1.0)
