@@ -17,6 +17,8 @@ metrics (dermjax.metrics.diagnosis) and the results under the workdir:
 import functools
 import math
 import os
+import signal
+import time
 from typing import Any
 
 import flax
@@ -31,6 +33,8 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from dermjax import checkpoint as ckpt_lib
+from dermjax import config_lib
+from dermjax import faults
 from dermjax import fileio
 from dermjax import input_pipeline
 from dermjax import models
@@ -126,8 +130,24 @@ def create_train_state(config, module, batch_shapes, *, mean, std, steps_per_epo
   return state, tx, mask
 
 
+def update_ok(loss, grad_norm, train_config):
+  """Scalar bool: loss and global gradient norm finite and within train.max_loss /
+  train.max_grad_norm (bounds <= 0 are off)."""
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  max_loss = float(train_config.get("max_loss", 0) or 0)
+  max_grad_norm = float(train_config.get("max_grad_norm", 0) or 0)
+  if max_loss > 0:
+    ok &= jnp.abs(loss) <= max_loss
+  if max_grad_norm > 0:
+    ok &= grad_norm <= max_grad_norm
+  return ok
+
+
 def make_train_step(module, model_lib, tx, mask, config, loss_stats, mean, std):
-  """(state, host batch) -> (state, {name: clu Average}). Gradients only for trainable params."""
+  """(state, host batch) -> (state, {name: clu Average}). Gradients only for trainable params.
+
+  metrics["applied"] is 1 when the update was applied, 0 when the divergence guard
+  (update_ok) dropped it."""
   mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
   def train_step(state, batch):
@@ -149,11 +169,17 @@ def make_train_step(module, model_lib, tx, mask, config, loss_stats, mean, std):
     updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
     new_trainable, _ = _split(optax.apply_updates(state.params, updates), mask)
     params = _merge(new_trainable, frozen)  # Frozen parameters stay bit-identical.
-    scalars = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+    grad_norm = optax.tree.norm(grads)
+    # Divergence guard: an update from a non-finite or out-of-bounds loss / gradient is
+    # dropped (state kept bit for bit, step still advances); the host reads "applied".
+    ok = update_ok(loss, grad_norm, config.train)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    scalars = {"loss": loss, "grad_norm": grad_norm, "applied": ok, **aux}
     metrics = {k: clu_metrics.Average.from_model_output(jnp.asarray(v, jnp.float32))
                for k, v in scalars.items()}
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
+    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                              batch_stats=keep(batch_stats, state.batch_stats),
+                              opt_state=keep(opt_state, state.opt_state))
     return new_state, metrics
 
   return train_step
@@ -328,9 +354,105 @@ def _pngs(directory, prefix):
           for name in sorted(os.listdir(directory)) if name.endswith(".png")}
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains `config.model` as `config` says, resuming from workdir; returns {split: result}."""
-  workdir = os.path.abspath(workdir)
+class Diverged(faults.RunError):
+  """The divergence guard stopped the run (exit status 3)."""
+
+  def __init__(self, message):
+    super().__init__(message, exit_code=3)
+
+
+class DivergenceGuard:
+  """Host side of the divergence guard: reads each step's "applied" flag (one step late,
+  so one step stays queued on the device) and stops or counts per train.on_nonfinite."""
+
+  def __init__(self, train_config, checkpoints, skipped=0, in_a_row=0):
+    self.mode = train_config.get("on_nonfinite", "stop")
+    if self.mode not in ("stop", "skip"):
+      raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {self.mode!r}")
+    self.patience = int(train_config.get("max_skipped_in_a_row", 10))
+    self.bounds = (f"train.max_loss={train_config.get('max_loss')}, "
+                   f"train.max_grad_norm={train_config.get('max_grad_norm')}")
+    self.checkpoints = checkpoints
+    self.skipped, self.in_a_row = int(skipped), int(in_a_row)
+    self.last_ok = None  # (step, metrics) of the newest applied step
+
+  def check(self, step, metrics):
+    """Raises Diverged when the run must stop at `step`; counts skipped steps."""
+    if float(metrics["applied"].total) > 0:  # The one per-step host read (a scalar).
+      self.last_ok, self.in_a_row = (step, metrics), 0
+      return
+    loss, grad_norm = float(metrics["loss"].compute()), float(metrics["grad_norm"].compute())
+    what = (f"loss {loss:.6g}, gradient norm {grad_norm:.6g} (not finite or above "
+            f"{self.bounds})")
+    self.skipped, self.in_a_row = self.skipped + 1, self.in_a_row + 1
+    if self.mode == "skip" and self.in_a_row < self.patience:
+      logging.warning("step %d: %s; update skipped (%d in a row, %d in all)", step, what,
+                      self.in_a_row, self.skipped)
+      return
+    latest = self.checkpoints.steps()
+    last = ("none" if self.last_ok is None else
+            f"{float(self.last_ok[1]['loss'].compute()):.6g} at step {self.last_ok[0]}")
+    raise Diverged(
+        f"training diverged at step {step}: {what}"
+        + (f", {self.in_a_row} steps in a row" if self.mode == "skip" else "")
+        + f"; last finite loss {last}; latest good checkpoint: "
+        + (os.path.join(self.checkpoints.directory, ckpt_lib.LATEST, str(latest[-1]))
+           if latest else "none")
+        + "; lower the learning rate (a rerun resumes from that checkpoint) or set "
+        "train.on_nonfinite=skip")
+
+
+def check_resume_config(config, stored_meta, allow_changed: bool):
+  """Raises RunError listing the fields that differ from the config the checkpoint was
+  trained with (run-length fields excepted), unless `allow_changed`."""
+  if not stored_meta or "config" not in stored_meta:
+    return []
+  differences = config_lib.config_differences(stored_meta["config"],
+                                              config_lib.config_dict(config))
+  if differences and not allow_changed:
+    raise faults.RunError(
+        f"the checkpoint at step {stored_meta.get('step')} was trained with another config: "
+        + "; ".join(differences) + ". Rerun with that config, use another --workdir, or pass "
+        "--resume_with_changed_config", exit_code=2)
+  for line in differences:
+    logging.warning("resuming with a changed config field: %s", line)
+  return differences
+
+
+def _record_config(config, workdir, resumed_step, changed):
+  """Writes <workdir>/config.json (atomically); when a resume changed the config the
+  previous file is kept as config.before_step_<step>.json."""
+  path = os.path.join(workdir, "config.json")
+  if changed and os.path.exists(path):
+    os.replace(path, os.path.join(workdir, f"config.before_step_{resumed_step}.json"))
+  fileio.write_text(path, config.to_json_best_effort(indent=2))
+
+
+def train_and_evaluate(config, workdir: str, *, resume_with_changed_config=False) -> dict:
+  """Trains `config.model` as `config` says, resuming from workdir; returns {split: result}.
+
+  Holds <workdir>/.lock for the whole run (faults.WorkdirLock); SIGINT / SIGTERM stop it
+  at a step boundary after saving `latest` (faults.Interrupted). Raises faults.RunError
+  (one line) for a locked / unwritable workdir, a changed config on resume, divergence.
+  """
+  workdir = faults.writable_workdir(os.path.abspath(workdir))
+  lock = faults.WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
+  try:
+    with faults.StopSignals() as stop:
+      return _train_and_evaluate(config, workdir, stop, resume_with_changed_config)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _due(every, value):
+  return every > 0 and value >= every
+
+
+def _train_and_evaluate(config, workdir, stop, resume_with_changed_config):
+  tracked = tracked_metrics(config)
+  checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), tracked)
+  changed = check_resume_config(config, checkpoints.latest_meta(), resume_with_changed_config)
   mesh = create_mesh()
   datasets = input_pipeline.create_datasets(config.data, mesh=mesh, workdir=workdir)
   model_lib = models.get(config.model.name)
@@ -352,69 +474,106 @@ def train_and_evaluate(config, workdir: str) -> dict:
                config.model.name, num_params, num_trainable, steps_per_epoch, total_steps,
                jax.device_count())
 
-  tracked = tracked_metrics(config)
-  checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), tracked)
   best = {m: None for m in tracked}
+  best_steps = {m: None for m in tracked}
+  meta = {}
   restored = checkpoints.restore_latest(state)
   if restored is not None:
     state, meta = restored
     datasets.train.set_state(meta["train_iterator"])
     best.update({k: v for k, v in meta.get("best", {}).items() if k in best})
+    best_steps.update({k: v for k, v in meta.get("best_steps", {}).items() if k in best})
     logging.info("resumed from step %d", int(state.step))
+  elif os.path.isdir(os.path.join(checkpoints.directory, ckpt_lib.CORRUPT)):
+    logging.warning("no readable checkpoint in %s; starting from step 0", checkpoints.directory)
+  start_step = int(state.step)
+  checkpoints.supersede_after(start_step)
+  for metric, step in best_steps.items():  # A save killed between latest and best_*.
+    if step == start_step and start_step not in checkpoints.steps(metric):
+      checkpoints.save_best(metric, start_step, state, meta)
 
   writer = writers.SummaryWriter(os.path.join(workdir, "tensorboard"),
-                                 enabled=jax.process_index() == 0)
+                                 enabled=jax.process_index() == 0, resume_step=start_step)
   train_step, eval_step = jit_steps(module, model_lib, tx, mask, config, loss_stats,
                                     datasets.mean, datasets.std, mesh)
   if config.train.save_config and jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    fileio.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    _record_config(config, workdir, start_step, changed)
 
-  start_step = int(state.step)
+  guard = DivergenceGuard(config.train, checkpoints, meta.get("skipped_steps", 0),
+                          meta.get("skipped_in_a_row", 0))
   progress = writers.Progress(total_steps, start_step)
-  accumulated = None
+  accumulated = pending = None
   eval_every = max(int(config.train.eval_every_epochs), 1)
+  every_steps = int(config.train.get("checkpoint_every_steps", 0) or 0)
+  every_seconds = 60 * float(config.train.get("checkpoint_every_minutes", 0) or 0)
+  if jax.process_count() > 1:
+    every_seconds = 0  # Hosts' clocks would disagree on a collective save.
+  saved_step, saved_time = start_step, time.monotonic()
   checkpoint_split = config.train.checkpoint_metric.split("/", 1)[0]
-  for step in range(start_step + 1, total_steps + 1):
-    batch = next(datasets.train)
-    state, step_metrics = train_step(state, batch)
-    accumulated = step_metrics if accumulated is None else {
-        k: accumulated[k].merge(v) for k, v in step_metrics.items()}
-    if step % config.train.log_every_steps == 0 or step == total_steps:
-      scalars = {f"train/{k}": float(v.compute()) for k, v in accumulated.items()}
-      steps_per_sec, _ = progress(step, f"loss {scalars['train/loss']:.4f}")
-      scalars["train/steps_per_sec"] = steps_per_sec
-      scalars.update({f"train/lr_{g}": lr for g, lr in
-                      optim.learning_rates(config.optim, steps_per_epoch, step - 1).items()})
-      writer.write_scalars(step, scalars)
-      accumulated = None
-    epoch_end = step % steps_per_epoch == 0
-    if not (epoch_end or step == total_steps):
-      continue
-    meta = {"step": step, "epoch": step / steps_per_epoch,
-            "train_iterator": datasets.train.get_state()}
-    if step == total_steps or (step // steps_per_epoch) % eval_every == 0:
-      losses, arrays = run_eval(eval_step, state, datasets.eval(checkpoint_split))
-      results = {checkpoint_split: split_metrics(losses, arrays, config, model_lib,
-                                                 datasets.class_names)}
-      scalars = scalar_summaries(checkpoint_split, results[checkpoint_split])
-      writer.write_scalars(step, scalars)
-      logging.info("step %d %s: %s", step, checkpoint_split,
-                   ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in sorted(scalars.items())
-                             if k.split("/", 1)[1] in ("loss", "auc", "ap", "mean_auc")))
-      meta["metrics"] = scalars
-      for metric, mode in tracked.items():
-        if metric.split("/", 1)[0] != checkpoint_split:
-          raise ValueError(f"checkpoint metric {metric!r}: only {checkpoint_split!r} is evaluated "
-                           "during training")
-        value = _flat_value(results, metric)
-        if _better(value, best[metric], mode):
-          best[metric] = value
-          meta["best"] = dict(best)
-          checkpoints.save_best(metric, step, state, meta)
-    meta["best"] = dict(best)
-    checkpoints.save_latest(step, state, meta)
-  writer.flush()
+  stop.deferred = True
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      batch = next(datasets.train)
+      state, step_metrics = train_step(state, batch)
+      if pending is not None:
+        guard.check(*pending)  # The previous step, while this one runs on the device.
+      pending = (step, step_metrics)
+      accumulated = step_metrics if accumulated is None else {
+          k: accumulated[k].merge(v) for k, v in step_metrics.items()}
+      if step % config.train.log_every_steps == 0 or step == total_steps:
+        scalars = {f"train/{k}": float(v.compute()) for k, v in accumulated.items()}
+        steps_per_sec, _ = progress(step, f"loss {scalars['train/loss']:.4f}")
+        scalars["train/steps_per_sec"] = steps_per_sec
+        scalars.update({f"train/lr_{g}": lr for g, lr in
+                        optim.learning_rates(config.optim, steps_per_epoch, step - 1).items()})
+        writer.write_scalars(step, scalars)
+        accumulated = None
+      epoch_end = step % steps_per_epoch == 0
+      if not (epoch_end or step == total_steps or stop.requested is not None
+              or _due(every_steps, step - saved_step)
+              or _due(every_seconds, time.monotonic() - saved_time)):
+        continue
+      guard.check(*pending)  # Never save (or evaluate) a state after an unchecked step.
+      pending = None
+      meta = {"step": step, "epoch": step / steps_per_epoch,
+              "train_iterator": datasets.train.get_state(),
+              "config": config_lib.config_dict(config),
+              "skipped_steps": guard.skipped, "skipped_in_a_row": guard.in_a_row}
+      improved = []
+      if (epoch_end and (step // steps_per_epoch) % eval_every == 0) or step == total_steps:
+        losses, arrays = run_eval(eval_step, state, datasets.eval(checkpoint_split))
+        results = {checkpoint_split: split_metrics(losses, arrays, config, model_lib,
+                                                   datasets.class_names)}
+        scalars = scalar_summaries(checkpoint_split, results[checkpoint_split])
+        writer.write_scalars(step, scalars)
+        logging.info("step %d %s: %s", step, checkpoint_split,
+                     ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in sorted(scalars.items())
+                               if k.split("/", 1)[1] in ("loss", "auc", "ap", "mean_auc")))
+        meta["metrics"] = scalars
+        for metric, mode in tracked.items():
+          if metric.split("/", 1)[0] != checkpoint_split:
+            raise ValueError(f"checkpoint metric {metric!r}: only {checkpoint_split!r} is "
+                             "evaluated during training")
+          value = _flat_value(results, metric)
+          if _better(value, best[metric], mode):
+            best[metric], best_steps[metric] = value, step
+            improved.append(metric)
+      meta.update(best=dict(best), best_steps=dict(best_steps))
+      checkpoints.save_latest(step, state, meta)  # latest first: a kill here loses no best_*
+      for metric in improved:
+        checkpoints.save_best(metric, step, state, meta)
+      saved_step, saved_time = step, time.monotonic()
+      if stop.requested is not None:
+        name = signal.Signals(stop.requested).name
+        raise faults.Interrupted(
+            f"stopped by {name} at step {step} of {total_steps}; saved "
+            f"{os.path.join(checkpoints.directory, ckpt_lib.LATEST, str(step))}; rerun the "
+            "same command to resume", exit_code=128 + stop.requested)
+    if pending is not None:
+      guard.check(*pending)
+  finally:
+    stop.deferred = False
+    writer.flush()
 
   # Final evaluation with the best checkpoint by config.train.checkpoint_metric.
   final = checkpoints.restore_best(config.train.checkpoint_metric, state)

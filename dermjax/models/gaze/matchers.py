@@ -43,6 +43,8 @@ def _host_assign(cost, valid_rows):
   out = np.full(flat_valid.shape, -1, np.int32)
   for b in range(flat_cost.shape[0]):
     c = np.where(flat_valid[b][:, None], flat_cost[b], ABSENT_COST)
+    # A diverged model's NaN cost must reach the trainer's divergence guard, not stop scipy.
+    c = np.nan_to_num(c, nan=ABSENT_COST, posinf=ABSENT_COST, neginf=-ABSENT_COST)
     rows, cols = scipy.optimize.linear_sum_assignment(c)
     out[b, rows] = cols
   out[~flat_valid] = -1
