@@ -110,8 +110,8 @@ class Checkpoints:
       logging.info("checkpoint %s/%d exists; kept as it is", name, step)
       return
     try:
-      manager.save(int(step), args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(encode_json(meta))), force=True)
+      manager.save(int(step), force=True, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(encode_json(meta))))
       manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       error = faults.storage_error(e, f"saving checkpoint {name}/{step} failed")

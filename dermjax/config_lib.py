@@ -19,6 +19,10 @@ import os
 from typing import Sequence
 
 import ml_collections
+from absl import logging
+
+from dermjax import faults
+from dermjax import fileio
 
 SCALES = ("cpu", "paper")
 
@@ -198,6 +202,31 @@ def config_differences(stored: dict, current: dict, ignore=RUN_LENGTH_FIELDS) ->
   return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
           for k in sorted(set(a) | set(b))
           if not skip(k) and a.get(k, missing) != b.get(k, missing)]
+
+
+def check_resume_config(config, stored_meta, allow_changed: bool):
+  """Raises RunError listing the fields that differ from the config the checkpoint was
+  trained with (run-length fields excepted), unless `allow_changed`."""
+  if not stored_meta or "config" not in stored_meta:
+    return []
+  differences = config_differences(stored_meta["config"], config_dict(config))
+  if differences and not allow_changed:
+    raise faults.RunError(
+        f"the checkpoint at step {stored_meta.get('step')} was trained with another config: "
+        + "; ".join(differences) + ". Rerun with that config, use another --workdir, or pass "
+        "--resume_with_changed_config", exit_code=2)
+  for line in differences:
+    logging.warning("resuming with a changed config field: %s", line)
+  return differences
+
+
+def record_config(config, workdir, resumed_step, changed):
+  """Writes <workdir>/config.json (atomically); when a resume changed the config the
+  previous file is kept as config.before_step_<step>.json."""
+  path = os.path.join(workdir, "config.json")
+  if changed and os.path.exists(path):
+    os.replace(path, os.path.join(workdir, f"config.before_step_{resumed_step}.json"))
+  fileio.write_text(path, config.to_json_best_effort(indent=2))
 
 
 def config_module(path: str):

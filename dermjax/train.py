@@ -34,6 +34,7 @@ from jax.experimental import multihost_utils
 
 from dermjax import checkpoint as ckpt_lib
 from dermjax import config_lib
+from dermjax import divergence
 from dermjax import faults
 from dermjax import fileio
 from dermjax import input_pipeline
@@ -130,24 +131,11 @@ def create_train_state(config, module, batch_shapes, *, mean, std, steps_per_epo
   return state, tx, mask
 
 
-def update_ok(loss, grad_norm, train_config):
-  """Scalar bool: loss and global gradient norm finite and within train.max_loss /
-  train.max_grad_norm (bounds <= 0 are off)."""
-  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  max_loss = float(train_config.get("max_loss", 0) or 0)
-  max_grad_norm = float(train_config.get("max_grad_norm", 0) or 0)
-  if max_loss > 0:
-    ok &= jnp.abs(loss) <= max_loss
-  if max_grad_norm > 0:
-    ok &= grad_norm <= max_grad_norm
-  return ok
-
-
 def make_train_step(module, model_lib, tx, mask, config, loss_stats, mean, std):
   """(state, host batch) -> (state, {name: clu Average}). Gradients only for trainable params.
 
   metrics["applied"] is 1 when the update was applied, 0 when the divergence guard
-  (update_ok) dropped it."""
+  (divergence.update_ok) dropped it."""
   mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
   def train_step(state, batch):
@@ -172,7 +160,7 @@ def make_train_step(module, model_lib, tx, mask, config, loss_stats, mean, std):
     grad_norm = optax.tree.norm(grads)
     # Divergence guard: an update from a non-finite or out-of-bounds loss / gradient is
     # dropped (state kept bit for bit, step still advances); the host reads "applied".
-    ok = update_ok(loss, grad_norm, config.train)
+    ok = divergence.update_ok(loss, grad_norm, config.train)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     scalars = {"loss": loss, "grad_norm": grad_norm, "applied": ok, **aux}
     metrics = {k: clu_metrics.Average.from_model_output(jnp.asarray(v, jnp.float32))
@@ -354,80 +342,6 @@ def _pngs(directory, prefix):
           for name in sorted(os.listdir(directory)) if name.endswith(".png")}
 
 
-class Diverged(faults.RunError):
-  """The divergence guard stopped the run (exit status 3)."""
-
-  def __init__(self, message):
-    super().__init__(message, exit_code=3)
-
-
-class DivergenceGuard:
-  """Host side of the divergence guard: reads each step's "applied" flag (one step late,
-  so one step stays queued on the device) and stops or counts per train.on_nonfinite."""
-
-  def __init__(self, train_config, checkpoints, skipped=0, in_a_row=0):
-    self.mode = train_config.get("on_nonfinite", "stop")
-    if self.mode not in ("stop", "skip"):
-      raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {self.mode!r}")
-    self.patience = int(train_config.get("max_skipped_in_a_row", 10))
-    self.bounds = (f"train.max_loss={train_config.get('max_loss')}, "
-                   f"train.max_grad_norm={train_config.get('max_grad_norm')}")
-    self.checkpoints = checkpoints
-    self.skipped, self.in_a_row = int(skipped), int(in_a_row)
-    self.last_ok = None  # (step, metrics) of the newest applied step
-
-  def check(self, step, metrics):
-    """Raises Diverged when the run must stop at `step`; counts skipped steps."""
-    if float(metrics["applied"].total) > 0:  # The one per-step host read (a scalar).
-      self.last_ok, self.in_a_row = (step, metrics), 0
-      return
-    loss, grad_norm = float(metrics["loss"].compute()), float(metrics["grad_norm"].compute())
-    what = (f"loss {loss:.6g}, gradient norm {grad_norm:.6g} (not finite or above "
-            f"{self.bounds})")
-    self.skipped, self.in_a_row = self.skipped + 1, self.in_a_row + 1
-    if self.mode == "skip" and self.in_a_row < self.patience:
-      logging.warning("step %d: %s; update skipped (%d in a row, %d in all)", step, what,
-                      self.in_a_row, self.skipped)
-      return
-    latest = self.checkpoints.steps()
-    last = ("none" if self.last_ok is None else
-            f"{float(self.last_ok[1]['loss'].compute()):.6g} at step {self.last_ok[0]}")
-    raise Diverged(
-        f"training diverged at step {step}: {what}"
-        + (f", {self.in_a_row} steps in a row" if self.mode == "skip" else "")
-        + f"; last finite loss {last}; latest good checkpoint: "
-        + (os.path.join(self.checkpoints.directory, ckpt_lib.LATEST, str(latest[-1]))
-           if latest else "none")
-        + "; lower the learning rate (a rerun resumes from that checkpoint) or set "
-        "train.on_nonfinite=skip")
-
-
-def check_resume_config(config, stored_meta, allow_changed: bool):
-  """Raises RunError listing the fields that differ from the config the checkpoint was
-  trained with (run-length fields excepted), unless `allow_changed`."""
-  if not stored_meta or "config" not in stored_meta:
-    return []
-  differences = config_lib.config_differences(stored_meta["config"],
-                                              config_lib.config_dict(config))
-  if differences and not allow_changed:
-    raise faults.RunError(
-        f"the checkpoint at step {stored_meta.get('step')} was trained with another config: "
-        + "; ".join(differences) + ". Rerun with that config, use another --workdir, or pass "
-        "--resume_with_changed_config", exit_code=2)
-  for line in differences:
-    logging.warning("resuming with a changed config field: %s", line)
-  return differences
-
-
-def _record_config(config, workdir, resumed_step, changed):
-  """Writes <workdir>/config.json (atomically); when a resume changed the config the
-  previous file is kept as config.before_step_<step>.json."""
-  path = os.path.join(workdir, "config.json")
-  if changed and os.path.exists(path):
-    os.replace(path, os.path.join(workdir, f"config.before_step_{resumed_step}.json"))
-  fileio.write_text(path, config.to_json_best_effort(indent=2))
-
-
 def train_and_evaluate(config, workdir: str, *, resume_with_changed_config=False) -> dict:
   """Trains `config.model` as `config` says, resuming from workdir; returns {split: result}.
 
@@ -452,7 +366,8 @@ def _due(every, value):
 def _train_and_evaluate(config, workdir, stop, resume_with_changed_config):
   tracked = tracked_metrics(config)
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), tracked)
-  changed = check_resume_config(config, checkpoints.latest_meta(), resume_with_changed_config)
+  changed = config_lib.check_resume_config(config, checkpoints.latest_meta(),
+                                           resume_with_changed_config)
   mesh = create_mesh()
   datasets = input_pipeline.create_datasets(config.data, mesh=mesh, workdir=workdir)
   model_lib = models.get(config.model.name)
@@ -497,9 +412,9 @@ def _train_and_evaluate(config, workdir, stop, resume_with_changed_config):
   train_step, eval_step = jit_steps(module, model_lib, tx, mask, config, loss_stats,
                                     datasets.mean, datasets.std, mesh)
   if config.train.save_config and jax.process_index() == 0:
-    _record_config(config, workdir, start_step, changed)
+    config_lib.record_config(config, workdir, start_step, changed)
 
-  guard = DivergenceGuard(config.train, checkpoints, meta.get("skipped_steps", 0),
+  guard = divergence.DivergenceGuard(config.train, checkpoints, meta.get("skipped_steps", 0),
                           meta.get("skipped_in_a_row", 0))
   progress = writers.Progress(total_steps, start_step)
   accumulated = pending = None

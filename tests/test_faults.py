@@ -17,6 +17,7 @@ import pytest
 
 from dermjax import checkpoint
 from dermjax import config_lib
+from dermjax import divergence
 from dermjax import faults
 from dermjax import train
 from dermjax import writers
@@ -29,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_update_ok_checks_finiteness_and_bounds():
   cfg = config_lib.base_config().train
-  ok = lambda loss, norm: bool(train.update_ok(jnp.float32(loss), jnp.float32(norm), cfg))
+  ok = lambda loss, norm: bool(divergence.update_ok(jnp.float32(loss), jnp.float32(norm), cfg))
   assert ok(0.7, 3.0)
   assert not ok(np.nan, 3.0) and not ok(0.7, np.inf) and not ok(-np.inf, 1.0)
   assert not ok(1e21, 1.0)            # a finite explosion (issue #16: loss 1e21)
@@ -69,19 +70,19 @@ def _metrics(applied, loss=0.5):
 def test_guard_skip_counts_then_stops_after_n_in_a_row(tmp_path):
   cfg = config_lib.base_config().train
   cfg.on_nonfinite, cfg.max_skipped_in_a_row = "skip", 3
-  guard = train.DivergenceGuard(cfg, checkpoint.Checkpoints(str(tmp_path)))
+  guard = divergence.DivergenceGuard(cfg, checkpoint.Checkpoints(str(tmp_path)))
   guard.check(1, _metrics(1.0, loss=0.25))
   guard.check(2, _metrics(0.0, loss=np.nan))
   guard.check(3, _metrics(1.0))
   guard.check(4, _metrics(0.0, loss=np.nan))
   guard.check(5, _metrics(0.0, loss=np.nan))
   assert (guard.skipped, guard.in_a_row) == (3, 2)
-  with pytest.raises(train.Diverged, match=r"diverged at step 6.*3 steps in a row.*"
+  with pytest.raises(divergence.Diverged, match=r"diverged at step 6.*3 steps in a row.*"
                      r"last finite loss 0.5 at step 3.*latest good checkpoint: none"):
     guard.check(6, _metrics(0.0, loss=np.nan))
   cfg.on_nonfinite = "stop"
-  guard = train.DivergenceGuard(cfg, checkpoint.Checkpoints(str(tmp_path)))
-  with pytest.raises(train.Diverged, match="at step 1: loss nan.*last finite loss none"):
+  guard = divergence.DivergenceGuard(cfg, checkpoint.Checkpoints(str(tmp_path)))
+  with pytest.raises(divergence.Diverged, match="at step 1: loss nan.*last finite loss none"):
     guard.check(1, _metrics(0.0, loss=np.nan))
 
 
