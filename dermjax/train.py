@@ -415,7 +415,7 @@ def _train_and_evaluate(config, workdir, stop, resume_with_changed_config):
     config_lib.record_config(config, workdir, start_step, changed)
 
   guard = divergence.DivergenceGuard(config.train, checkpoints, meta.get("skipped_steps", 0),
-                          meta.get("skipped_in_a_row", 0))
+                                     meta.get("skipped_in_a_row", 0))
   progress = writers.Progress(total_steps, start_step)
   accumulated = pending = None
   eval_every = max(int(config.train.eval_every_epochs), 1)
@@ -425,70 +425,69 @@ def _train_and_evaluate(config, workdir, stop, resume_with_changed_config):
     every_seconds = 0  # Hosts' clocks would disagree on a collective save.
   saved_step, saved_time = start_step, time.monotonic()
   checkpoint_split = config.train.checkpoint_metric.split("/", 1)[0]
-  stop.deferred = True
-  try:
-    for step in range(start_step + 1, total_steps + 1):
-      batch = next(datasets.train)
-      state, step_metrics = train_step(state, batch)
-      if pending is not None:
-        guard.check(*pending)  # The previous step, while this one runs on the device.
-      pending = (step, step_metrics)
-      accumulated = step_metrics if accumulated is None else {
-          k: accumulated[k].merge(v) for k, v in step_metrics.items()}
-      if step % config.train.log_every_steps == 0 or step == total_steps:
-        scalars = {f"train/{k}": float(v.compute()) for k, v in accumulated.items()}
-        steps_per_sec, _ = progress(step, f"loss {scalars['train/loss']:.4f}")
-        scalars["train/steps_per_sec"] = steps_per_sec
-        scalars.update({f"train/lr_{g}": lr for g, lr in
-                        optim.learning_rates(config.optim, steps_per_epoch, step - 1).items()})
-        writer.write_scalars(step, scalars)
-        accumulated = None
-      epoch_end = step % steps_per_epoch == 0
-      if not (epoch_end or step == total_steps or stop.requested is not None
-              or _due(every_steps, step - saved_step)
-              or _due(every_seconds, time.monotonic() - saved_time)):
-        continue
-      guard.check(*pending)  # Never save (or evaluate) a state after an unchecked step.
-      pending = None
-      meta = {"step": step, "epoch": step / steps_per_epoch,
-              "train_iterator": datasets.train.get_state(),
-              "config": config_lib.config_dict(config),
-              "skipped_steps": guard.skipped, "skipped_in_a_row": guard.in_a_row}
-      improved = []
-      if (epoch_end and (step // steps_per_epoch) % eval_every == 0) or step == total_steps:
-        losses, arrays = run_eval(eval_step, state, datasets.eval(checkpoint_split))
-        results = {checkpoint_split: split_metrics(losses, arrays, config, model_lib,
-                                                   datasets.class_names)}
-        scalars = scalar_summaries(checkpoint_split, results[checkpoint_split])
-        writer.write_scalars(step, scalars)
-        logging.info("step %d %s: %s", step, checkpoint_split,
-                     ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in sorted(scalars.items())
-                               if k.split("/", 1)[1] in ("loss", "auc", "ap", "mean_auc")))
-        meta["metrics"] = scalars
-        for metric, mode in tracked.items():
-          if metric.split("/", 1)[0] != checkpoint_split:
-            raise ValueError(f"checkpoint metric {metric!r}: only {checkpoint_split!r} is "
-                             "evaluated during training")
-          value = _flat_value(results, metric)
-          if _better(value, best[metric], mode):
-            best[metric], best_steps[metric] = value, step
-            improved.append(metric)
-      meta.update(best=dict(best), best_steps=dict(best_steps))
-      checkpoints.save_latest(step, state, meta)  # latest first: a kill here loses no best_*
-      for metric in improved:
-        checkpoints.save_best(metric, step, state, meta)
-      saved_step, saved_time = step, time.monotonic()
-      if stop.requested is not None:
-        name = signal.Signals(stop.requested).name
-        raise faults.Interrupted(
-            f"stopped by {name} at step {step} of {total_steps}; saved "
-            f"{os.path.join(checkpoints.directory, ckpt_lib.LATEST, str(step))}; rerun the "
-            "same command to resume", exit_code=128 + stop.requested)
+  stop.deferred = True  # Signals now stop at the next step boundary (after a save).
+  for step in range(start_step + 1, total_steps + 1):
+    batch = next(datasets.train)
+    state, step_metrics = train_step(state, batch)
     if pending is not None:
-      guard.check(*pending)
-  finally:
-    stop.deferred = False
-    writer.flush()
+      guard.check(*pending)  # The previous step, while this one runs on the device.
+    pending = (step, step_metrics)
+    accumulated = step_metrics if accumulated is None else {
+        k: accumulated[k].merge(v) for k, v in step_metrics.items()}
+    if step % config.train.log_every_steps == 0 or step == total_steps:
+      scalars = {f"train/{k}": float(v.compute()) for k, v in accumulated.items()}
+      steps_per_sec, _ = progress(step, f"loss {scalars['train/loss']:.4f}")
+      scalars["train/steps_per_sec"] = steps_per_sec
+      scalars.update({f"train/lr_{g}": lr for g, lr in
+                      optim.learning_rates(config.optim, steps_per_epoch, step - 1).items()})
+      writer.write_scalars(step, scalars)
+      accumulated = None
+    epoch_end = step % steps_per_epoch == 0
+    if not (epoch_end or step == total_steps or stop.requested is not None
+            or _due(every_steps, step - saved_step)
+            or _due(every_seconds, time.monotonic() - saved_time)):
+      continue
+    guard.check(*pending)  # Never save (or evaluate) a state after an unchecked step.
+    pending = None
+    meta = {"step": step, "epoch": step / steps_per_epoch,
+            "train_iterator": datasets.train.get_state(),
+            "config": config_lib.config_dict(config),
+            "skipped_steps": guard.skipped, "skipped_in_a_row": guard.in_a_row}
+    improved = []
+    if (epoch_end and (step // steps_per_epoch) % eval_every == 0) or step == total_steps:
+      losses, arrays = run_eval(eval_step, state, datasets.eval(checkpoint_split))
+      results = {checkpoint_split: split_metrics(losses, arrays, config, model_lib,
+                                                 datasets.class_names)}
+      scalars = scalar_summaries(checkpoint_split, results[checkpoint_split])
+      writer.write_scalars(step, scalars)
+      logging.info("step %d %s: %s", step, checkpoint_split,
+                   ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in sorted(scalars.items())
+                             if k.split("/", 1)[1] in ("loss", "auc", "ap", "mean_auc")))
+      meta["metrics"] = scalars
+      for metric, mode in tracked.items():
+        if metric.split("/", 1)[0] != checkpoint_split:
+          raise ValueError(f"checkpoint metric {metric!r}: only {checkpoint_split!r} is evaluated "
+                           "during training")
+        value = _flat_value(results, metric)
+        if _better(value, best[metric], mode):
+          best[metric], best_steps[metric] = value, step
+          improved.append(metric)
+    meta.update(best=dict(best), best_steps=dict(best_steps))
+    checkpoints.save_latest(step, state, meta)  # latest first: a kill here loses no best_*
+    for metric in improved:
+      checkpoints.save_best(metric, step, state, meta)
+    saved_step, saved_time = step, time.monotonic()
+    if stop.requested is not None:
+      writer.flush()
+      name = signal.Signals(stop.requested).name
+      raise faults.Interrupted(
+          f"stopped by {name} at step {step} of {total_steps}; saved "
+          f"{os.path.join(checkpoints.directory, ckpt_lib.LATEST, str(step))}; rerun the "
+          "same command to resume", exit_code=128 + stop.requested)
+  if pending is not None:
+    guard.check(*pending)
+  stop.deferred = False
+  writer.flush()
 
   # Final evaluation with the best checkpoint by config.train.checkpoint_metric.
   final = checkpoints.restore_best(config.train.checkpoint_metric, state)
