@@ -70,6 +70,24 @@ def _first_line(exc) -> str:
   return text[:300]
 
 
+def _shape_mismatch(step_dir, target):
+  """How the array shapes saved in `step_dir` (state/_METADATA) differ from `target`'s, or
+  None when they agree or cannot be read (then a failed restore means a damaged step)."""
+  try:
+    with open(os.path.join(step_dir, "state", "_METADATA")) as f:
+      saved = [v["value_metadata"] for v in json.load(f)["tree_metadata"].values()]
+    saved = sorted(tuple(v["write_shape"]) for v in saved)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  wanted = sorted(tuple(np.shape(x)) for x in jax.tree.leaves(target))
+  if saved == wanted:
+    return None
+  if len(saved) != len(wanted):
+    return f"{len(saved)} arrays saved, {len(wanted)} expected"
+  first = next(i for i, (a, b) in enumerate(zip(saved, wanted)) if a != b)
+  return f"an array of shape {saved[first]} saved where {wanted[first]} is expected"
+
+
 def remove_stale_temporaries(directory: str) -> list:
   """Deletes the *.orbax-checkpoint-tmp* folders an interrupted save left one level below
   `directory` (in latest/ and best_*/); returns their paths."""
@@ -157,6 +175,13 @@ class Checkpoints:
               state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         return restored["state"], decode_json(restored["meta"])
       except Exception as e:  # pylint: disable=broad-except
+        mismatch = None if meta_only else _shape_mismatch(
+            os.path.join(self.directory, name, str(step)), target)
+        if mismatch:  # Readable, but not this model's: no reason to move it.
+          raise faults.RunError(
+              f"checkpoint {name}/{step} in {self.directory} holds another model's state "
+              f"({mismatch}); use the config it was trained with or another --workdir",
+              exit_code=2) from None
         moved = self._move_aside(name, manager, step, CORRUPT)
         logging.warning("checkpoint %s/%d is unreadable (%s); moved to %s", name, step,
                         _first_line(e), moved)

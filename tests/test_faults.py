@@ -200,3 +200,13 @@ def _umask():
   mask = os.umask(0)
   os.umask(mask)
   return mask
+
+
+def test_a_checkpoint_of_another_model_is_refused_not_moved(tmp_path):
+  directory = str(tmp_path / "checkpoints")
+  ckpts = checkpoint.Checkpoints(directory)
+  ckpts.save_latest(1, _tiny_state(1.0), {"step": 1})
+  with pytest.raises(faults.RunError, match=r"latest/1 .* another model's state .*\(3,\)"):
+    ckpts.restore_latest({"w": jnp.zeros((4,), jnp.float32)})
+  assert ckpts.steps() == [1] and not os.path.exists(os.path.join(directory, "corrupt"))
+  ckpts.close()
