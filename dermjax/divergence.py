@@ -44,7 +44,8 @@ class DivergenceGuard:
   def __init__(self, train_config, checkpoints, skipped=0, in_a_row=0):
     self.mode = train_config.get("on_nonfinite", "stop")
     if self.mode not in ("stop", "skip"):
-      raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {self.mode!r}")
+      raise faults.RunError(f"train.on_nonfinite must be 'stop' or 'skip', got {self.mode!r}",
+                            exit_code=2)
     self.patience = int(train_config.get("max_skipped_in_a_row", 10))
     self.bounds = (f"train.max_loss={train_config.get('max_loss')}, "
                    f"train.max_grad_norm={train_config.get('max_grad_norm')}")

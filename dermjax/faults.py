@@ -202,14 +202,16 @@ class QuietFailures(logging_lib.Filter):
 
 class FilteredStderr:
   """Wraps sys.stderr, dropping the traceback blocks tensorstore prints (PyErr_Print from
-  its own threads) for each write still in flight when a failed save closed orbax's
-  event loop: "RuntimeError: Event loop is closed", once per array. Everything else
-  passes through unchanged (line by line)."""
+  its own threads, possibly interleaved) for each write still in flight when a failed save
+  closed orbax's event loop: "RuntimeError: Event loop is closed", once per array. A
+  block with any other exception, and everything outside blocks, passes through."""
 
   NOISE = ("RuntimeError: Event loop is closed",)
+  _INSIDE = ("During handling of the above exception", "The above exception was")
 
   def __init__(self, stream):
-    self._stream, self._pending, self._block = stream, "", None
+    self._stream, self._pending = stream, ""
+    self._block, self._open, self._errors = [], 0, []
 
   def write(self, text):
     self._pending += text
@@ -219,19 +221,23 @@ class FilteredStderr:
     return len(text)
 
   def _line(self, line):
-    if self._block is None and line.startswith("Traceback (most recent call last):"):
-      self._block = [line]
-    elif self._block is not None:
+    if line.startswith("Traceback (most recent call last):"):
       self._block.append(line)
-      if not line.startswith((" ", "\t")):  # The exception line ends the block.
-        block, self._block = self._block, None
-        if line.strip() not in self.NOISE:
-          self._stream.write("".join(block))
-    else:
+      self._open += 1
+    elif not self._open:
       self._stream.write(line)
+    else:
+      self._block.append(line)
+      if line.strip() and not line.startswith((" ", "\t", *self._INSIDE)):
+        self._errors.append(line.strip())  # An exception line closes one traceback.
+        self._open -= 1
+        if not self._open:
+          if any(error not in self.NOISE for error in self._errors):
+            self._stream.write("".join(self._block))
+          self._block, self._errors = [], []
 
   def flush(self):
-    if self._pending and self._block is None:
+    if self._pending and not self._open:
       self._stream.write(self._pending)
       self._pending = ""
     self._stream.flush()

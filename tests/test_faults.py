@@ -168,6 +168,11 @@ def test_filtered_stderr_drops_only_event_loop_closed_tracebacks():
   stream.write("after")
   stream.flush()
   assert out.getvalue() == "before\n" + real + "after"
+  out.truncate(0), out.seek(0)
+  lines = noise.splitlines(keepends=True)
+  interleaved = [lines[0], lines[1], lines[0], lines[1], lines[2], lines[2], lines[3], lines[3]]
+  stream.write("".join(interleaved) + "next\n")  # two threads printing at once
+  assert out.getvalue() == "next\n"
 
 
 def test_second_signal_exits_at_once(tmp_path):
