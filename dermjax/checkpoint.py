@@ -16,6 +16,7 @@ import base64
 import json
 import os
 import shutil
+import time
 
 import jax
 import numpy as np
@@ -91,20 +92,22 @@ def _shape_mismatch(step_dir, target):
 def remove_stale_temporaries(directory: str) -> list:
   """Deletes the *.orbax-checkpoint-tmp* folders an interrupted save left one level below
   `directory` (in latest/ and best_*/); returns their paths."""
-  stale = []
-  if not os.path.isdir(directory):
-    return stale
-  for name in sorted(os.listdir(directory)):
-    sub = os.path.join(directory, name)
-    if not os.path.isdir(sub) or name in (CORRUPT, SUPERSEDED):
-      continue
-    for entry in sorted(os.listdir(sub)):
-      if TMP_MARK in entry:
-        shutil.rmtree(os.path.join(sub, entry), ignore_errors=True)
-        stale.append(os.path.join(sub, entry))
+  stale = _temporaries(directory)
   for path in stale:
+    shutil.rmtree(path, ignore_errors=True)
     logging.warning("removed the unfinished checkpoint %s (a save was interrupted)", path)
   return stale
+
+
+def _temporaries(directory: str) -> list:
+  if not os.path.isdir(directory):
+    return []
+  found = []
+  for name in sorted(os.listdir(directory)):
+    sub = os.path.join(directory, name)
+    if os.path.isdir(sub) and name not in (CORRUPT, SUPERSEDED):
+      found += [os.path.join(sub, e) for e in sorted(os.listdir(sub)) if TMP_MARK in e]
+  return found
 
 
 class Checkpoints:
@@ -133,7 +136,11 @@ class Checkpoints:
       manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       error = faults.storage_error(e, f"saving checkpoint {name}/{step} failed")
-      remove_stale_temporaries(self.directory)
+      for _ in range(20):  # tensorstore threads may still be writing into it for a moment
+        remove_stale_temporaries(self.directory)
+        time.sleep(0.1)
+        if not _temporaries(self.directory):
+          break
       if error is not None:
         raise error from None
       raise
