@@ -38,7 +38,8 @@ from dermjax.data import sampling
 from dermjax.data import schema
 
 CROPS = ("resize_center_crop", "center_fraction")
-TARGETS = ("melanoma", "multiclass", "keratosis")
+# config.data.target -> the record field that is its label.
+TARGETS = {"melanoma": "melanoma", "multiclass": "label", "keratosis": "keratosis"}
 MASK_CHANNELS = 1 + schema.NUM_ATTRIBUTES
 _ENDLESS = 2**62  # "Infinite" length of the training position stream.
 
@@ -102,10 +103,14 @@ def decode_jpeg_for(data, box_fn, size):
 
 def target_label(record, target):
   """The diagnosis target of one record (int, -1 if unknown)."""
+  return int(record[target_key(target)])
+
+
+def target_key(target):
+  """The record field holding config.data.target's label; raises for an unknown target."""
   if target not in TARGETS:
-    raise ValueError(f"data.target must be one of {TARGETS}, got {target!r}")
-  key = {"melanoma": "melanoma", "keratosis": "keratosis", "multiclass": "label"}[target]
-  return int(record[key])
+    raise ValueError(f"data.target must be one of {tuple(TARGETS)}, got {target!r}")
+  return TARGETS[target]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,7 +351,7 @@ def class_names(layout, target):
   if target == "multiclass":
     from dermjax.data import isic  # pylint: disable=g-import-not-at-top
     return isic.classes(layout)
-  raise ValueError(f"data.target must be one of {TARGETS}, got {target!r}")
+  raise ValueError(f"data.target must be one of {tuple(TARGETS)}, got {target!r}")
 
 
 def synthetic_dir(data_config, workdir):
@@ -462,8 +467,7 @@ def create_datasets(data_config, *, mesh, workdir=None) -> Datasets:
   """config.data -> Datasets: prepares the data once (synthetic when data.dir is None)."""
   from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
   c = data_config
-  if c.target not in TARGETS:
-    raise ValueError(f"data.target must be one of {TARGETS}, got {c.target!r}")
+  label_key = target_key(c.target)
   if c.dir is None:
     raw_dir = ensure_synthetic(c, workdir)
     logging.warning("no dataset path given (config.data.dir); using synthetic %s data in %s",
@@ -496,8 +500,7 @@ def create_datasets(data_config, *, mesh, workdir=None) -> Datasets:
     index["validation"], index["train"] = _take(index["train"], held), _take(index["train"], kept)
 
   loaders = {s: loader_from_config(raw[s], c, PreparedExampleLoader) for s in raw}
-  target_key = {"melanoma": "melanoma", "keratosis": "keratosis", "multiclass": "label"}[c.target]
   return Datasets(data_config=c, mesh=mesh, loaders=loaders, sources=records,
                   ids={s: v["ids"] for s, v in index.items()}, stats=prepared.stats,
-                  train_classes=index["train"][target_key],
+                  train_classes=index["train"][label_key],
                   train_melanoma=index["train"]["melanoma"])

@@ -33,17 +33,6 @@ def weighted_mean(values, weights=None):
   return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
 
 
-def soft_iou(pred, target, *, axis=(-2, -1), eps: float = 1e-6):
-  """Soft IoU <p, m> / (|p|_1 + |m|_1 - <p, m>) of mask probabilities (no sigmoid here).
-
-  Thesis eq. 10 (after Salvador et al.'s RSIS, whose loss is 1 - soft_iou; the "+" in
-  the thesis's printed denominator is the union's "-"). Reduces over `axis`.
-  """
-  inter = jnp.sum(pred * target, axis=axis)
-  union = jnp.sum(pred, axis=axis) + jnp.sum(target, axis=axis) - inter
-  return (inter + eps) / (union + eps)
-
-
 def dice_loss(pred, target, *, eps: float = 1e-6):
   """1 - Dice over the whole batch as one tensor (AttnMel): empty masks in some images are fine.
 

@@ -104,7 +104,10 @@ def matmul_peak_jax(dtype="float32", *, n: int = 2048, num_warmup: int = 2,
   """Measured dense [n, n] @ [n, n] FLOP/s of one jax device (2 n^3 FLOPs per product).
 
   The product is chained 4 times inside one jitted call so dispatch overhead is amortised.
-  Returns the best (max) FLOP/s over the timed calls: a peak, not a typical rate.
+  Returns the best (max) FLOP/s over the timed calls: a peak, not a typical rate. Products
+  accumulate and return float32 (`preferred_element_type`), as the models' mixed-precision
+  layers do: on CPUs with AMX only bf16 x bf16 -> f32 dots reach the matrix units (a bf16
+  result runs several times slower and would make every bf16 MFU look too high).
   """
   name = _dtype_name(dtype)
   device = device or jax.devices()[0]
@@ -117,7 +120,7 @@ def matmul_peak_jax(dtype="float32", *, n: int = 2048, num_warmup: int = 2,
   @jax.jit
   def products(a, b):
     for _ in range(chain):
-      a = jnp.dot(a, b, preferred_element_type=a.dtype)
+      a = jnp.dot(a, b, preferred_element_type=jnp.float32).astype(b.dtype)
     return a
 
   _, times = time_steps(lambda x: products(x, b), a, num_warmup=num_warmup, num_timed=num_timed)

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from dermjax import config_lib
 from dermjax import weights
 from dermjax.models.backbones import BACKBONES, build_backbone
 from dermjax.models.backbones.vgg import VGGStages
@@ -187,8 +188,9 @@ def test_gaze_encoder_and_blocks_4_5_load_from_one_vgg16_bn_checkpoint(tmp_path)
   gaze = GazeLike()
   x_nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
   variables = jax.jit(gaze.init)(jax.random.key(0), x_nhwc)
-  config = ml_collections.ConfigDict({"pretrained": None, "pretrained_arch": "vgg16_bn",
-                                      "pretrained_targets": {"encoder": "", "diagnosis_vgg": ""}})
+  config = config_lib.base_config().model   # every model field, as a run has them.
+  config.pretrained_arch = "vgg16_bn"
+  config.pretrained_targets = {"encoder": "", "diagnosis_vgg": ""}
   assert weights.apply_pretrained(variables, config) is variables
   config.pretrained = path
   loaded = weights.apply_pretrained(variables, config)

@@ -66,7 +66,7 @@ def map_jaccard_arrays(maps: dict, lesion_mask, has_lesion_mask) -> dict:
   for name, heat in maps.items():
     pred = binarize(upsample(heat, size))
     inter, union = intersection_union(pred, lesion_mask)
-    out[f"jaccard_{name}"] = jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0)
+    out[f"jaccard_{name}"] = jaccard(pred, lesion_mask)
     out[f"intersection_{name}"] = inter
     out[f"union_{name}"] = union
   return out
@@ -77,8 +77,11 @@ def jaccard_report(arrays: dict) -> dict:
 
   Only examples with a ground-truth lesion mask count. Per map: "jaccard/<name>" (mean of the
   per-image indices, as the paper) and "jaccard_pooled/<name>" (split intersection over split
-  union); plus "jaccard/num_examples". Maps are NaN when no example has a mask.
+  union); plus "jaccard/num_examples". Maps are NaN when no example has a mask; {} when
+  the model produced no maps (no "has_lesion_mask" array).
   """
+  if "has_lesion_mask" not in arrays:
+    return {}
   keep = np.asarray(arrays["has_lesion_mask"]) > 0.5
   report = {"jaccard/num_examples": int(keep.sum())}
   names = sorted(k[len("jaccard_"):] for k in arrays if k.startswith("jaccard_"))

@@ -6,6 +6,8 @@ Parameters mirror torchvision's `features.*` names:
   transition{i}/norm, conv                               between dense blocks
   norm5                                                  the final BN
   classifier                                             (only with num_classes)
+DenseLayer / DenseBlock / DenseNet mirror torchvision's classes one to one (hence their
+repeated field lists), which keeps the key table and the parity tests readable.
 """
 
 import functools

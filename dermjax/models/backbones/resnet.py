@@ -6,6 +6,9 @@ One generic `ResNet` built from `BasicBlock` or `Bottleneck` residual blocks. Pa
   layer{i}_{j}/downsample_conv, downsample_bn        the projection shortcut, where needed
   fc                                                 the classifier (only with num_classes)
 so a torchvision/timm state dict maps on by a fixed table (`dermjax.weights`).
+BasicBlock and Bottleneck repeat each other's field list and conv/norm set-up on purpose:
+they mirror torchvision's two block classes one to one, which keeps the key table and the
+parity tests readable.
 """
 
 import functools

@@ -37,7 +37,11 @@ def structure_targets(batch):
 
 
 def soft_iou_matrix(pred, gt, eps: float = 1e-6):
-  """Eq. 10 for every pair: pred [B, T, H, W] probabilities, gt [B, H, W, S] -> [B, S, T]."""
+  """Eq. 10 for every pair: pred [B, T, H, W] probabilities, gt [B, H, W, S] -> [B, S, T].
+
+  <p, m> / (|p|_1 + |m|_1 - <p, m>) (after Salvador et al.'s RSIS; the "+" in the thesis's
+  printed denominator is the union's "-").
+  """
   pred, gt = pred.astype(jnp.float32), gt.astype(jnp.float32)
   inter = jnp.einsum("bthw,bhws->bst", pred, gt)
   union = jnp.sum(gt, axis=(1, 2))[:, :, None] + jnp.sum(pred, axis=(2, 3))[:, None, :] - inter

@@ -85,8 +85,3 @@ def match(cost, valid_rows, method: str = "host"):
   if method == "device":
     return match_device(cost, valid_rows)
   raise ValueError(f"config.loss.matcher must be one of {METHODS}, got {method!r}")
-
-
-def one_hot_assignment(assignment, num_cols: int):
-  """[..., S] int (-1 unmatched) -> [..., S, T] float32 0/1 assignment matrix."""
-  return jax.nn.one_hot(assignment, num_cols, dtype=jnp.float32)  # -1 gives an all-zero row.
