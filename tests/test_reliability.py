@@ -146,15 +146,16 @@ def test_sigterm_mid_epoch_saves_that_step_and_resumes_exactly(straight, synthet
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_step(straight, synthetic, tmp_path):
-  """A truncated array file in latest/9: one warning line, latest/9 moved to corrupt/, the
+  """Truncated array files in latest/9: one warning line, latest/9 moved to corrupt/, the
   run resumes from step 8 (best_* newer than 8 moved to superseded/), redoes step 9 and
   ends where the straight run did; metrics.jsonl keeps one row per step."""
   workdir = str(tmp_path / "run")
   shutil.copytree(straight, workdir)
   data = os.path.join(workdir, "checkpoints", "latest", "9", "state", "ocdbt.process_0", "d")
-  biggest = max((os.path.join(data, n) for n in os.listdir(data)), key=os.path.getsize)
-  with open(biggest, "r+b") as f:
-    f.truncate(os.path.getsize(biggest) // 2)
+  for name in os.listdir(data):  # every array data file cut in half
+    path = os.path.join(data, name)
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
   proc = run(workdir, synthetic)
   assert proc.returncode == 0, proc.stderr[-3000:]
   warnings = [l for l in proc.stderr.splitlines() if "latest/9 is unreadable" in l]
