@@ -2,26 +2,75 @@
 
   --config=configs/gaze.py[:<variant>[,cpu|paper]]     (dermjax.config_lib.parse_arg)
 
-  variant          thesis experiment (Sec. 4.1 settings, Table 3 ablations)   differs from thesis
+  variant          thesis experiment (Sec. 4.1 settings, Table 3 ablations)   fields changed
   thesis           VGG_AttentiveConvLSTM_Deco_GAP_3 = setting 2 (skips +       -
                    frozen ImageNet BN), mini-batch balancing
-  skip_bn          setting 1: skip connections, batch norm trained             frozen_bn False
-  skip_frozenbn    setting 2: skip connections, frozen ImageNet batch norm     -
-  noskip_frozenbn  setting 3, read as no skips x frozen BN (the 2x2 grid; the  skips False
-                   thesis's "without skips and batch normalization" is ambiguous)
-  noskip_bn        setting 4: no skips, batch norm trained                     skips, frozen_bn False
+  skip_bn          setting 1: skips, BN in training mode (encoder weights      frozen_bn False
+                   still frozen at rate 0: only its BN statistics move)
+  skip_frozenbn    setting 2: skips, frozen ImageNet batch norm                -
+  noskip_nobn      setting 3, literal: "without skip connections and batch     skips, batch_norm False,
+                   normalization" = plain VGG-16 (no BN in encoder, decoder     pretrained_arch vgg16
+                   or blocks 4-5; the thesis code's bn=False), vgg16 weights
+  noskip_frozenbn  not a thesis setting: setting 3 read as the 2x2 grid        skips False
+                   (no skips x frozen BN), kept for comparison
+  noskip_bn        setting 4: no skips, BN in training mode (encoder frozen)   skips, frozen_bn False
   vgg              VGG: VGG-16-BN with torchvision's classifier (fc6/fc7/fc8)  model vgg16, head fc
   vgg_gap          VGG_GAP: GAP of pool5 + one dense layer                     model vgg16, head gap
   attconvlstm      VGG_AttentiveConvLSTM: no decoder, fc classifier            decoder False, head fc
   attconvlstm_gap  VGG_AttentiveConvLSTM_GAP: no decoder, GAP classifier       decoder False
   deco_gap_3       VGG_AttentiveConvLSTM_Deco_GAP_3                            -
-  deco_gap_5       ..._Deco_GAP_5: no skips + BN, w'_i weights (eq. 16)        skips, frozen_bn False
-  deco_gap_17      ..._Deco_GAP_17: no skips + BN, the X' GAP version (a dense  + step_dim 256,
-                   layer reduces the per-step GAPs), w_i weights (eq. 15)        eq. 15 weights
+  deco_gap_5       ..._Deco_GAP_5: setting 4, w'_i weights (eq. 16)            + presence_inverse
+  deco_gap_17      ..._Deco_GAP_17: setting 4, the "X' GAP version", w_i       + diagnosis_input encoder,
+                   weights (eq. 15), a dense layer reducing the step GAPs        step_dim 256, presence_others
+
+Deco_GAP_17 (Sec. 4.2): "uses the X' GAP version. In the classifier, a FC layer is introduced
+to reduce the dimension of the concatenated X_t GAPs before its concatenation with the
+outputs of pool5", against "the X_T GAP version, as explained in Section 3.1.3" of _3/_5,
+where (Fig. 4) X~_{T-1} "is passed through the last [VGG] blocks". We read "X' version" as
+blocks 4-5 + GAP run on X' (the encoder output, not attention-weighted) instead of X~_{T-1}:
+model.diagnosis_input = "encoder" (default "attended"). The per-step GAP(X~_t) are still
+concatenated, through a dense layer of width step_dim = 256 (the thesis gives no width; 256
+is one step's width). The other reading (GAP(X') as one more concatenated vector) is not
+implemented. The thesis code we could read has no _17 classifier to check this against.
+
+Where the thesis text and its public PyTorch code (networks.py: Decoder, Classifier,
+AttentiveModel) differ, the text is the default and the code one switch away:
+  structure head pool     text: GAP before each decoder block -> model.structure_pool "mean";
+                          code: AdaptiveMaxPool2d(1) -> "max".
+  structure head          text: "two dense layers" (no activation named); code: Linear,
+                          Linear, no activation -> model.structure_hidden_activation "none"
+                          (both agree); "relu" is this port's earlier choice.
+  matching window         text: Hungarian on the S x T matrix -> loss.match_steps "all";
+                          code: present structures only against the first k steps (k =
+                          structures present) -> "first_present".
+  rotation                text: "random rotations and flippings" (angle unstated); code:
+                          multiples of 90 degrees -> data.augment.rotation "k90" (the
+                          reading both support); "uniform" for any angle. h/v flips; no
+                          zoom/crop (text: resize 256, centre crop 224 only).
+Other choices, each with its reason:
+  eqs. 15-16 scale        L_seg / L_class = mean over the matched pairs of w_s * loss (the
+                          thesis: "multiply each of the structures losses by different
+                          weights", then average). Eq. 15 is divided by S - 1, as the
+                          thesis's Table 2 prints it (weights summing to 1). Mini-batch
+                          balancing averages per-structure means (the thesis code exactly).
+  encoder BN              settings 1 and 4 ("batch normalization", not frozen) run the encoder's
+                          BN in training mode while its weights stay frozen (lr_encoder = 0):
+                          model.frozen_bn only says which BN runs on ImageNet statistics,
+                          model.freeze_encoder only stops the encoder's gradient.
+  diagnosis output        one sigmoid logit with the binary focal loss of eq. 12 (the text
+                          says "two (benign and melanoma)" classes; eq. 12 is written for
+                          the melanoma probability, which one logit gives directly).
+  padding                 reflect padding in the Attentive ConvLSTM and decoder (the thesis
+                          code's padding_mode; the text does not say).
+  attention               eq. 3 literally, X~_t = A_t * X' (rescale_attention False).
+  segmentation mAP        report "seg_map" is the thesis's class-aware eq. 20 (a mask is scored
+                          against the GT of its predicted class; every unmatched mask, empty
+                          ones too, is a FP); "seg_map_agnostic" the class-agnostic variant.
 
   paper: the thesis's setting: 224 px from 256, T = 5, batch 8, 20 epochs, Adam (.92, .96),
   rates encoder 0 / Attentive ConvLSTM 1e-2 / branches 1e-4, weight decay 1e-6, frozen
-  encoder: give its ImageNet weights with --config.model.pretrained=FILE (torchvision vgg16_bn).
+  encoder: give its ImageNet weights with --config.model.pretrained=FILE (torchvision vgg16_bn;
+  vgg16 for noskip_nobn).
   cpu (the default): the same model CPU-sized for the synthetic ISIC 2017 set (cpu_sized()).
   No argument: `thesis,cpu`, the embedded default of `python -m dermjax.main`.
 e.g. `configs/gaze.py:thesis,paper`, `configs/gaze.py:deco_gap_17`, `configs/gaze.py:vgg_gap`.
@@ -45,6 +94,10 @@ def thesis_config() -> ml_collections.ConfigDict:
   config.data.resize_size = 256
   config.data.batch_size = 8
   config.data.eval_batch_size = 8
+  aug = config.data.augment
+  aug.rotation = "k90"              # thesis code: multiples of 90 degrees ("uniform": any angle).
+  aug.hflip = aug.vflip = True
+  aug.zoom = None                   # rotations and flips only (Sec. 4.1).
 
   m = config.model
   m.name = "gaze"
@@ -53,10 +106,14 @@ def thesis_config() -> ml_collections.ConfigDict:
   m.decoder = True                  # False: VGG_AttentiveConvLSTM(_GAP) ablations.
   m.skips = True                    # decoder averages with encoder pool3/pool2/pool1.
   m.batch_norm = True               # VGG-16-BN (False: plain VGG-16, pretrained_arch vgg16).
-  m.frozen_bn = True                # BN with ImageNet running averages (encoder + blocks 4-5).
-  m.freeze_encoder = True           # stop_gradient after blocks 1-3 (lr 0 below).
+  m.frozen_bn = True                # BN on ImageNet running averages (encoder + blocks 4-5);
+                                    # False: batch statistics in training, even when frozen.
+  m.freeze_encoder = True           # stop_gradient after blocks 1-3 (lr 0 below); BN unaffected.
   m.head = "gap"                    # diagnosis classifier: "gap" | "fc" (fc6/fc7/fc8).
   m.step_dim = 0                    # >0: dense reduction of the per-step GAPs (model _17).
+  m.diagnosis_input = "attended"    # blocks 4-5 on X~_{T-1} | "encoder": on X' (model _17).
+  m.structure_pool = "mean"         # per-block pool of the structure head (text); "max": code.
+  m.structure_hidden_activation = "none"   # between its two dense layers (code); "relu".
   m.padding = "reflect"             # Attentive ConvLSTM / decoder conv padding (thesis code).
   m.rescale_attention = False       # True: X~_t = (h*w) A_t X' (uniform attention = X').
   m.dropout_rate = 0.5              # "fc" head only.
@@ -68,6 +125,7 @@ def thesis_config() -> ml_collections.ConfigDict:
   lo.alpha, lo.beta, lo.gamma, lo.mu = 0.25, 0.75, 0.75, 0.25   # eq. 14.
   lo.balancing = "batch"            # "none" | "presence_others" (eq. 15) | "presence_inverse" (eq. 16) | "batch"
   lo.matcher = "host"               # "host" (scipy via pure_callback) | "device" (optax).
+  lo.match_steps = "all"            # Hungarian over all T steps (text) | "first_present" (code).
 
   o = config.optim
   o.name = "adam"
@@ -91,6 +149,8 @@ VARIANTS = {
     "thesis": {},
     "skip_bn": {"model.frozen_bn": False},
     "skip_frozenbn": {},
+    "noskip_nobn": {"model.skips": False, "model.batch_norm": False,
+                    "model.pretrained_arch": "vgg16"},
     "noskip_frozenbn": {"model.skips": False},
     "noskip_bn": NO_SKIPS_BN,
     "vgg": {"model.name": "vgg16", "model.head": "fc"},
@@ -99,7 +159,8 @@ VARIANTS = {
     "attconvlstm_gap": {"model.decoder": False},
     "deco_gap_3": {},
     "deco_gap_5": {**NO_SKIPS_BN, "loss.balancing": "presence_inverse"},
-    "deco_gap_17": {**NO_SKIPS_BN, "model.step_dim": 256, "loss.balancing": "presence_others"},
+    "deco_gap_17": {**NO_SKIPS_BN, "model.diagnosis_input": "encoder", "model.step_dim": 256,
+                    "loss.balancing": "presence_others"},
 }
 ROWS = tuple(VARIANTS)          # the table's rows (tests/test_contract.py runs each).
 

@@ -253,3 +253,13 @@ def run_variables(workdir: str) -> dict:
   state = restored["state"]
   to_numpy = lambda tree: jax.tree.map(np.asarray, tree or {})
   return {"params": to_numpy(state["params"]), "batch_stats": to_numpy(state.get("batch_stats"))}
+
+
+def run_checkpoint(workdir: str) -> tuple[dict, dict]:
+  """(state, meta) of the checkpoint run_checkpoint_dir picks: state {"step", "params",
+  "batch_stats", ...} as numpy trees, meta the JSON saved with it ("step", "metrics", ...)."""
+  manager = _manager(run_checkpoint_dir(workdir))
+  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  manager.close()
+  return jax.tree.map(np.asarray, dict(restored["state"])), decode_json(restored["meta"])

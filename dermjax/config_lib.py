@@ -89,12 +89,16 @@ def data_config() -> ml_collections.ConfigDict:
   c.prefetch = 2                  # batches buffered per worker.
   c.sampling = "none"             # | "oversample" | "balanced"
   c.oversample_factor = 4
+  c.passes_per_epoch = 1          # passes over the training split per epoch (AttnMel's num_aug).
   c.augment = ml_collections.ConfigDict(dict(
-      rotation=True,
+      rotation="uniform",          # | "k90" (multiples of 90 degrees, exact) | "none".
       max_rotation_deg=ml_collections.FieldReference(180.0, field_type=object),  # or "any".
       hflip=True, vflip=True,
       zoom=(0.8, 1.0),            # random crop side as a fraction of the image, or None.
-      fill="reflect"))            # | "constant" (zeros) outside the rotated image.
+      fill="reflect",             # | "constant" (zeros) outside the rotated image.
+      # Model input side C < image_size: a random C x C window in training, the central one
+      # at evaluation, no resampling (AttnMel's authors' 224 of 256); None: the whole image.
+      crop_size=ml_collections.FieldReference(None, field_type=int)))
   c.fold = ml_collections.FieldReference(None, field_type=int)  # None: official validation.
   c.num_folds = 5
   c.split_seed = 0                # carves derived validation/test splits and folds.
@@ -163,6 +167,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.splits = ("validation", "test")
   config.eval.num_visualizations = 8      # explanation PNGs per split.
+  config.eval.tta = 1                     # 8: average the 8 flips/transposes (dermjax.evaluation).
+  # ISIC challenge submission CSV per evaluated split (dermjax.submission.FORMATS): "auto"
+  # (the one of data.layout, if any), a format name, or "" for none.
+  config.eval.submission = "auto"
   return config
 
 
@@ -244,3 +252,41 @@ def config_module(path: str):
 def load_config(path: str, arg=None) -> ml_collections.ConfigDict:
   """`get_config(arg)` of the config file at `path`."""
   return config_module(path).get_config(arg)
+
+
+def _merge_json(node: ml_collections.ConfigDict, values: dict, path: str = ""):
+  """Sets JSON `values` on `node` in place: fields the node has keep their declared types
+  (FieldReferences stay references), JSON lists become tuples, new fields are added."""
+  for key, value in values.items():
+    if isinstance(value, dict):
+      if key in node and isinstance(node[key], ml_collections.ConfigDict):
+        _merge_json(node[key], value, f"{path}{key}.")
+        continue
+      if key not in node or node[key] is None:
+        node[key] = _merge_json(ml_collections.ConfigDict(), value, f"{path}{key}.")
+        continue
+    if isinstance(value, list):
+      value = _tuples(value)
+    node[key] = value
+  return node
+
+
+def _tuples(value):
+  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+  """The ConfigDict a run saved as JSON (`config.to_json_best_effort()`), rebuilt on
+  base_config() so shared fields keep their types; model fields are added as saved."""
+  import json  # pylint: disable=g-import-not-at-top
+  return _merge_json(base_config(), json.loads(text))
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config of a dermjax run: <workdir>/config.json (written by the trainer)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{workdir}: no config.json (not a dermjax run, or one started "
+                            "with config.train.save_config = False)")
+  with open(path) as f:
+    return config_from_json(f.read())

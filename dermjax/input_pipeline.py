@@ -389,8 +389,9 @@ class Datasets:
   eval(split)      one ordered pass over a split, last batch padded (valid = 0, index = -1)
   source(split)    random-access records at original resolution, in ids[split] order
   ids              {split: [id, ...]}; a batch's `index` points into it
-  num_examples, steps_per_epoch, stats (stats.json), mean, std (float32 [3], 0-255),
-  layout, class_names, sharding (of every batch array)
+  num_examples, steps_per_epoch (data.passes_per_epoch x batches per pass), stats
+  (stats.json), mean, std (float32 [3], 0-255), layout, class_names, sharding (of every
+  batch array)
   """
 
   def __init__(self, *, data_config, mesh, loaders, sources, ids, stats, train_classes,
@@ -410,7 +411,11 @@ class Datasets:
     _check_batch(c.eval_batch_size, mesh, "data.eval_batch_size")
     self.schedule = sampling.EpochSchedule(train_classes, train_melanoma, mode=c.sampling,
                                            seed=c.seed, factor=c.oversample_factor)
-    self.steps_per_epoch = max(self.schedule.length // c.batch_size, 1)
+    # An epoch is data.passes_per_epoch passes of whole batches (AttnMel's code: num_aug).
+    passes = int(c.get("passes_per_epoch", 1))
+    if passes < 1:
+      raise ValueError(f"data.passes_per_epoch must be >= 1, got {passes}")
+    self.steps_per_epoch = passes * max(self.schedule.length // c.batch_size, 1)
     self.train = TrainIterator(functools.partial(
         train_dataset, loaders["train"], self.schedule, global_batch_size=c.batch_size,
         num_threads=c.num_threads, num_workers=c.num_workers, prefetch=c.prefetch),

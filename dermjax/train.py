@@ -30,11 +30,11 @@ import optax
 from absl import logging
 from clu import metrics as clu_metrics
 from flax import traverse_util
-from jax.experimental import multihost_utils
 
 from dermjax import checkpoint as ckpt_lib
 from dermjax import config_lib
 from dermjax import divergence
+from dermjax import evaluation
 from dermjax import faults
 from dermjax import fileio
 from dermjax import input_pipeline
@@ -42,11 +42,7 @@ from dermjax import models
 from dermjax import optim
 from dermjax import writers
 from dermjax.data import augment
-from dermjax.metrics import diagnosis
-
-# Class names whose probability is the "melanoma score" of a multiclass model.
-MELANOMA_CLASS_NAMES = ("melanoma", "MEL", "malignant")
-
+from dermjax.evaluation import run_eval, scalar_summaries, split_metrics  # noqa: F401 (re-exported)
 
 @flax.struct.dataclass
 class TrainState:
@@ -217,65 +213,6 @@ def jit_steps(module, model_lib, tx, mask, config, loss_stats, mean, std, mesh):
   return train_step, eval_step
 
 
-def _gather(tree):
-  """Global (possibly multi-host) arrays -> numpy on every host."""
-  return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
-
-
-def _melanoma_class(class_names):
-  hits = [i for i, n in enumerate(class_names or ()) if n in MELANOMA_CLASS_NAMES]
-  return hits[0] if hits else None
-
-
-def run_eval(eval_step, state, batches):
-  """Runs a split; returns (mean losses, {name: np.ndarray over valid rows})."""
-  sums, chunks = None, []
-  for batch in batches:
-    batch_sums, arrays = eval_step(state, batch)
-    sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
-    chunks.append(_gather(arrays))
-  if sums is None:
-    raise ValueError("evaluation split has no batches")
-  sums = jax.tree.map(float, _gather(sums))
-  count = max(sums.pop("count"), 1e-12)
-  losses = {k: v / count for k, v in sums.items()}
-  arrays = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-  keep = arrays["valid"] > 0
-  return losses, {k: v[keep] for k, v in arrays.items()}
-
-
-def split_metrics(losses, arrays, config, model_lib, class_names=None):
-  """Diagnosis metrics (+ the model's report) of one evaluated split.
-
-  class_names: names of the label values (Datasets.class_names); for K > 1 the melanoma
-  score is the probability of the class named melanoma / MEL / malignant.
-  """
-  result = {"losses": losses}
-  if "logits" in arrays:
-    logits, labels = arrays["logits"], arrays["label"]
-    known = labels >= 0
-    if logits.shape[1] == 1 or class_names is None or len(class_names) != logits.shape[1]:
-      class_names = None
-    result["diagnosis"] = diagnosis.diagnosis_metrics(
-        logits[known], labels[known], melanoma=arrays["melanoma"][known],
-        melanoma_class=_melanoma_class(class_names),
-        class_names=None if class_names is None else list(class_names))
-  report = getattr(model_lib, "report", None)
-  if report is not None:
-    result["report"] = report(arrays, config)
-  return result
-
-
-def scalar_summaries(prefix, result):
-  """{prefix/name: float} of the scalar entries of a split result (for TensorBoard)."""
-  out = {f"{prefix}/{k}": v for k, v in result["losses"].items()}
-  for section in ("diagnosis", "report"):
-    for k, v in result.get(section, {}).items():
-      if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
-        out[f"{prefix}/{k}" if section == "diagnosis" else f"{prefix}/{section}/{k}"] = float(v)
-  return out
-
-
 def _flat_value(result, metric):
   """Value of "split/name" (name from losses, diagnosis or report) in {split: result}."""
   split, name = metric.split("/", 1)
@@ -302,44 +239,6 @@ def tracked_metrics(config):
     if "/" not in metric:
       raise ValueError(f"checkpoint metric {metric!r} must be '<split>/<name>'")
   return tracked
-
-
-def explain_split(model_lib, module, config, state, datasets, split, loss_stats, out_dir):
-  """Calls model_lib.explain on the first config.eval.num_visualizations examples of `split`.
-
-  explain(outputs, batch, images, ids, config, out_dir) gets numpy outputs, the host batch
-  (uint8 image, masks, labels, ...) and its uint8 images, rows with valid == 0 removed.
-  """
-  explain = getattr(model_lib, "explain", None)
-  remaining = int(config.eval.num_visualizations)
-  if explain is None or remaining <= 0:
-    return
-  step = jax.jit(make_eval_step(module, model_lib, config, loss_stats, datasets.mean, datasets.std,
-                                with_outputs=True))
-  os.makedirs(out_dir, exist_ok=True)
-  for batch in datasets.eval(split):
-    _, arrays, outputs = step(state, batch)
-    arrays, outputs, host_batch = _gather((arrays, outputs, batch))
-    keep = np.flatnonzero(arrays["valid"] > 0)[:remaining]
-    if keep.size == 0:
-      break
-    ids = [datasets.ids[split][int(i)] for i in arrays["index"][keep]]
-    if jax.process_index() == 0:
-      rows = lambda x: x[keep]
-      explain(jax.tree.map(rows, outputs), jax.tree.map(rows, host_batch),
-              host_batch["image"][keep], ids, config, out_dir)
-    remaining -= keep.size
-    if remaining <= 0:
-      break
-
-
-def _pngs(directory, prefix):
-  """{prefix/name: uint8 RGB image} of the PNGs in `directory` (for TensorBoard)."""
-  if not os.path.isdir(directory):
-    return {}
-  from PIL import Image  # Host-only.
-  return {f"{prefix}/{name[:-4]}": np.asarray(Image.open(os.path.join(directory, name)).convert("RGB"))
-          for name in sorted(os.listdir(directory)) if name.endswith(".png")}
 
 
 def train_and_evaluate(config, workdir: str, *, resume_with_changed_config=False) -> dict:
@@ -497,26 +396,9 @@ def _train_and_evaluate(config, workdir, stop, resume_with_changed_config):
     final_meta = {"step": int(state.step)}
     logging.warning("no best checkpoint by %s; evaluating the last state",
                     config.train.checkpoint_metric)
-  all_results = {}
-  for split in config.eval.splits:
-    losses, arrays = run_eval(eval_step, state, datasets.eval(split))
-    result = split_metrics(losses, arrays, config, model_lib, datasets.class_names)
-    result.update(step=int(final_meta["step"]), checkpoint_metric=config.train.checkpoint_metric)
-    all_results[split] = result
-    writer.write_scalars(int(final_meta["step"]), scalar_summaries(f"final_{split}", result))
-    logging.info("final %s: %s", split, fileio.to_json(result.get("diagnosis", result.get("report"))))
-    if jax.process_index() == 0:
-      fileio.write_json(os.path.join(workdir, "results", f"{split}.json"), result)
-    if jax.process_index() == 0 and "logits" in arrays:
-      ids = datasets.ids[split]
-      logits = arrays["logits"]
-      scores = diagnosis.probabilities(logits).astype(logits.dtype)
-      fileio.savez(os.path.join(workdir, "predictions", f"{split}.npz"),
-                   ids=np.asarray([ids[i] for i in arrays["index"]]),
-                   scores=scores, logits=logits, labels=arrays["label"], melanoma=arrays["melanoma"])
-    out_dir = os.path.join(workdir, "explanations", split)
-    explain_split(model_lib, module, config, state, datasets, split, loss_stats, out_dir)
-    writer.write_images(int(final_meta["step"]), _pngs(out_dir, f"explanations_{split}"))
+  all_results = evaluation.evaluate_splits(
+      config, workdir, state, datasets, model_lib, module, loss_stats, eval_step,
+      config.eval.splits, step=int(final_meta["step"]), writer=writer)
   writer.close()
   checkpoints.close()
   return all_results

@@ -6,6 +6,7 @@ protos (the path PyTorch's SummaryWriter takes), so `tensorboard --logdir` reads
 
 import io
 import json
+import logging as logging_lib
 import math
 import os
 import time
@@ -136,3 +137,19 @@ def format_seconds(seconds: float) -> str:
   seconds = int(round(seconds))
   hours, rest = divmod(seconds, 3600)
   return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+QUIET_LIBRARIES = ("/orbax/", "/tensorflow_datasets/", "/array_record/")
+
+
+class QuietLibraries(logging_lib.Filter):
+  """Drops INFO (and lower) records of chatty libraries (orbax logs every manager setting)."""
+
+  def filter(self, record):
+    return record.levelno > logging_lib.INFO or not any(
+        part in record.pathname for part in QUIET_LIBRARIES)
+
+
+def quiet_libraries():
+  """Installs QuietLibraries on absl's log handler (the entry points call it first)."""
+  logging.get_absl_handler().addFilter(QuietLibraries())

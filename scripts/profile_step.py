@@ -42,7 +42,9 @@ SYNTHETIC_STATS = {
     "mean": [180.0, 150.0, 140.0],
     "std": [40.0, 45.0, 50.0],
     "num_examples": {"train": 2000},
-    "presence": {"train": [2000, 2000, 1131, 126, 573, 116]},
+    # dermjax.data.prepare's format: splits -> train -> structure_presence (name -> count).
+    "splits": {"train": {"num_images": 2000, "structure_presence": dict(zip(
+        schema.STRUCTURES, (2000, 2000, 1131, 126, 573, 116)))}},
 }
 
 

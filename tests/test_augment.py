@@ -137,3 +137,90 @@ def test_bad_config_is_rejected():
     _run(batch, jax.random.key(0), dict(FULL, max_rotation_deg="lots"))
   with pytest.raises(ValueError, match="zoom"):
     _run(batch, jax.random.key(0), dict(FULL, zoom=(0.9, 0.5)))
+
+
+# --- k90 rotation and the integer crop (AttnMel's authors' code, the thesis rows) ----------
+
+
+def _dihedral(src):
+  """{name: array} of the 8 exact square symmetries of src [H, W, ...] (numpy's rot90 / flips)."""
+  out = {}
+  for k in range(4):
+    rot = np.rot90(src, k=k, axes=(0, 1))
+    out[f"r{k}"], out[f"r{k}f"] = rot, rot[:, ::-1]
+  return out
+
+
+def test_k90_rotation_is_exact_rot90():
+  """A known image (all pixel values distinct) comes out as exactly np.rot90(image, k), every
+  k in 0..3 occurring: no interpolation (bilinear weights exactly 0 / 1)."""
+  size, batch = 12, 16
+  image = (np.arange(size * size * 3) % 251).reshape(size, size, 3).astype(np.uint8)
+  masks = (np.arange(size * size).reshape(size, size, 1) % 3 == 0).astype(np.uint8)
+  data = {"image": np.stack([image] * batch), "masks": np.stack([masks] * batch)}
+  out = _run(data, jax.random.key(5), dict(OFF, rotation="k90"))
+  seen = set()
+  for b in range(batch):
+    hits = [k for k in range(4) if np.array_equal(out["image"][b], np.rot90(image, k).astype(np.float32))]
+    assert len(hits) == 1, f"example {b} is not an exact quarter turn"
+    np.testing.assert_array_equal(out["masks"][b], np.rot90(masks, hits[0]).astype(np.float32))
+    seen.add(hits[0])
+  assert seen == {0, 1, 2, 3}
+
+
+def test_k90_with_flips_gives_the_eight_symmetries_exactly():
+  size, batch = 10, 24
+  image = (np.arange(size * size * 3) % 241).reshape(size, size, 3).astype(np.uint8)
+  data = {"image": np.stack([image] * batch), "masks": np.zeros((batch, size, size, 1), np.uint8)}
+  out = _run(data, jax.random.key(11), dict(OFF, rotation="k90", hflip=True, vflip=True))
+  cands = {k: v.astype(np.float32) for k, v in _dihedral(image).items()}
+  seen = set()
+  for b in range(batch):
+    names = [k for k, v in cands.items() if np.array_equal(out["image"][b], v)]
+    assert names, f"example {b} is not an exact symmetry of the image"
+    seen.update(names)
+  assert len(seen) >= 6
+
+
+def test_random_crop_is_an_exact_window_and_eval_the_centre():
+  size, crop, batch = 16, 12, 12
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+  masks = rng.integers(0, 2, (batch, size, size, 2), dtype=np.uint8)
+  data = {"image": image, "masks": masks}
+  out = _run(data, jax.random.key(2), dict(OFF, crop_size=crop))
+  assert out["image"].shape == (batch, crop, crop, 3) and out["masks"].shape == (batch, crop, crop, 2)
+  offsets = set()
+  for b in range(batch):
+    found = [(y, x) for y in range(size - crop + 1) for x in range(size - crop + 1)
+             if np.array_equal(out["image"][b], image[b, y:y + crop, x:x + crop].astype(np.float32))]
+    assert len(found) == 1, f"example {b} is not an integer window"
+    y, x = found[0]
+    np.testing.assert_array_equal(out["masks"][b], masks[b, y:y + crop, x:x + crop])
+    offsets.add(found[0])
+  assert len(offsets) > 3
+  evaluated = _run(data, jax.random.key(2), dict(OFF, crop_size=crop), train=False)
+  np.testing.assert_array_equal(evaluated["image"], image[:, 2:14, 2:14].astype(np.float32))
+  np.testing.assert_array_equal(evaluated["masks"], masks[:, 2:14, 2:14])
+
+
+def test_crop_then_k90_is_exact():
+  size, crop, batch = 12, 8, 8
+  image = (np.arange(size * size * 3) % 239).reshape(size, size, 3).astype(np.uint8)
+  data = {"image": np.stack([image] * batch), "masks": np.zeros((batch, size, size, 1), np.uint8)}
+  out = _run(data, jax.random.key(4), dict(OFF, rotation="k90", crop_size=crop))
+  for b in range(batch):
+    ok = any(np.array_equal(out["image"][b], np.rot90(image[y:y + crop, x:x + crop], k).astype(np.float32))
+             for y in range(size - crop + 1) for x in range(size - crop + 1) for k in range(4))
+    assert ok, f"example {b}"
+
+
+def test_rotation_modes_and_crop_errors():
+  assert augment.rotation_mode({"rotation": True}) == "uniform"
+  assert augment.rotation_mode({"rotation": False}) == "none"
+  assert augment.rotation_mode({}) == "none"
+  batch = _batch(batch=1)
+  with pytest.raises(ValueError, match="augment.rotation"):
+    _run(batch, jax.random.key(0), dict(OFF, rotation="k45"))
+  with pytest.raises(ValueError, match="crop_size"):
+    _run(batch, jax.random.key(0), dict(OFF, crop_size=64))

@@ -83,3 +83,22 @@ def test_bad_shapes_raise():
     diagnosis.binary_metrics(np.zeros((3, 2)), np.zeros(3))
   with pytest.raises(ValueError, match="0/1"):
     diagnosis.binary_metrics(np.zeros(3), np.array([0, 1, 2]))
+
+
+def test_score_of_exactly_one_half_is_negative_and_balanced_accuracy():
+  # The ISIC challenge counts a score as positive when it is > 0.5.
+  m = diagnosis.binary_metrics(np.array([0.5, 0.9, 0.5, 0.1]), np.array([1, 1, 0, 0]))
+  assert m["sensitivity"] == pytest.approx(1 / 2) and m["specificity"] == pytest.approx(1.0)
+  assert m["balanced_accuracy"] == pytest.approx(3 / 4)
+
+
+def test_auc_above_sensitivity_hand_computed():
+  # Positives 0.9, 0.6, 0.4; negatives 0.7, 0.3, 0.2, 0.1. ROC points (FPR, TPR):
+  # (0,0) (0,1/3) (1/4,1/3) (1/4,2/3) (1/4,1) (2/4,1) ... (1,1). TPR 0.8 is reached at FPR 1/4,
+  # so the area above TPR 0.8 is the rectangle FPR 1/4..1, TPR 0.8..1 (measured from 0 up):
+  # integral of TPR over FPR in [1/4, 1] = 3/4 * 1.
+  scores = np.array([0.9, 0.6, 0.4, 0.7, 0.3, 0.2, 0.1])
+  labels = np.array([1, 1, 1, 0, 0, 0, 0])
+  assert diagnosis.auc_above_sensitivity(scores, labels, 0.8) == pytest.approx(3 / 4)
+  # A perfect ranking: the whole FPR range at TPR 1 -> 1.
+  assert diagnosis.auc_above_sensitivity(np.array([0.9, 0.8, 0.1]), np.array([1, 1, 0])) == 1.0

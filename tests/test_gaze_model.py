@@ -15,6 +15,9 @@ from dermjax.models import gaze
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S = schema.NUM_STRUCTURES
+TABLE1 = [2000, 2000, 1131, 126, 573, 116]
+# The training split's presences as dermjax.data.prepare writes them into stats.json.
+TABLE1_STATS = {"splits": {"train": {"structure_presence": dict(zip(schema.STRUCTURES, TABLE1))}}}
 
 
 def load_config(name, arg=None):
@@ -137,7 +140,7 @@ def test_loss_and_gradients_frozen_encoder(small):
   config = config.copy_and_resolve_references()
   config.model.freeze_encoder = True
   net = gaze.build(config)
-  stats = gaze.loss_stats({"presence": {"train": [2000, 2000, 1131, 126, 573, 116]}}, config)
+  stats = gaze.loss_stats(TABLE1_STATS, config)
 
   def objective(params):
     out, _ = net.apply({**variables, "params": params}, batch, train=True, mutable=["batch_stats"])
@@ -209,11 +212,11 @@ def test_structure_loss_by_hand(matcher):
   ce_skin = -jax.nn.log_softmax(logits[0, 0])[1]
   ce_lesion = np.log(S)                                  # uniform logits at step 1
   assert float(l_class) == pytest.approx((float(ce_skin) + ce_lesion) / 2, rel=1e-5)
-  # Presence weights: sum(w * term) / sum(w) over the matched pairs.
+  # Presence weights (eqs. 15-16): mean over the 2 matched pairs of w_s * term.
   w = jnp.array([0.1, 0.3, 0.6, 0, 0, 0])
   l_seg_w, _, _ = gaze.structure_loss(pred, logits, gt, valid, class_weights=w,
                                       balancing_mode="presence_inverse", matcher=matcher)
-  assert float(l_seg_w) == pytest.approx((0.1 * 0.5 + 0.3 * 0.0) / 0.4, abs=1e-5)
+  assert float(l_seg_w) == pytest.approx((0.1 * 0.5 + 0.3 * 0.0) / 2, abs=1e-5)
 
 
 def test_gradient_reaches_masks_only_through_matched_pairs():
@@ -240,10 +243,16 @@ def test_absent_and_unannotated_structures_are_not_targets():
 def test_loss_stats_and_errors():
   config = load_config("gaze.py")
   config.loss.balancing = "presence_others"
-  stats = gaze.loss_stats({"presence": {"train": [2000, 2000, 1131, 126, 573, 116]}}, config)
+  stats = gaze.loss_stats(TABLE1_STATS, config)
   np.testing.assert_allclose(stats["structure_weights"][:2], [0.1327, 0.1327], atol=1e-4)
   with pytest.raises(ValueError, match="presence"):
     gaze.loss_stats({}, config)
+  with pytest.raises(ValueError, match="lacks"):
+    gaze.loss_stats({"splits": {"train": {"structure_presence": {"lesion": 3}}}}, config)
+  config.model.structure_pool = "median"
+  with pytest.raises(ValueError, match="structure_pool"):
+    gaze.build(config)
+  config.model.structure_pool = "mean"
   config.model.head = "mlp"
   with pytest.raises(ValueError, match="config.model.head"):
     gaze.build(config)

@@ -93,6 +93,38 @@ def test_no_gradient_through_the_assignment(method):
   np.testing.assert_array_equal(np.asarray(grad), np.asarray(one_hot))
 
 
+@pytest.mark.parametrize("method", matchers.METHODS)
+@pytest.mark.parametrize("s,t", [(6, 5), (6, 3), (4, 6)])
+def test_first_present_is_the_brute_force_optimum_over_the_first_k_steps(method, s, t):
+  """match_steps "first_present" (the thesis code): the k valid rows of an image are matched
+  only to steps 0..min(k, T)-1, optimally; checked against brute force on those columns."""
+  cost, valid = random_problem(s * 7 + t + 1, batch=10, s=s, t=t)
+  got = np.asarray(jax.jit(lambda c, v: matchers.match(c, v, method, "first_present"))(cost, valid))
+  for b in range(len(cost)):
+    k = min(int(valid[b].sum()), t)
+    want = brute_force(cost[b][:, :k], valid[b])
+    np.testing.assert_array_equal(got[b], want, err_msg=f"example {b}, valid {valid[b]}")
+    assert sorted(got[b][got[b] >= 0].tolist()) == list(range(k))  # exactly the first k steps
+  if t >= 5:  # Some images have k < T: there "all" uses a later step, so the option matters.
+    full = np.asarray(matchers.match(cost, valid, method, "all"))
+    assert not np.array_equal(full, got)
+
+
+def test_first_present_hand_example():
+  """Two present structures whose best masks are steps 2 and 3 of T = 4: "all" takes those,
+  "first_present" must use steps 0 and 1 (lesion -> 1, skin -> 0 is the cheaper pairing)."""
+  cost = np.full((1, 3, 4), 0.9, np.float32)
+  cost[0, 0] = [0.8, 0.5, 0.1, 0.9]   # lesion
+  cost[0, 1] = [0.6, 0.7, 0.9, 0.0]   # skin
+  valid = np.array([[True, True, False]])
+  for method in matchers.METHODS:
+    np.testing.assert_array_equal(np.asarray(matchers.match(cost, valid, method, "all")), [[2, 3, -1]])
+    np.testing.assert_array_equal(
+        np.asarray(matchers.match(cost, valid, method, "first_present")), [[1, 0, -1]])
+  with pytest.raises(ValueError, match="match_steps"):
+    matchers.match(cost, valid, "device", "last")
+
+
 def test_unknown_method_is_an_error():
   with pytest.raises(ValueError, match="config.loss.matcher"):
     matchers.match(jnp.zeros((1, 2, 2)), jnp.ones((1, 2), bool), "magic")

@@ -72,6 +72,39 @@ def test_stats_match_a_direct_computation(isic2017_raw, isic2017_prepared):
       np.testing.assert_allclose(stats["std"], pixels.std(0), rtol=1e-6)
 
 
+def test_structure_pixel_shares_match_a_numpy_count(isic2017_raw, isic2017_prepared):
+  """Thesis Table 1's "presence in pixels": per structure, its pixels over all pixels of the
+  split's images with masks (eqs. 17-19 in numpy at original resolution)."""
+  prepared_dir, layout = isic2017_prepared
+  stats = prepare.load(prepared_dir, layout).stats
+  for split in schema.SPLITS:
+    pixels, total = collections.Counter(), 0
+    for r in isic.read_records(layout, isic2017_raw, split):
+      if not (r["has_lesion_mask"] or r["has_attributes"]):
+        continue
+      lesion, gaze = r["lesion_mask"] > 0, r["attribute_masks"][..., :4] > 0
+      dermo = gaze.any(-1)
+      pixels["lesion"] += int((lesion & ~dermo).sum())
+      pixels["skin"] += int((~(lesion | dermo)).sum())
+      for k, name in enumerate(schema.ATTRIBUTES[:4]):
+        pixels[name] += int(gaze[..., k].sum())
+      total += lesion.size
+    s = stats["splits"][split]
+    assert s["num_mask_pixels"] == total > 0
+    assert s["structure_pixels"] == {k: pixels[k] for k in schema.STRUCTURES}
+    for k in schema.STRUCTURES:
+      assert s["structure_pixel_share"][k] == pytest.approx(pixels[k] / total, rel=1e-12)
+    assert 0 < s["structure_pixel_share"]["pigment_network"] < s["structure_pixel_share"]["skin"]
+  table = prepare.structure_table(stats["splits"]["train"])
+  lines = table.splitlines()
+  assert len(lines) == 1 + len(schema.STRUCTURES) and "% pixels" in lines[0]
+  train = stats["splits"]["train"]
+  skin = lines[1 + schema.STRUCTURES.index("skin")].split()
+  assert skin == ["skin", str(train["structure_presence"]["skin"]),
+                  f"{100 * train['structure_presence']['skin'] / train['num_with_masks']:.2f}",
+                  f"{100 * train['structure_pixel_share']['skin']:.2f}"]
+
+
 def test_splits_file_has_stratified_folds(isic2017_prepared):
   prepared_dir, layout = isic2017_prepared
   splits = prepare.load(prepared_dir, layout).splits

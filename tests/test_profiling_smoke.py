@@ -17,7 +17,8 @@ from dermjax.models.gaze import flops as gaze_flops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=32, batch_size=2, timesteps=2)
-PRESENCE = {"presence": {"train": [2000, 2000, 1131, 126, 573, 116]}}
+PRESENCE = {"splits": {"train": {"structure_presence": dict(zip(
+    schema.STRUCTURES, (2000, 2000, 1131, 126, 573, 116)))}}}
 
 
 def load(path, name):

@@ -75,3 +75,40 @@ def test_summary_keys():
   assert out["jaccard/a"] == pytest.approx(0.8) and out["jaccard/b"] == pytest.approx(0.6)
   # .5-.6: TP 2; .65-.8: TP 1, FP 1, FN 1 -> 1/3; .85-.95: 0.
   assert out["seg_map"] == pytest.approx(np.mean([1.0] * 3 + [1 / 3] * 4 + [0.0] * 3))
+  assert out["seg_map_agnostic"] == pytest.approx(out["seg_map"])   # classes all right here
+
+
+def test_class_aware_map_by_hand():
+  """The thesis's mAP: lesion and skin present, T = 3. Mask 0 says lesion (IoU .9 with it): a
+  hit. Mask 1 says lesion too but covers the skin (IoU .7 with skin): a FP, not a hit, and
+  skin stays a FN. Mask 2 is empty (says skin): a FP. -> 1 / (1 + 2 + 1) up to threshold .9,
+  0 at .95. The class-agnostic score pairs mask 1 with skin and ignores the empty mask: 1."""
+  iou = np.array([[[0.9, 0.0, 0.0],
+                   [0.0, 0.7, 0.0],
+                   [0.0, 0.0, 0.0]]])
+  present = np.array([[1, 1, 0]], bool)
+  pred = np.array([[0, 0, 1]])
+  nonempty = np.array([[1, 1, 0]], bool)
+  assert seg.class_aware_precision(iou[0], present[0], pred[0], 0.5) == pytest.approx(1 / 4)
+  assert seg.class_aware_precision(iou[0], present[0], pred[0], 0.95) == 0.0
+  m_ap, per = seg.class_aware_map(iou, present, pred)
+  assert per == pytest.approx([0.25] * 9 + [0.0])
+  assert m_ap == pytest.approx(0.225)
+  agnostic = seg.image_precision(iou[0], present[0], nonempty[0], 0.5)
+  assert agnostic == pytest.approx(1.0)
+  out = seg.summary(iou=iou, soft_iou=iou, present=present, pred_nonempty=nonempty,
+                    pred_structure=pred, names=("a", "b", "c"))
+  assert out["seg_map"] == pytest.approx(0.225)
+  assert out["seg_map_agnostic"] == pytest.approx(np.mean([1.0] * 5 + [1 / 3] * 4 + [0.0]))
+
+
+def test_class_aware_counts_each_gt_once_and_skips_images_without_gt():
+  # Two masks predicted as lesion both overlap it: one hit, one FP; FN 0 -> 1 / (1 + 1).
+  iou = np.array([[0.9, 0.8], [0.0, 0.0]])
+  assert seg.class_aware_precision(iou, np.array([1, 0], bool), np.array([0, 0]), 0.5) == 0.5
+  # A mask predicted as an absent class is a FP even with IoU 0 everywhere.
+  assert seg.class_aware_precision(iou, np.array([1, 0], bool), np.array([0, 1]), 0.5) == 0.5
+  assert np.isnan(seg.class_aware_precision(iou, np.zeros(2, bool), np.array([0, 1]), 0.5))
+  m_ap, _ = seg.class_aware_map(np.stack([iou, iou]), np.array([[1, 0], [0, 0]], bool),
+                                np.array([[0, 1], [0, 1]]))
+  assert m_ap == pytest.approx(np.mean([0.5] * 9 + [0.0]))

@@ -8,7 +8,18 @@ gather per example, so the random geometric transform is identical for both:
   -> bilinear resampling of the stacked [H, W, 3 + M] image+masks
   -> masks thresholded at 0.5 (binary again), image normalised with the train mean/std.
 
-Pixel centres sit at integer coordinates, so the identity transform (and any flip) is exact.
+aug_config fields (config.data.augment; missing ones are off):
+  rotation   "uniform" (angle uniform in +-max_rotation_deg) | "k90" (k x 90 degrees, k
+             uniform in 0..3; square images) | "none" (True / False: "uniform" / "none")
+  hflip, vflip  random flips with probability 1/2
+  zoom       (min, max) random crop side as a fraction of the image (resampled back), or None
+  fill       "reflect" | "constant" outside the input
+  crop_size  None, or a model input side C < H: training reads a random C x C window at
+             integer offsets (the random crop of the authors' AttnMel code), evaluation
+             the central one (their centre crop); [B, H, W] in -> [B, C, C] out.
+
+Pixel centres sit at integer coordinates and k90 / flip / integer-crop matrices have
+integer entries, so without zoom these transforms are exact (no interpolation).
 """
 
 import math
@@ -17,11 +28,22 @@ import jax
 import jax.numpy as jnp
 
 FILL_MODES = ("reflect", "constant")
+ROTATIONS = ("none", "uniform", "k90")
+
+
+def rotation_mode(aug_config) -> str:
+  """config.data.augment.rotation as one of ROTATIONS (booleans: True "uniform", False "none")."""
+  mode = aug_config.get("rotation", "none")
+  if isinstance(mode, bool) or mode is None:
+    mode = "uniform" if mode else "none"
+  if mode not in ROTATIONS:
+    raise ValueError(f"augment.rotation must be one of {ROTATIONS}, got {mode!r}")
+  return mode
 
 
 def _max_rotation_rad(aug_config):
   """Rotation range in radians from `rotation` / `max_rotation_deg` (a number or "any")."""
-  if not aug_config.get("rotation", False):
+  if rotation_mode(aug_config) != "uniform":
     return 0.0
   max_deg = aug_config.get("max_rotation_deg", 180.0)
   if isinstance(max_deg, str):
@@ -42,33 +64,63 @@ def _zoom_range(aug_config):
   return lo, hi
 
 
-def random_affine(rng, aug_config, height, width):
+def _crop_size(aug_config, height, width):
+  """The output side of augment.crop_size, or None; checks it fits the input."""
+  size = aug_config.get("crop_size", None)
+  if size is None:
+    return None
+  size = int(size)
+  if not 0 < size <= min(height, width):
+    raise ValueError(f"augment.crop_size = {size} must be in (0, {min(height, width)}] "
+                     f"for {height} x {width} inputs")
+  return size
+
+
+def random_affine(rng, aug_config, height, width, out_height=None, out_width=None):
   """One random output->input pixel map: 3x3 float32 matrix on homogeneous (y, x, 1).
 
-  input = centre + T + s * R(angle) @ F @ (output - centre), with F the flips, s in the zoom
-  range (the crop side as a fraction of the image side) and T a random shift keeping the
-  un-rotated crop inside the image.
+  input = c_in + T + s * R(angle) @ F @ (output - c_out), with c_in, c_out the centres of the
+  H x W input and the (out_height x out_width, default H x W) output, F the flips, s in the
+  zoom range (crop side as a fraction of the output side) and T a random shift keeping the
+  un-rotated window inside the input (integer when there is no zoom: an exact crop).
   """
+  out_height = height if out_height is None else out_height
+  out_width = width if out_width is None else out_width
   k_angle, k_hflip, k_vflip, k_scale, k_shift = jax.random.split(rng, 5)
-  max_rot = _max_rotation_rad(aug_config)
-  angle = jax.random.uniform(k_angle, (), minval=-max_rot, maxval=max_rot) if max_rot else 0.0
+  mode = rotation_mode(aug_config)
+  if mode == "k90":
+    if out_height != out_width:
+      raise ValueError(f"augment.rotation = 'k90' needs square images, got {out_height} x {out_width}")
+    k = jax.random.randint(k_angle, (), 0, 4)
+    cos = jnp.array([1.0, 0.0, -1.0, 0.0], jnp.float32)[k]   # exact: no cos(pi / 2) ~ 4e-8.
+    sin = jnp.array([0.0, 1.0, 0.0, -1.0], jnp.float32)[k]
+  else:
+    max_rot = _max_rotation_rad(aug_config)
+    angle = jax.random.uniform(k_angle, (), minval=-max_rot, maxval=max_rot) if max_rot else 0.0
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
   fy = fx = jnp.float32(1.0)
   if aug_config.get("vflip", False):
     fy = jnp.where(jax.random.bernoulli(k_vflip), -1.0, 1.0)
   if aug_config.get("hflip", False):
     fx = jnp.where(jax.random.bernoulli(k_hflip), -1.0, 1.0)
   zoom = _zoom_range(aug_config)
+  spare = jnp.array([height - out_height, width - out_width], jnp.float32)
   if zoom is None:
-    scale, shift = jnp.float32(1.0), jnp.zeros((2,), jnp.float32)
+    scale = jnp.float32(1.0)
+    # Integer window offsets in [0, spare], as a shift from the centred window.
+    window = jnp.floor(jax.random.uniform(k_shift, (2,)) * (spare + 1.0))
+    shift = jnp.minimum(window, spare) - spare / 2
   else:
     scale = jax.random.uniform(k_scale, (), minval=zoom[0], maxval=zoom[1])
-    room = jnp.maximum(1.0 - scale, 0.0) / 2 * jnp.array([height - 1, width - 1], jnp.float32)
+    extent = jnp.array([out_height - 1, out_width - 1], jnp.float32)
+    room = jnp.maximum(spare + (1.0 - scale) * extent, 0.0) / 2
     shift = jax.random.uniform(k_shift, (2,), minval=-1.0, maxval=1.0) * room
-  cos, sin = jnp.cos(angle), jnp.sin(angle)
-  linear = scale * jnp.array([[cos, -sin], [sin, cos]], jnp.float32) @ jnp.diag(
-      jnp.stack([fy, fx]).astype(jnp.float32))
-  centre = jnp.array([(height - 1) / 2, (width - 1) / 2], jnp.float32)
-  offset = centre + shift - linear @ centre
+  # Elementwise products and sums, no matmul: exact on every backend (TPU matmuls run in bf16).
+  rotation = jnp.stack([jnp.stack([cos, -sin]), jnp.stack([sin, cos])]).astype(jnp.float32)
+  linear = scale * rotation * jnp.stack([fy, fx]).astype(jnp.float32)[None, :]   # R @ diag(F)
+  centre_in = jnp.array([(height - 1) / 2, (width - 1) / 2], jnp.float32)
+  centre_out = ((out_height - 1) / 2, (out_width - 1) / 2)
+  offset = centre_in + shift - (linear[:, 0] * centre_out[0] + linear[:, 1] * centre_out[1])
   return jnp.concatenate(
       [jnp.concatenate([linear, offset[:, None]], axis=1), jnp.array([[0.0, 0.0, 1.0]])], axis=0
   ).astype(jnp.float32)
@@ -84,8 +136,9 @@ def _source_index(idx, size, fill):
   return jnp.clip(idx, 0, size - 1), inside.astype(jnp.float32)
 
 
-def warp(stack, matrix, *, fill="reflect"):
-  """Bilinear resampling of one example. stack [H, W, C] float, matrix [3, 3] -> [H, W, C].
+def warp(stack, matrix, *, fill="reflect", out_shape=None):
+  """Bilinear resampling of one example. stack [H, W, C] float, matrix [3, 3] -> [h, w, C]
+  with (h, w) = out_shape (default (H, W)).
 
   Output pixel (y, x) reads the input at matrix @ (y, x, 1); `fill` says what lies outside
   the input: "reflect" (mirror image) or "constant" (zeros).
@@ -93,14 +146,15 @@ def warp(stack, matrix, *, fill="reflect"):
   if fill not in FILL_MODES:
     raise ValueError(f"augment.fill must be one of {FILL_MODES}, got {fill!r}")
   height, width = stack.shape[:2]
-  ys, xs = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
-                        jnp.arange(width, dtype=jnp.float32), indexing="ij")
+  out_h, out_w = (height, width) if out_shape is None else out_shape
+  ys, xs = jnp.meshgrid(jnp.arange(out_h, dtype=jnp.float32),
+                        jnp.arange(out_w, dtype=jnp.float32), indexing="ij")
   src_y = matrix[0, 0] * ys + matrix[0, 1] * xs + matrix[0, 2]
   src_x = matrix[1, 0] * ys + matrix[1, 1] * xs + matrix[1, 2]
   y0, x0 = jnp.floor(src_y), jnp.floor(src_x)
   wy, wx = src_y - y0, src_x - x0
   y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
-  out = jnp.zeros_like(stack)
+  out = jnp.zeros((out_h, out_w) + stack.shape[2:], stack.dtype)
   for dy, weight_y in ((0, 1.0 - wy), (1, wy)):
     iy, in_y = _source_index(y0 + dy, height, fill)
     for dx, weight_x in ((0, 1.0 - wx), (1, wx)):
@@ -113,16 +167,29 @@ def warp(stack, matrix, *, fill="reflect"):
 def augment(image, masks, rng, aug_config):
   """Random geometric transform, identical for image and masks, independent per example.
 
-  image [B, H, W, 3] float, masks [B, H, W, M] float 0/1 -> same shapes; masks stay 0/1.
+  image [B, H, W, 3] float, masks [B, H, W, M] float 0/1 -> [B, h, w, 3], [B, h, w, M] with
+  h = w = augment.crop_size if set, else (H, W); masks stay 0/1.
   """
   batch, height, width = image.shape[:3]
+  crop = _crop_size(aug_config, height, width)
+  out_h, out_w = (height, width) if crop is None else (crop, crop)
   fill = aug_config.get("fill", "reflect")
-  matrices = jax.vmap(lambda key: random_affine(key, aug_config, height, width))(
+  matrices = jax.vmap(lambda key: random_affine(key, aug_config, height, width, out_h, out_w))(
       jax.random.split(rng, batch))
   stack = jnp.concatenate([image, masks.astype(image.dtype)], axis=-1)
-  stack = jax.vmap(lambda s, m: warp(s, m, fill=fill))(stack, matrices)
+  stack = jax.vmap(lambda s, m: warp(s, m, fill=fill, out_shape=(out_h, out_w)))(stack, matrices)
   image, masks = stack[..., :image.shape[-1]], stack[..., image.shape[-1]:]
   return image, (masks > 0.5).astype(jnp.float32)
+
+
+def center_crop(x, size):
+  """The central size x size window of [B, H, W, ...] (numpy or jax), offsets rounded as
+  torchvision's center_crop; size None -> x unchanged."""
+  if size is None:
+    return x
+  height, width = x.shape[1:3]
+  top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+  return x[:, top:top + size, left:left + size]
 
 
 def device_preprocess(batch, rng, *, mean, std, aug_config, train: bool):
@@ -131,12 +198,17 @@ def device_preprocess(batch, rng, *, mean, std, aug_config, train: bool):
   image becomes float32 (image - mean) / std (mean, std: [3] in 0-255 units), masks float32
   0/1; with train=True (and an aug_config) both first get the same random transform per
   example. aug_config: config.data.augment (ConfigDict or dict; missing fields are off).
-  Other entries pass through unchanged. rng is unused when train=False.
+  With augment.crop_size C, evaluation (train=False) takes the central C x C window and
+  training a random one (see augment). Other entries pass through unchanged. rng is unused
+  when train=False.
   """
   image = batch["image"].astype(jnp.float32)
   masks = batch["masks"].astype(jnp.float32)
   if train and aug_config is not None:
     image, masks = augment(image, masks, rng, aug_config)
+  elif aug_config is not None:
+    crop = _crop_size(aug_config, *image.shape[1:3])
+    image, masks = center_crop(image, crop), center_crop(masks, crop)
   out = dict(batch)
   out["image"] = (image - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
   out["masks"] = masks

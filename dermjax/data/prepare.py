@@ -1,9 +1,10 @@
 """One-off preparation of an ISIC layout into an array_record TFDS dataset, and loading it.
 
   prepare(layout, raw_dir, prepared_dir)  ->  prepared_dir/<layout>/
-      stats.json    per-split counts, class/melanoma counts, structure presences (thesis
-                    Table 1, via dermjax.data.structures), image sizes, and the training
-                    split's RGB mean/std (0-255)
+      stats.json    per-split counts, class/melanoma counts, the gaze structures' presences
+                    and pixel shares (thesis Table 1, via dermjax.data.structures; logged
+                    for the training split), image sizes, and the training split's RGB
+                    mean/std (0-255)
       splits.json   ids per split and a stratified fold index per training id
       tfds/         the `dermjax_isic/<layout>` builder's array_record files
 
@@ -20,6 +21,7 @@ permissions (0755 usually), so a shared prepared folder is readable by others.
 
 import dataclasses
 import fcntl
+import functools
 import io
 import json
 import logging
@@ -102,6 +104,30 @@ def decode(example: dict, split: str) -> dict:
 # --- statistics ---------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
+def code_structures() -> np.ndarray:
+  """bool [256, S]: the gaze structures (eqs. 17-19) a pixel with each packed mask code is in.
+
+  Structures are per-pixel functions of the lesion/attribute bits, so an image's presences
+  and structure pixel counts follow from its histogram of codes (one bincount per image).
+  """
+  lesion, attributes = unpack_masks(np.arange(256, dtype=np.uint8)[None])   # [1, 256], [1, 256, A]
+  masks = np.concatenate([lesion[..., None], attributes], -1)
+  return np.asarray(structures.structure_masks(masks))[0] > 0.5
+
+
+def structure_table(summary: dict) -> str:
+  """Thesis Table 1 for one split's stats.json summary: images and pixels per structure."""
+  n = max(summary["num_with_masks"], 1)
+  lines = [f"{'structure':<18}{'images':>8}{'% images':>10}{'% pixels':>10}"]
+  for name in schema.STRUCTURES:
+    count = summary["structure_presence"][name]
+    share = 100 * summary["structure_pixel_share"][name]
+    lines.append(f"{name:<18}{count:>8d}{100 * count / n:>10.2f}{share:>10.2f}")
+  return "\n".join(lines)
+
+
+
 class _SplitStats:
   """Accumulates one split's counts, sizes, presences and (train) pixel moments."""
 
@@ -109,6 +135,8 @@ class _SplitStats:
     self.n = self.melanoma = self.keratosis = self.with_masks = self.with_attributes = 0
     self.classes = np.zeros(num_classes, np.int64)
     self.presence = np.zeros(schema.NUM_STRUCTURES, np.int64)
+    self.structure_pixels = np.zeros(schema.NUM_STRUCTURES, np.int64)
+    self.mask_pixels = 0
     self.heights, self.widths = [], []
     self.pixels = pixels
     self.count, self.sum, self.sumsq = 0, np.zeros(3), np.zeros(3)
@@ -125,15 +153,12 @@ class _SplitStats:
     if record["has_lesion_mask"] or record["has_attributes"]:
       self.with_masks += 1
       self.with_attributes += int(record["has_attributes"])
-      # Presence is an OR over pixels of per-pixel functions, so the distinct mask codes
-      # present stand in for the whole image: [1, 64, 1 + A] (padded by repetition to
-      # one fixed shape, so jax compiles once).
-      present = np.flatnonzero(np.bincount(codes.ravel(), minlength=256)).astype(np.uint8)
-      present = np.resize(present, 1 << (1 + schema.NUM_ATTRIBUTES))
-      lesion, attributes = unpack_masks(present[None])
-      masks = np.concatenate([lesion[..., None], attributes], -1)
-      self.presence += np.asarray(structures.structure_presence(
-          structures.structure_masks(masks))).astype(np.int64)
+      # Presences and pixel counts from the image's histogram of mask codes.
+      counts = np.bincount(codes.ravel(), minlength=256).astype(np.int64)
+      table = code_structures()
+      self.presence += np.any(table & (counts[:, None] > 0), axis=0)
+      self.structure_pixels += counts @ table.astype(np.int64)
+      self.mask_pixels += int(codes.size)
     if self.pixels:
       for rows in np.array_split(record["image"], max(1, h // 512)):
         rows = rows.reshape(-1, 3).astype(np.float64)
@@ -148,6 +173,12 @@ class _SplitStats:
         "class_counts": self.classes.tolist(), "num_with_masks": self.with_masks,
         "num_with_attributes": self.with_attributes,
         "structure_presence": dict(zip(schema.STRUCTURES, self.presence.tolist())),
+        # Table 1's "presence in pixels": structure pixels / all pixels of the images with
+        # masks (original resolution; sums past 1 where attributes overlap).
+        "structure_pixels": dict(zip(schema.STRUCTURES, self.structure_pixels.tolist())),
+        "structure_pixel_share": dict(zip(schema.STRUCTURES, (
+            self.structure_pixels / max(self.mask_pixels, 1)).tolist())),
+        "num_mask_pixels": self.mask_pixels,
         "height": size(self.heights), "width": size(self.widths),
     }
 
@@ -273,6 +304,9 @@ def _build(layout, raw_dir, prepared_dir, plan, splits, config, num_folds, seed,
       raise DatasetError(problems, header=f"cannot prepare {layout} from {raw_dir}")
     _write_metadata(tmp, layout, plan, splits, config, num_folds, seed, raw_dir)
     _swap_into_place(tmp, target)
+    if "train" in plan.stats:
+      logging.info("%s training split, gaze structures (thesis Table 1):\n%s", layout,
+                   structure_table(plan.stats["train"].summary()))
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

@@ -1,8 +1,14 @@
 """Diagnosis metrics as the papers report them (scikit-learn), pure host functions.
 
-Binary (melanoma vs rest): AUC, AP, accuracy / sensitivity / specificity at a threshold
-(0.5), and sensitivity at specificity .95 / .90 / .85. Multiclass (K > 1): per-class
-one-vs-rest AUC and their mean, accuracy and balanced accuracy. A split where a metric is
+Definitions follow the ISIC challenge's official scorer (PyPI isic-challenge-scoring;
+tests/test_submission.py checks agreement): a score counts as positive when it is
+> 0.5 (strictly), AUC and AP are scikit-learn's, `auc_sens_80` is the challenge's partial
+AUC above sensitivity 0.8, balanced accuracy is the mean per-class recall.
+
+Binary (melanoma vs rest): AUC, AP, auc_sens_80, accuracy / sensitivity / specificity /
+balanced accuracy at the threshold, and sensitivity at specificity .95 / .90 / .85 (the
+papers' tables; not a challenge metric). Multiclass (K > 1): per-class one-vs-rest AUC
+and their mean, accuracy and balanced accuracy of the argmax. A split where a metric is
 undefined (one class only) gives NaN and a warning, never an exception.
 """
 
@@ -30,7 +36,10 @@ def _check(scores, labels, ndim):
 
 
 def sensitivity_at_specificity(scores, labels, specificity: float) -> float:
-  """Largest true-positive rate among ROC operating points with specificity >= `specificity`."""
+  """Sensitivity at fixed specificity, as the papers' tables report it: the largest
+  true-positive rate among the ROC's operating points (thresholds at the observed scores,
+  scikit-learn's roc_curve) whose false-positive rate is <= 1 - `specificity`. No
+  interpolation between points. scores, labels: [N]."""
   scores, labels = _check(scores, labels, 1)
   if labels.min(initial=0) == labels.max(initial=0) or len(labels) == 0:
     return _nan(f"sensitivity at specificity {specificity} needs both classes")
@@ -39,13 +48,25 @@ def sensitivity_at_specificity(scores, labels, specificity: float) -> float:
   return float(tpr[ok].max())
 
 
+def auc_above_sensitivity(scores, labels, sensitivity: float = 0.8) -> float:
+  """The ISIC challenge's `auc_sens_80`: area under the ROC where TPR >= `sensitivity`
+  (unnormalised, at most 1 - sensitivity), the curve entering at an interpolated point at
+  exactly that TPR. scores, labels: [N] with both classes."""
+  scores, labels = _check(scores, labels, 1)
+  fpr, tpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
+  i = int(np.searchsorted(tpr, sensitivity, side="left"))
+  fpr_at = np.interp(sensitivity, tpr[i - 1:i + 1], fpr[i - 1:i + 1])
+  return float(skm.auc(np.insert(fpr[i:], 0, fpr_at), np.insert(tpr[i:], 0, sensitivity)))
+
+
 def binary_metrics(scores, labels, *, threshold: float = 0.5, prefix: str = "") -> dict:
-  """scores [N] (probabilities), labels [N] in {0, 1} -> dict of floats."""
+  """scores [N] (probabilities), labels [N] in {0, 1} -> dict of floats; positive means
+  score > threshold (the challenge's rule)."""
   scores, labels = _check(scores, labels, 1)
   if np.any((labels != 0) & (labels != 1)):
     raise ValueError(f"binary diagnosis metrics: labels must be 0/1, got {np.unique(labels)}")
   pos, neg = labels == 1, labels == 0
-  pred = scores >= threshold
+  pred = scores > threshold
   both = pos.any() and neg.any()
   out = {
       "num_examples": int(len(labels)),
@@ -58,7 +79,12 @@ def binary_metrics(scores, labels, *, threshold: float = 0.5, prefix: str = "") 
           "sensitivity needs a positive example"),
       "specificity": float(np.mean(~pred[neg])) if neg.any() else _nan(
           "specificity needs a negative example"),
+      "auc_sens_80": auc_above_sensitivity(scores, labels, 0.8) if both else float("nan"),
   }
+  # The challenge's aggregate: mean recall over the classes present (benign, malignant).
+  recalls = [out[k] for k, present in (("sensitivity", pos.any()), ("specificity", neg.any()))
+             if present]
+  out["balanced_accuracy"] = float(np.mean(recalls)) if recalls else float("nan")
   for spec in SPECIFICITIES:
     key = f"sensitivity_at_specificity_{round(spec * 100)}"
     out[key] = sensitivity_at_specificity(scores, labels, spec) if both else float("nan")

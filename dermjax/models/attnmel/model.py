@@ -185,10 +185,11 @@ def report(arrays, config):
 
 
 def explain(outputs, batch, images, ids, config, out_dir):
-  """Attention maps A3, A4 upsampled onto the image (paper Fig. 3), next to the lesion mask."""
-  del config
+  """Attention maps A3, A4 upsampled onto the image (paper Fig. 3), next to the lesion mask
+  (both cropped as the model saw them, common.explain.model_view)."""
   maps = {tap: np.asarray(outputs[name]) for tap, name in ATTENDED if name in outputs}
   if not maps:
     return
+  images, batch = common_explain.model_view(images, batch, config)
   common_explain.save_overlays(maps, images, ids, out_dir,
                                common_explain.lesion_masks(batch, len(ids)))

@@ -92,9 +92,10 @@ def report(arrays, config):
 
 
 def explain(outputs, batch, images, ids, config, out_dir):
-  """Class activation maps upsampled onto the image, next to the lesion mask."""
-  del config
+  """Class activation maps upsampled onto the image, next to the lesion mask (both cropped
+  as the model saw them, common.explain.model_view)."""
   if "cam" not in outputs:
     return
+  images, batch = common_explain.model_view(images, batch, config)
   common_explain.save_overlays({"cam": np.asarray(outputs["cam"])}, images, ids, out_dir,
                                common_explain.lesion_masks(batch, len(ids)))

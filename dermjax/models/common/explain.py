@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from dermjax import visualize
+from dermjax.data import augment
 
 
 def save_overlays(maps: dict, images, ids, out_dir, masks=None):
@@ -34,3 +35,16 @@ def lesion_masks(batch, count):
   masks = np.asarray(batch["masks"])[..., 0]
   has = np.asarray(batch.get("has_lesion_mask", np.ones(len(masks))))
   return [masks[i] if has[i] > 0.5 else None for i in range(count)]
+
+
+def model_view(images, batch, config):
+  """(images, batch) as the model saw them at evaluation: with config.data.augment.crop_size C
+  smaller than the host images [B, H, W, 3], their central C x C window, and the batch's
+  masks likewise (dermjax.data.augment's eval crop); otherwise unchanged."""
+  size = config.data.get("augment", {}).get("crop_size", None)
+  if size is None or np.shape(images)[1] <= int(size):
+    return images, batch
+  size = int(size)
+  if batch is not None and "masks" in batch:
+    batch = {**batch, "masks": augment.center_crop(np.asarray(batch["masks"]), size)}
+  return augment.center_crop(np.asarray(images), size), batch

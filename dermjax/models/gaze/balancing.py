@@ -4,6 +4,12 @@ Host-side weights from the training split's structure presences P_s (number of i
 which structure s appears), and the device-side mini-batch balancing. The thesis's Table 2
 labels its rows the other way round from the equation numbers: eq. 15 (divided by S - 1 so
 the weights sum to 1) gives the row 0.133 0.133 0.162 ..., eq. 16 the row 0.025 0.025 ....
+
+Reduction over the matched (structure, step) pairs of a batch (`balanced_mean`):
+  presence_others / presence_inverse / none:  sum_pairs(w_s * l) / #pairs  (the thesis:
+      each structure's loss multiplied by its weight, then the mean over the pairs)
+  batch:  sum_pairs(l / n_s) / #structures in the batch, n_s = pairs of structure s (the
+      mean over structures of their per-structure means; the thesis code exactly).
 """
 
 import jax.numpy as jnp
@@ -64,3 +70,17 @@ def pair_weights(matched, class_weights, mode: str, example_weights=None):
   if mode not in MODES:
     raise ValueError(f"config.loss.balancing must be one of {MODES}, got {mode!r}")
   return w * jnp.asarray(class_weights, jnp.float32)[None, :]
+
+
+def balanced_mean(terms, matched, class_weights, mode: str, example_weights=None):
+  """Scalar mean of per-pair losses terms [B, S] over the matched pairs matched [B, S] (see
+  the module doc for each mode); 0 when nothing is matched."""
+  w = pair_weights(matched, class_weights, mode, example_weights)
+  if mode == "batch":
+    denom = jnp.sum(w)
+  else:
+    pairs = matched.astype(jnp.float32)
+    if example_weights is not None:
+      pairs = pairs * example_weights.astype(jnp.float32)[:, None]
+    denom = jnp.sum(pairs)
+  return jnp.sum(w * terms) / jnp.maximum(denom, 1e-12)

@@ -31,7 +31,8 @@ def eval_arrays(outputs, batch, config):
 
 
 def report(arrays, config):
-  """Split metrics from the gathered eval_arrays: mAP (eq. 20), structure accuracy, Jaccard."""
+  """Split metrics from the gathered eval_arrays: seg_map (the thesis's class-aware eq. 20),
+  seg_map_agnostic, structure accuracy, Jaccard."""
   del config
   if "iou" not in arrays or len(arrays["iou"]) == 0:
     return {}

@@ -9,19 +9,29 @@ from dermjax.data.structures import structure_masks, structure_presence
 from dermjax.models.gaze import balancing, matchers
 
 
+def training_presence(data_stats: dict):
+  """[S] structure presences P_s of the training split from a prepared dataset's stats.json
+  (dermjax.data.prepare: splits -> train -> structure_presence, name -> count), or None."""
+  try:
+    counts = data_stats["splits"]["train"]["structure_presence"]
+  except (KeyError, TypeError):
+    return None
+  missing = [name for name in schema.STRUCTURES if name not in counts]
+  if missing:
+    raise ValueError(f"stats.json splits/train/structure_presence lacks {missing} "
+                     f"(expected {schema.STRUCTURES})")
+  return [int(counts[name]) for name in schema.STRUCTURES]
+
+
 def loss_stats(data_stats: dict, config) -> dict:
   """Per-structure balancing weights [S] from the training split's structure presences."""
   mode = config.loss.balancing
-  try:
-    presence = data_stats["presence"]["train"]
-  except (KeyError, TypeError) as e:
+  presence = training_presence(data_stats)
+  if presence is None:
     if mode in ("presence_others", "presence_inverse"):
-      raise ValueError(f"config.loss.balancing={mode!r} needs the dataset's stats.json "
-                       "'presence' -> 'train' structure counts, which are missing") from e
+      raise ValueError(f"config.loss.balancing={mode!r} needs the training split's structure "
+                       "presences (stats.json splits/train/structure_presence), which are missing")
     presence = [1] * schema.NUM_STRUCTURES
-  if len(presence) != schema.NUM_STRUCTURES:
-    raise ValueError(f"stats.json presence/train has {len(presence)} counts, expected "
-                     f"{schema.NUM_STRUCTURES} ({schema.STRUCTURES})")
   return {"structure_weights": balancing.structure_weights(presence, mode)}
 
 
@@ -49,24 +59,25 @@ def soft_iou_matrix(pred, gt, eps: float = 1e-6):
 
 
 def structure_loss(masks, structure_logits, gt, valid_rows, *, class_weights, balancing_mode,
-                   matcher="host", example_weights=None):
+                   matcher="host", example_weights=None, match_steps="all"):
   """Matched segmentation (1 - softIoU) and classification (CE) losses.
 
   masks [B, T, H, W] probabilities; structure_logits [B, T, S]; gt [B, H, W, S]; valid_rows
-  [B, S]; class_weights [S]. Returns (L_seg, L_class, assignment [B, S] int, -1 unmatched).
-  Both are weighted means over the matched pairs (weights from gaze.balancing).
+  [B, S]; class_weights [S]; match_steps "all" | "first_present" (gaze.matchers). Returns
+  (L_seg, L_class, assignment [B, S] int, -1 unmatched). Both are balanced means over the
+  matched pairs (gaze.balancing.balanced_mean).
   """
   cost = 1.0 - soft_iou_matrix(masks, gt)                       # [B, S, T]
-  assignment = matchers.match(cost, valid_rows, matcher)         # no gradient
+  assignment = matchers.match(cost, valid_rows, matcher, match_steps)   # no gradient
   matched = assignment >= 0
   idx = jnp.maximum(assignment, 0)
   seg = jnp.take_along_axis(cost, idx[:, :, None], axis=2)[:, :, 0]              # [B, S]
   log_p = jax.nn.log_softmax(structure_logits.astype(jnp.float32), axis=-1)       # [B, T, S]
   log_p_matched = jnp.take_along_axis(log_p, idx[:, :, None], axis=1)             # [B, S, S]
   ce = -jnp.diagonal(log_p_matched, axis1=1, axis2=2)                             # [B, S]
-  w = balancing.pair_weights(matched, class_weights, balancing_mode, example_weights)
-  total = jnp.maximum(jnp.sum(w), 1e-12)
-  return jnp.sum(w * seg) / total, jnp.sum(w * ce) / total, assignment
+  mean = lambda terms: balancing.balanced_mean(terms, matched, class_weights, balancing_mode,
+                                               example_weights)
+  return mean(seg), mean(ce), assignment
 
 
 def loss(outputs, batch, config, stats):
@@ -82,7 +93,8 @@ def loss(outputs, batch, config, stats):
   class_weights = stats.get("structure_weights", jnp.ones((schema.NUM_STRUCTURES,), jnp.float32))
   l_seg, l_class, assignment = structure_loss(
       outputs["masks"], outputs["structure_logits"], gt, valid_rows, class_weights=class_weights,
-      balancing_mode=lc.balancing, matcher=lc.matcher, example_weights=valid)
+      balancing_mode=lc.balancing, matcher=lc.matcher, example_weights=valid,
+      match_steps=lc.get("match_steps", "all"))
   total = lc.alpha * l_diag + lc.beta * (lc.gamma * l_seg + lc.mu * l_class)
   matched = jnp.sum((assignment >= 0) * valid[:, None]) / jnp.maximum(jnp.sum(valid), 1.0)
   metrics.update(loss=total, loss_seg=l_seg, loss_class=l_class, matched_per_image=matched)

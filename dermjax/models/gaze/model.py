@@ -2,8 +2,9 @@
 
 VGG-16 blocks 1-3 (the encoder) -> Attentive ConvLSTM run for T steps (the gazes A_t) ->
   * decoder on every hidden state H_t: one structure mask and structure class per step;
-  * diagnosis branch: VGG-16 blocks 4-5 on the last attended features X~_{T-1}, GAP,
-    concatenated with GAP(X~_t) for every t, then the classifier.
+  * diagnosis branch: VGG-16 blocks 4-5 on the last attended features X~_{T-1}
+    (diagnosis_input "attended"; "encoder": on X' itself, Deco_GAP_17), GAP, concatenated
+    with GAP(X~_t) for every t (step_dim > 0: reduced by a dense layer), then the classifier.
 
 Submodules (and optimiser-group names): encoder, attentive_convlstm, decoder,
 structure_head, diagnosis_vgg, diagnosis_head. Outputs of `GazeNet.__call__`:
@@ -32,6 +33,9 @@ from dermjax.models.backbones.vgg import VGGStages, adaptive_avg_pool
 DECODER_BLOCKS = ((256, 256, 128), (128, 64), (64, 1))
 HEADS = ("gap", "fc")
 PADDINGS = ("zeros", "reflect")
+POOLS = ("mean", "max")
+ACTIVATIONS = ("relu", "none")
+DIAGNOSIS_INPUTS = ("attended", "encoder")
 
 
 def _conv_padding(padding: str):
@@ -106,13 +110,15 @@ class Decoder(nn.Module):
   """Hidden states [N, h, w, 256] (+ skips pool3, pool2, pool1, each [N', ...] with N = N' * r)
   -> mask logits [N, 8h, 8w] and the concatenated per-block global pools [N, 448].
 
-  Each block: average with the skip (if `skips`), global pool, x2 upsample, 3x3 convs with
-  ReLU (+ BN), the last conv of the last block giving the one-channel mask logits.
+  Each block: average with the skip (if `skips`), global pool (`pool` "mean" = GAP, the
+  thesis text; "max", its code's AdaptiveMaxPool2d), x2 upsample, 3x3 convs with ReLU
+  (+ BN), the last conv of the last block giving the one-channel mask logits.
   """
 
   skips: bool = True
   batch_norm: bool = True
   padding: Any = 1
+  pool: str = "mean"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -125,7 +131,8 @@ class Decoder(nn.Module):
         r = x.shape[0] // skip.shape[0]  # Skips broadcast over the T steps folded into N.
         x = ((x.reshape((skip.shape[0], r) + x.shape[1:]) + skip[:, None].astype(x.dtype)) / 2
              ).reshape(x.shape)
-      pools.append(jnp.mean(x.astype(jnp.float32), axis=(1, 2)))
+      reduce = jnp.max if self.pool == "max" else jnp.mean
+      pools.append(reduce(x.astype(jnp.float32), axis=(1, 2)))
       x = upsample2(x)
       for k, f in enumerate(features, start=1):
         x = nn.Conv(f, (3, 3), padding=self.padding, dtype=self.dtype, name=f"block{b}_conv{k}")(x)
@@ -138,14 +145,18 @@ class Decoder(nn.Module):
 
 
 class StructureHead(nn.Module):
-  """Pooled decoder features [N, 448] -> structure logits [N, S] (dense 224, ReLU, dense S)."""
+  """Pooled decoder features [N, 448] -> structure logits [N, S]: dense 224, then
+  `hidden_activation` ("none": the thesis code's two stacked linear layers; "relu"), dense S."""
 
   num_structures: int
+  hidden_activation: str = "none"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(nn.Dense(x.shape[-1] // 2, dtype=self.dtype, name="dense1")(x))
+    x = nn.Dense(x.shape[-1] // 2, dtype=self.dtype, name="dense1")(x)
+    if self.hidden_activation == "relu":
+      x = nn.relu(x)
     return nn.Dense(self.num_structures, dtype=self.dtype, name="dense2")(x).astype(jnp.float32)
 
 
@@ -195,6 +206,9 @@ class GazeNet(nn.Module):
   freeze_encoder: bool = False
   head: str = "gap"
   step_dim: int = 0
+  structure_pool: str = "mean"
+  structure_hidden_activation: str = "none"
+  diagnosis_input: str = "attended"
   padding: str = "zeros"
   rescale_attention: bool = False
   dropout_rate: float = 0.5
@@ -206,9 +220,10 @@ class GazeNet(nn.Module):
     if image.shape[1] % 8 or image.shape[2] % 8:
       raise ValueError(f"gaze model: image size {image.shape[1:3]} must be divisible by 8")
     padding = _conv_padding(self.padding)
-    taps = VGGStages(blocks=(1, 2, 3), batch_norm=self.batch_norm,
-                     frozen_bn=self.frozen_bn or self.freeze_encoder, dtype=self.dtype,
-                     name="encoder")(image.astype(self.dtype), train=train)
+    # The encoder's BN follows frozen_bn alone: frozen weights (freeze_encoder, rate 0) may
+    # still normalise with batch statistics in training (the thesis's settings 1 and 4).
+    taps = VGGStages(blocks=(1, 2, 3), batch_norm=self.batch_norm, frozen_bn=self.frozen_bn,
+                     dtype=self.dtype, name="encoder")(image.astype(self.dtype), train=train)
     skip_maps = [taps["pool3"], taps["pool2"], taps["pool1"]]
     if self.freeze_encoder:
       skip_maps = [jax.lax.stop_gradient(s) for s in skip_maps]
@@ -222,16 +237,20 @@ class GazeNet(nn.Module):
 
     if self.decoder:
       folded = jnp.moveaxis(hs, 0, 1).reshape((batch_size * t,) + hs.shape[2:])  # [B*T, h, w, F]
-      mask_logits, pools = Decoder(self.skips, self.batch_norm, padding, self.dtype, name="decoder")(
-          folded, skip_maps, train=train)
+      mask_logits, pools = Decoder(self.skips, self.batch_norm, padding, self.structure_pool,
+                                   self.dtype, name="decoder")(folded, skip_maps, train=train)
       mask_logits = mask_logits.reshape((batch_size, t) + mask_logits.shape[1:])
       out["mask_logits"] = mask_logits
       out["masks"] = jax.nn.sigmoid(mask_logits)
-      out["structure_logits"] = StructureHead(self.num_structures, self.dtype, name="structure_head")(
-          pools).reshape(batch_size, t, self.num_structures)
+      out["structure_logits"] = StructureHead(
+          self.num_structures, self.structure_hidden_activation, self.dtype,
+          name="structure_head")(pools).reshape(batch_size, t, self.num_structures)
 
-    scale = x.shape[1] * x.shape[2] if self.rescale_attention else 1.0
-    x_last = (attention[:, -1, :, :, None] * scale).astype(x.dtype) * x  # X~_{T-1}
+    if self.diagnosis_input == "encoder":
+      x_last = x  # X' itself (the thesis's "X' GAP version", Deco_GAP_17).
+    else:
+      scale = x.shape[1] * x.shape[2] if self.rescale_attention else 1.0
+      x_last = (attention[:, -1, :, :, None] * scale).astype(x.dtype) * x  # X~_{T-1}
     pool5 = VGGStages(blocks=(4, 5), batch_norm=self.batch_norm, frozen_bn=self.frozen_bn,
                       dtype=self.dtype, name="diagnosis_vgg")(x_last, train=train)["pool5"]
     logits = DiagnosisHead(self.num_classes, self.head, self.step_dim, self.dropout_rate, self.dtype,
@@ -248,10 +267,18 @@ def build(config) -> GazeNet:
   if int(m.timesteps) < 1:
     raise ValueError(f"config.model.timesteps must be >= 1, got {m.timesteps}")
   _conv_padding(m.padding)
+  choices = {"structure_pool": POOLS, "structure_hidden_activation": ACTIVATIONS,
+             "diagnosis_input": DIAGNOSIS_INPUTS}
+  defaults = {"structure_pool": "mean", "structure_hidden_activation": "none",
+              "diagnosis_input": "attended"}
+  chosen = {k: m.get(k, defaults[k]) for k in choices}
+  for k, allowed in choices.items():
+    if chosen[k] not in allowed:
+      raise ValueError(f"config.model.{k} must be one of {allowed}, got {chosen[k]!r}")
   return GazeNet(
       num_classes=int(m.num_classes), num_structures=schema.NUM_STRUCTURES,
       timesteps=int(m.timesteps), decoder=bool(m.decoder), skips=bool(m.skips),
       batch_norm=bool(m.batch_norm), frozen_bn=bool(m.frozen_bn),
       freeze_encoder=bool(m.freeze_encoder), head=m.head, step_dim=int(m.step_dim),
       padding=m.padding, rescale_attention=bool(m.rescale_attention),
-      dropout_rate=float(m.dropout_rate), dtype=jnp.dtype(m.dtype))
+      dropout_rate=float(m.dropout_rate), dtype=jnp.dtype(m.dtype), **chosen)

@@ -7,6 +7,15 @@ predicted masks (dermjax.models.gaze.eval_arrays):
   present   [N, S]     GT structure present (and annotated) in the image
   pred_nonempty [N, T] binarised predicted mask has at least one pixel
   pred_structure [N, T] predicted structure class of each step
+
+Two mAPs (eq. 20 per image, mean over images, then over the IoU thresholds 0.5:0.05:0.95):
+  seg_map            the thesis's (Sec. 4.3, "the scores are computed taking as GT the mask
+                     of the predicted structure class"): predicted mask t is a hit when the
+                     GT of its predicted class c_t is present with IoU >= threshold (each GT
+                     hit at most once); every other predicted mask, empty ones included, is a
+                     FP, every GT not hit a FN: TP / (T + #GT - TP).
+  seg_map_agnostic   class-agnostic: a maximum one-to-one matching of GT and non-empty masks
+                     at IoU >= threshold, whatever the predicted class; empty masks ignored.
 """
 
 import numpy as np
@@ -50,6 +59,30 @@ def mean_average_precision(iou, present, pred_nonempty, thresholds=THRESHOLDS):
   return float(np.mean(per_threshold)), per_threshold
 
 
+def class_aware_precision(iou, present, pred_structure, threshold):
+  """The thesis's eq. 20 for one image (module doc): TP / (TP + FP + FN) with TP = present
+  classes hit by a mask predicted as that class with IoU >= threshold, FP = T - TP, FN =
+  #present - TP. iou [S, T], present [S], pred_structure [T]. NaN when no GT is present."""
+  iou, present = np.asarray(iou, np.float64), np.asarray(present, bool)
+  pred = np.asarray(pred_structure, np.int64)
+  if not present.any():
+    return float("nan")
+  hits = present[pred] & (iou[pred, np.arange(len(pred))] >= threshold)   # [T]
+  tp = len(np.unique(pred[hits]))
+  return tp / (len(pred) + int(present.sum()) - tp)
+
+
+def class_aware_map(iou, present, pred_structure, thresholds=THRESHOLDS):
+  """The thesis's mAP (module doc): (mAP, [precision per threshold]); images without any
+  present GT structure are skipped."""
+  per_threshold = []
+  for thr in thresholds:
+    p = np.asarray([class_aware_precision(iou[i], present[i], pred_structure[i], thr)
+                    for i in range(len(iou))], np.float64)
+    per_threshold.append(float(np.nanmean(p)) if np.any(~np.isnan(p)) else float("nan"))
+  return float(np.mean(per_threshold)), per_threshold
+
+
 def structure_classification(soft_iou, present, pred_structure, num_structures):
   """Each predicted mask's GT class = the present structure of highest softIoU with it.
 
@@ -88,7 +121,9 @@ def structure_jaccard(iou, present):
 def summary(*, iou, soft_iou, present, pred_nonempty, pred_structure, names):
   """All segmentation metrics as a JSON-friendly dict (floats and lists; NaN when undefined)."""
   iou, present = np.asarray(iou), np.asarray(present, bool)
-  m_ap, per_threshold = mean_average_precision(iou, present, np.asarray(pred_nonempty, bool))
+  m_ap, per_threshold = class_aware_map(iou, present, pred_structure)
+  agnostic, agnostic_per_threshold = mean_average_precision(iou, present,
+                                                            np.asarray(pred_nonempty, bool))
   accuracy, confusion = structure_classification(soft_iou, present, pred_structure, len(names))
   rows = confusion.sum(1, keepdims=True)
   normalized = np.where(rows > 0, confusion / np.maximum(rows, 1), np.nan)
@@ -96,6 +131,8 @@ def summary(*, iou, soft_iou, present, pred_nonempty, pred_structure, names):
   out = {
       "seg_map": m_ap,
       "seg_precision_per_threshold": per_threshold,
+      "seg_map_agnostic": agnostic,
+      "seg_precision_per_threshold_agnostic": agnostic_per_threshold,
       "structure_accuracy": accuracy,
       "structure_confusion": confusion.tolist(),
       "structure_confusion_normalized": normalized.tolist(),

@@ -1,0 +1,98 @@
+"""Evaluates a finished run's checkpoint without training.
+
+  python -m dermjax.evaluate --workdir=W [--split=test] [--out=DIR] [--tta=8]
+      [--config.data.dir=/data/ISIC2017 --config.data.layout=isic2017 ...]
+
+Loads W/config.json (any field can be overridden as --config.<field>=..., e.g. another
+prepared dataset) and the checkpoint the trainer evaluates at the end (best by
+train.checkpoint_metric), and writes what the end of training writes (dermjax.evaluation):
+DIR/results/<split>.json, DIR/predictions/<split>.npz (+ the ISIC submission CSV),
+DIR/explanations/<split>/. DIR defaults to W/evaluate, so the run's own files stay as
+they are; on the run's own data it reproduces W/results/<split>.json.
+"""
+
+import os
+import sys
+
+import jax
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from dermjax import config_lib
+from dermjax import evaluation
+from dermjax import input_pipeline
+from dermjax import train
+from dermjax import writers
+
+FLAGS = flags.FLAGS
+
+
+def evaluate(workdir, out_dir=None, splits=None, config=None) -> dict:
+  """Evaluates the run in `workdir` (its config, or `config`) on `splits`; writes under
+  `out_dir` (default <workdir>/evaluate); returns {split: result}."""
+  workdir = os.path.abspath(workdir)
+  run = evaluation.load_run(workdir, config)
+  config = run.config
+  out_dir = os.path.abspath(out_dir or os.path.join(workdir, "evaluate"))
+  splits = tuple(splits or config.eval.splits)
+  mesh = train.create_mesh()
+  # Data paths (synthetic data) resolve against the run's workdir, as in training.
+  datasets = input_pipeline.create_datasets(config.data, mesh=mesh, workdir=workdir)
+  stats_fn = getattr(run.model_lib, "loss_stats", None)
+  loss_stats = stats_fn(datasets.stats, config) if stats_fn else {}
+  state = train.TrainState(step=jax.numpy.asarray(run.step, jax.numpy.int32),
+                           params=run.variables["params"],
+                           batch_stats=run.variables.get("batch_stats", {}), opt_state=None,
+                           rng=jax.random.PRNGKey(config.seed))
+  state = jax.device_put(state, train.replicated(mesh))
+  eval_step = jax.jit(
+      train.make_eval_step(run.module, run.model_lib, config, loss_stats, datasets.mean,
+                           datasets.std),
+      in_shardings=(train.replicated(mesh), input_pipeline.batch_sharding(mesh)))
+  logging.info("evaluating %s (step %d) on %s -> %s", workdir, run.step, list(splits), out_dir)
+  return evaluation.evaluate_splits(config, out_dir, state, datasets, run.model_lib, run.module,
+                                    loss_stats, eval_step, splits, step=run.step)
+
+
+def define_config_flag(argv):
+  """--config: the config.json of the run named by --workdir in argv (base_config() without
+  one), so that --config.<field>=value overrides it."""
+  workdir = None
+  for i, arg in enumerate(argv):
+    if arg.startswith("--workdir="):
+      workdir = arg.split("=", 1)[1]
+    elif arg == "--workdir" and i + 1 < len(argv):
+      workdir = argv[i + 1]
+  has_config = workdir and os.path.isfile(os.path.join(workdir, "config.json"))
+  config = config_lib.load_run_config(workdir) if has_config else config_lib.base_config()
+  config_flags.DEFINE_config_dict("config", config, "The run's config (<workdir>/config.json); "
+                                  "override fields as --config.<field>=value.")
+
+
+def define_flags():
+  """The command's flags (defined when run as a program, so the entry points can be imported
+  together)."""
+  flags.DEFINE_string("workdir", None, "A finished dermjax run (python -m dermjax.main).")
+  flags.DEFINE_list("split", None, "Splits to evaluate; default the run's config.eval.splits.")
+  flags.DEFINE_string("out", None, "Output folder; default <workdir>/evaluate.")
+  flags.DEFINE_integer("tta", None, "Dihedral views to average (1 or 8); default config.eval.tta.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  writers.quiet_libraries()
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required")
+  config = FLAGS.config
+  if FLAGS.tta is not None:
+    config.eval.tta = FLAGS.tta
+  evaluate(FLAGS.workdir, FLAGS.out, FLAGS.split, config)
+
+
+if __name__ == "__main__":
+  define_flags()
+  define_config_flag(sys.argv)
+  app.run(main)

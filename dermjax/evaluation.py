@@ -1,0 +1,296 @@
+"""The evaluation half of a run: a split's losses, diagnosis metrics, model report, saved
+predictions and explanations, written under a workdir:
+
+  workdir/results/<split>.json       final metrics (losses, diagnosis, report, step)
+  workdir/predictions/<split>.npz    ids, scores, logits, labels, melanoma
+  workdir/explanations/<split>/      the model's explain() output
+  workdir/predictions/<split>_<format>.csv   ISIC challenge submission (dermjax.submission)
+  workdir/results/normalization.json the run's preprocessing constants (mean, std, classes)
+
+Test-time augmentation (config.eval.tta = 8): the model runs on the 8 flips/transposes of
+each image (the dihedral group) and its "logits" become those of the mean probability.
+`load_run` rebuilds a finished run (config, model, best checkpoint) for dermjax.predict
+and dermjax.evaluate.
+
+Used by the trainer (dermjax.train, at the end of training) and by dermjax.evaluate (a
+finished run's checkpoint on any split or dataset).
+"""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from dermjax import fileio
+from dermjax import submission
+from dermjax import writers
+from dermjax.metrics import diagnosis
+
+NORMALIZATION = os.path.join("results", "normalization.json")
+
+# Class names whose probability is the "melanoma score" of a multiclass model.
+MELANOMA_CLASS_NAMES = ("melanoma", "MEL", "malignant")
+
+
+def _gather(tree):
+  """Global (possibly multi-host) arrays -> numpy on every host."""
+  return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def _melanoma_class(class_names):
+  hits = [i for i, n in enumerate(class_names or ()) if n in MELANOMA_CLASS_NAMES]
+  return hits[0] if hits else None
+
+
+def run_eval(eval_step, state, batches):
+  """Runs a split; returns (mean losses, {name: np.ndarray over valid rows})."""
+  sums, chunks = None, []
+  for batch in batches:
+    batch_sums, arrays = eval_step(state, batch)
+    sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+    chunks.append(_gather(arrays))
+  if sums is None:
+    raise ValueError("evaluation split has no batches")
+  sums = jax.tree.map(float, _gather(sums))
+  count = max(sums.pop("count"), 1e-12)
+  losses = {k: v / count for k, v in sums.items()}
+  arrays = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+  keep = arrays["valid"] > 0
+  return losses, {k: v[keep] for k, v in arrays.items()}
+
+
+def split_metrics(losses, arrays, config, model_lib, class_names=None):
+  """Diagnosis metrics (+ the model's report) of one evaluated split.
+
+  class_names: names of the label values (Datasets.class_names); for K > 1 the melanoma
+  score is the probability of the class named melanoma / MEL / malignant.
+  """
+  result = {"losses": losses}
+  if "logits" in arrays:
+    logits, labels = arrays["logits"], arrays["label"]
+    known = labels >= 0
+    if logits.shape[1] == 1 or class_names is None or len(class_names) != logits.shape[1]:
+      class_names = None
+    result["diagnosis"] = diagnosis.diagnosis_metrics(
+        logits[known], labels[known], melanoma=arrays["melanoma"][known],
+        melanoma_class=_melanoma_class(class_names),
+        class_names=None if class_names is None else list(class_names))
+  report = getattr(model_lib, "report", None)
+  if report is not None:
+    result["report"] = report(arrays, config)
+  return result
+
+
+def scalar_summaries(prefix, result):
+  """{prefix/name: float} of the scalar entries of a split result (for TensorBoard)."""
+  out = {f"{prefix}/{k}": v for k, v in result["losses"].items()}
+  for section in ("diagnosis", "report"):
+    for k, v in result.get(section, {}).items():
+      if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+        out[f"{prefix}/{k}" if section == "diagnosis" else f"{prefix}/{section}/{k}"] = float(v)
+  return out
+
+
+def explain_split(model_lib, module, config, state, datasets, split, loss_stats, out_dir):
+  """Calls model_lib.explain on the first config.eval.num_visualizations examples of `split`.
+
+  explain(outputs, batch, images, ids, config, out_dir) gets numpy outputs, the host batch
+  (uint8 image, masks, labels, ...) and its uint8 images, rows with valid == 0 removed.
+  """
+  explain = getattr(model_lib, "explain", None)
+  remaining = int(config.eval.num_visualizations)
+  if explain is None or remaining <= 0:
+    return
+  from dermjax import train  # pylint: disable=g-import-not-at-top (train imports this module)
+  step = jax.jit(train.make_eval_step(module, model_lib, config, loss_stats, datasets.mean,
+                                      datasets.std, with_outputs=True))
+  os.makedirs(out_dir, exist_ok=True)
+  for batch in datasets.eval(split):
+    _, arrays, outputs = step(state, batch)
+    arrays, outputs, host_batch = _gather((arrays, outputs, batch))
+    keep = np.flatnonzero(arrays["valid"] > 0)[:remaining]
+    if keep.size == 0:
+      break
+    ids = [datasets.ids[split][int(i)] for i in arrays["index"][keep]]
+    if jax.process_index() == 0:
+      rows = lambda x: x[keep]
+      explain(jax.tree.map(rows, outputs), jax.tree.map(rows, host_batch),
+              host_batch["image"][keep], ids, config, out_dir)
+    remaining -= keep.size
+    if remaining <= 0:
+      break
+
+
+def _pngs(directory, prefix):
+  """{prefix/name: uint8 RGB image} of the PNGs in `directory` (for TensorBoard)."""
+  if not os.path.isdir(directory):
+    return {}
+  from PIL import Image  # Host-only.
+  return {f"{prefix}/{name[:-4]}": np.asarray(Image.open(os.path.join(directory, name)).convert("RGB"))
+          for name in sorted(os.listdir(directory)) if name.endswith(".png")}
+
+
+def evaluate_splits(config, workdir, state, datasets, model_lib, module, loss_stats, eval_step,
+                    splits, *, step, writer=None) -> dict:
+  """Evaluates `state` on each of `splits`; writes results, predictions and explanations
+  under `workdir` (layout above) and, with a writer, final_<split>/* summaries at `step`.
+  Returns {split: result}."""
+  if int(config.eval.get("tta", 1)) > 1:
+    from dermjax import train  # pylint: disable=g-import-not-at-top (train imports this module)
+    eval_step = jax.jit(train.make_eval_step(TTAModule(module, int(config.eval.tta)), model_lib,
+                                             config, loss_stats, datasets.mean, datasets.std))
+  if jax.process_index() == 0:
+    fileio.write_json(os.path.join(workdir, NORMALIZATION), {
+        "mean": datasets.mean, "std": datasets.std, "class_names": list(datasets.class_names),
+        "layout": datasets.layout, "target": config.data.target})
+  fmt = submission.format_for(config.eval.get("submission", ""), config.data.layout)
+  results = {}
+  for split in splits:
+    num_batches = -(-datasets.num_examples[split] // int(config.data.eval_batch_size))
+    losses, arrays = run_eval(eval_step, state,
+                              _progress(datasets.eval(split), num_batches, f"evaluating {split}"))
+    result = split_metrics(losses, arrays, config, model_lib, datasets.class_names)
+    result.update(step=step, checkpoint_metric=config.train.checkpoint_metric)
+    if int(config.eval.get("tta", 1)) > 1:
+      result["tta"] = int(config.eval.tta)
+    results[split] = result
+    if writer is not None:
+      writer.write_scalars(step, scalar_summaries(f"final_{split}", result))
+    logging.info("final %s: %s", split, fileio.to_json(result.get("diagnosis", result.get("report"))))
+    if jax.process_index() == 0:
+      fileio.write_json(os.path.join(workdir, "results", f"{split}.json"), result)
+    if jax.process_index() == 0 and "logits" in arrays:
+      ids = datasets.ids[split]
+      logits = arrays["logits"]
+      scores = diagnosis.probabilities(logits).astype(logits.dtype)
+      fileio.savez(os.path.join(workdir, "predictions", f"{split}.npz"),
+                   ids=np.asarray([ids[i] for i in arrays["index"]]),
+                   scores=scores, logits=logits, labels=arrays["label"], melanoma=arrays["melanoma"])
+      if fmt:
+        submission.write(os.path.join(workdir, "predictions", f"{split}_{fmt}.csv"), fmt,
+                         [ids[i] for i in arrays["index"]], scores, datasets.class_names)
+    out_dir = os.path.join(workdir, "explanations", split)
+    explain_split(model_lib, module, config, state, datasets, split, loss_stats, out_dir)
+    if writer is not None:
+      writer.write_images(step, _pngs(out_dir, f"explanations_{split}"))
+  return results
+
+
+def _progress(batches, total, what):
+  """Yields `batches`, logging a progress line with ETA about every 10% (long splits)."""
+  progress = writers.Progress(total)
+  for i, batch in enumerate(batches, 1):
+    yield batch
+    if total >= 20 and (i % (total // 10) == 0 or i == total):
+      progress(i, f"batches, {what}")
+
+
+# --- test-time augmentation ------------------------------------------------------------
+
+
+def dihedral(x, k: int):
+  """The k-th of the 8 flips/transposes (k in [0, 8)) of square images x [B, S, S, C]:
+  bit 2 transposes, bit 0 flips left-right, bit 1 flips up-down (in that order)."""
+  if k & 4:
+    x = jnp.swapaxes(x, 1, 2)
+  if k & 1:
+    x = x[:, :, ::-1]
+  if k & 2:
+    x = x[:, ::-1]
+  return x
+
+
+def mean_probability_logits(logits):
+  """logits [n, B, K] of n views -> [B, K] logits whose sigmoid / softmax is the views' mean
+  probability (clipped away from 0 and 1 so the logits stay finite)."""
+  logits = logits.astype(jnp.float32)
+  if logits.shape[-1] == 1:
+    p = jnp.clip(jnp.mean(jax.nn.sigmoid(logits), 0), 1e-7, 1 - 1e-7)
+    return jnp.log(p) - jnp.log1p(-p)
+  return jnp.log(jnp.maximum(jnp.mean(jax.nn.softmax(logits, -1), 0), 1e-30))
+
+
+class TTAModule:
+  """A flax module's `apply` with test-time augmentation: outputs of the untransformed batch,
+  "logits" replaced by mean_probability_logits over the first `n` dihedral views of image
+  and masks. The views run one after another (jax.lax.map: one compiled model body), so
+  the batch the model sees is unchanged."""
+
+  def __init__(self, module, n: int = 8):
+    if not 1 <= n <= 8:
+      raise ValueError(f"TTA takes 1 to 8 dihedral views, got {n}")
+    self.module, self.n = module, int(n)
+
+  def apply(self, variables, batch, *, train=False, **kwargs):
+    outputs = self.module.apply(variables, batch, train=train, **kwargs)
+    if self.n == 1 or "logits" not in outputs:
+      return outputs
+    views = {k: jnp.stack([dihedral(batch[k], i) for i in range(1, self.n)])
+             for k in ("image", "masks")}
+    logits = jax.lax.map(
+        lambda v: self.module.apply(variables, {**batch, **v}, train=train, **kwargs)["logits"],
+        views)
+    all_logits = jnp.concatenate([outputs["logits"][None].astype(jnp.float32),
+                                  logits.astype(jnp.float32)])
+    return {**outputs, "logits": mean_probability_logits(all_logits)}
+
+
+# --- a finished run ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+  """A finished run, ready for inference. variables: {"params", "batch_stats"} (numpy);
+  mean, std: float32 [3] (0-255); step / meta: of the restored checkpoint."""
+  workdir: str
+  config: object
+  model_lib: object
+  module: object
+  variables: dict
+  mean: np.ndarray
+  std: np.ndarray
+  class_names: tuple
+  step: int
+  meta: dict
+
+
+def normalization(workdir, config) -> dict:
+  """{"mean", "std", "class_names"} of a run: results/normalization.json, or (runs written
+  before it existed) the stats of the prepared dataset its config names."""
+  path = os.path.join(workdir, NORMALIZATION)
+  if os.path.isfile(path):
+    with open(path) as f:
+      return json.load(f)
+  from dermjax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
+  c = config.data
+  raw = c.dir or input_pipeline.synthetic_dir(c, workdir)
+  stats = prepare.load(c.prepared_dir or os.path.join(raw, "prepared"), c.layout).stats
+  return {"mean": stats["mean"], "std": stats["std"],
+          "class_names": list(input_pipeline.class_names(c.layout, c.target))}
+
+
+def load_run(workdir: str, config=None) -> Run:
+  """The run in `workdir`: its config (config.json unless `config` is given), model and the
+  checkpoint the trainer evaluates at the end (best by train.checkpoint_metric, else latest)."""
+  from dermjax import checkpoint  # pylint: disable=g-import-not-at-top
+  from dermjax import config_lib  # pylint: disable=g-import-not-at-top
+  from dermjax import models  # pylint: disable=g-import-not-at-top
+  workdir = os.path.abspath(workdir)
+  config = config_lib.load_run_config(workdir) if config is None else config
+  model_lib = models.get(config.model.name)
+  state, meta = checkpoint.run_checkpoint(workdir)
+  variables = {"params": state["params"]}
+  if state.get("batch_stats"):
+    variables["batch_stats"] = state["batch_stats"]
+  norm = normalization(workdir, config)
+  return Run(workdir=workdir, config=config, model_lib=model_lib, module=model_lib.build(config),
+             variables=variables, mean=np.asarray(norm["mean"], np.float32).reshape(3),
+             std=np.asarray(norm["std"], np.float32).reshape(3),
+             class_names=tuple(norm["class_names"]), step=int(meta.get("step", state["step"])),
+             meta=meta)
