@@ -25,9 +25,8 @@ from ml_collections import config_flags
 from dermjax import config_lib
 from dermjax import faults
 from dermjax import train
+from dermjax import writers
 from dermjax.data.errors import DatasetError
-
-QUIET_LIBRARIES = ("/orbax/", "/tensorflow_datasets/", "/array_record/")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and results.")
@@ -37,14 +36,6 @@ flags.DEFINE_bool("resume_with_changed_config", False,
 config_flags.DEFINE_config_file("config", None, "Experiment config (configs/*.py).",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-class _QuietLibraries(logging_lib.Filter):
-  """Drops INFO (and lower) records of chatty libraries (orbax logs every manager setting)."""
-
-  def filter(self, record):
-    return record.levelno > logging_lib.INFO or not any(
-        part in record.pathname for part in QUIET_LIBRARIES)
 
 
 def fail(message: str, exit_code: int = 1):
@@ -114,7 +105,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   sys.stderr = faults.FilteredStderr(sys.stderr)  # After absl set up its log handler.
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  writers.quiet_libraries()
   logging.get_absl_handler().addFilter(faults.QuietFailures())
   logging_lib.getLogger("asyncio").addFilter(faults.QuietFailures())
   config = FLAGS.config
