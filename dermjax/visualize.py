@@ -103,14 +103,13 @@ def draw_label(image, text, *, color=(255, 255, 255)):
   return np.asarray(img)
 
 
-def draw_box(image, box, *, color=(255, 255, 0), width=None):
-  """Outline box = (top, left, bottom, right), fractions of the side (crop.py's boxes), on
-  image uint8 [H, W, 3]; returns a new uint8 [H, W, 3]."""
+def draw_box(image, box, *, color=(255, 0, 0), width=None):
+  """Outline a box (top, left, bottom, right as fractions of the side, the convention of
+  dermjax.models.common.crop) on image uint8 [H, W, 3]."""
   img = Image.fromarray(np.asarray(image, np.uint8))
   h, w = img.height, img.width
-  top, left, bottom, right = (float(v) for v in box)
+  top, left, bottom, right = (float(v) for v in np.asarray(box).reshape(4))
   width = width or max(1, min(h, w) // 96)
-  x0, y0 = round(left * w), round(top * h)
-  x1, y1 = max(round(right * w) - 1, x0), max(round(bottom * h) - 1, y0)
-  ImageDraw.Draw(img).rectangle([x0, y0, x1, y1], outline=color, width=width)
+  ImageDraw.Draw(img).rectangle([left * w, top * h, right * w - 1, bottom * h - 1], outline=color,
+                                width=width)
   return np.asarray(img)
