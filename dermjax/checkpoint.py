@@ -1,21 +1,34 @@
 """Orbax checkpoints: the latest state (for resuming) and the best state per tracked metric.
 
 Layout under `directory`:
-  latest/<step>/            the most recent state, saved every epoch (and at the last step)
+  latest/<step>/            the last 2 states, saved every train.checkpoint_every_steps /
+                            _minutes, at epoch ends and at the last step
   best_<metric>/<step>/     the state with the best value of <metric> so far ("/" -> "_")
+  corrupt/<name>-<step>/    unreadable checkpoints, moved aside by restore (never deleted)
+  superseded/<name>-<step>/ checkpoints newer than the step a rerun resumed from
 Each checkpoint holds `state` (a pytree of arrays) and `meta` (JSON: the train iterator's
-state, best values so far, the metric values at that step, ...).
+state, best values and steps so far, the metric values at that step, the config it was
+trained with). Orbax writes each step to <step>.orbax-checkpoint-tmp-* and renames it, so
+a step folder is complete or absent; leftovers of a killed save are removed at start.
 """
 
 import base64
 import json
 import os
+import shutil
+import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+
+from dermjax import faults
 
 LATEST = "latest"
+CORRUPT = "corrupt"          # unreadable steps, moved aside at restore
+SUPERSEDED = "superseded"    # steps newer than the one a rerun resumed from
+TMP_MARK = ".orbax-checkpoint-tmp"
 
 
 def best_dirname(metric: str) -> str:
@@ -43,50 +56,172 @@ def decode_json(value):
   return value
 
 
-def _manager(path: str) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+def _manager(path: str, max_to_keep: int = 1) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                          enable_async_checkpointing=False)
   return ocp.CheckpointManager(os.path.abspath(path), options=options)
 
 
-class Checkpoints:
-  """The latest checkpoint plus one best checkpoint per metric in `metrics`."""
+def _first_line(exc) -> str:
+  """A one-line reason for an unreadable checkpoint (the innermost message's first line)."""
+  inner = exc
+  while inner.__cause__ is not None:
+    inner = inner.__cause__
+  text = f"{type(inner).__name__}: {inner}".strip().splitlines()[0]
+  return text[:300]
 
-  def __init__(self, directory: str, metrics=()):
+
+def _shape_mismatch(step_dir, target):
+  """How the array shapes saved in `step_dir` (state/_METADATA) differ from `target`'s, or
+  None when they agree or cannot be read (then a failed restore means a damaged step)."""
+  try:
+    with open(os.path.join(step_dir, "state", "_METADATA")) as f:
+      saved = [v["value_metadata"] for v in json.load(f)["tree_metadata"].values()]
+    saved = sorted(tuple(v["write_shape"]) for v in saved)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  wanted = sorted(tuple(np.shape(x)) for x in jax.tree.leaves(target))
+  if saved == wanted:
+    return None
+  if len(saved) != len(wanted):
+    return f"{len(saved)} arrays saved, {len(wanted)} expected"
+  first = next(i for i, (a, b) in enumerate(zip(saved, wanted)) if a != b)
+  return f"an array of shape {saved[first]} saved where {wanted[first]} is expected"
+
+
+def remove_stale_temporaries(directory: str) -> list:
+  """Deletes the *.orbax-checkpoint-tmp* folders an interrupted save left one level below
+  `directory` (in latest/ and best_*/); returns their paths."""
+  stale = _temporaries(directory)
+  for path in stale:
+    shutil.rmtree(path, ignore_errors=True)
+    logging.warning("removed the unfinished checkpoint %s (a save was interrupted)", path)
+  return stale
+
+
+def _temporaries(directory: str) -> list:
+  if not os.path.isdir(directory):
+    return []
+  found = []
+  for name in sorted(os.listdir(directory)):
+    sub = os.path.join(directory, name)
+    if os.path.isdir(sub) and name not in (CORRUPT, SUPERSEDED):
+      found += [os.path.join(sub, e) for e in sorted(os.listdir(sub)) if TMP_MARK in e]
+  return found
+
+
+class Checkpoints:
+  """The last `keep_latest` states (for resuming) plus one best state per metric.
+
+  Only orbax writes inside latest/ and best_*/ (temporary folder, then rename). Steps that
+  cannot be read are moved to corrupt/, steps of an abandoned future to superseded/.
+  """
+
+  def __init__(self, directory: str, metrics=(), keep_latest: int = 2):
     self.directory = directory
-    self._latest = _manager(os.path.join(directory, LATEST))
+    remove_stale_temporaries(directory)
+    self._latest = _manager(os.path.join(directory, LATEST), keep_latest)
     self._best = {m: _manager(os.path.join(directory, best_dirname(m))) for m in metrics}
 
-  def _save(self, manager, step, state, meta):
-    manager.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(encode_json(meta))), force=True)
-    manager.wait_until_finished()
+  def _managers(self):
+    return {LATEST: self._latest, **{best_dirname(m): v for m, v in self._best.items()}}
+
+  def _save(self, name, manager, step, state, meta):
+    if int(step) in manager.all_steps():
+      logging.info("checkpoint %s/%d exists; kept as it is", name, step)
+      return
+    try:
+      manager.save(int(step), force=True, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(encode_json(meta))))
+      manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      error = faults.storage_error(e, f"saving checkpoint {name}/{step} failed")
+      for _ in range(20):  # tensorstore threads may still be writing into it for a moment
+        remove_stale_temporaries(self.directory)
+        time.sleep(0.1)
+        if not _temporaries(self.directory):
+          break
+      if error is not None:
+        raise error from None
+      raise
 
   def save_latest(self, step: int, state, meta: dict):
-    self._save(self._latest, step, state, meta)
+    self._save(LATEST, self._latest, step, state, meta)
 
   def save_best(self, metric: str, step: int, state, meta: dict):
-    self._save(self._best[metric], step, state, meta)
+    self._save(best_dirname(metric), self._best[metric], step, state, meta)
 
-  def _restore(self, manager, target):
-    step = manager.latest_step()
-    if step is None:
-      return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return restored["state"], decode_json(restored["meta"])
+  def steps(self, metric=None) -> list:
+    """Saved steps of `latest` (metric None) or of best_<metric>, ascending."""
+    return sorted((self._latest if metric is None else self._best[metric]).all_steps())
+
+  def _move_aside(self, name, manager, step, kind):
+    """Moves <name>/<step> to <kind>/<name>-<step>[-n] (kept, out of orbax's view)."""
+    target_dir = os.path.join(self.directory, kind)
+    os.makedirs(target_dir, exist_ok=True)
+    target = os.path.join(target_dir, f"{name}-{step}")
+    n = 1
+    while os.path.exists(target):
+      target, n = os.path.join(target_dir, f"{name}-{step}-{n}"), n + 1
+    os.rename(os.path.join(self.directory, name, str(step)), target)
+    manager.reload()
+    return target
+
+  def _restore(self, name, manager, target, meta_only=False):
+    """Newest readable step of one manager: (state or None, meta); unreadable steps are
+    reported in one warning line each and moved to corrupt/. None if nothing is readable."""
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        with faults.quiet_failures():
+          if meta_only:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))
+            return None, decode_json(restored["meta"])
+          abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+          restored = manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        return restored["state"], decode_json(restored["meta"])
+      except Exception as e:  # pylint: disable=broad-except
+        mismatch = None if meta_only else _shape_mismatch(
+            os.path.join(self.directory, name, str(step)), target)
+        if mismatch:  # Readable, but not this model's: no reason to move it.
+          raise faults.RunError(
+              f"checkpoint {name}/{step} in {self.directory} holds another model's state "
+              f"({mismatch}); use the config it was trained with or another --workdir",
+              exit_code=2) from None
+        moved = self._move_aside(name, manager, step, CORRUPT)
+        logging.warning("checkpoint %s/%d is unreadable (%s); moved to %s", name, step,
+                        _first_line(e), moved)
+    return None
+
+  def latest_meta(self):
+    """meta of the newest latest step whose meta reads (None if none); for checks made
+    before the state exists (the stored config)."""
+    restored = self._restore(LATEST, self._latest, None, meta_only=True)
+    return None if restored is None else restored[1]
 
   def restore_latest(self, target):
-    """(state, meta) of the latest checkpoint, shaped/sharded like `target`; None if none."""
-    return self._restore(self._latest, target)
+    """(state, meta) of the newest readable latest step, shaped/sharded like `target`;
+    None if there is none (unreadable ones moved to corrupt/)."""
+    return self._restore(LATEST, self._latest, target)
 
   def restore_best(self, metric: str, target):
-    """(state, meta) of the best checkpoint by `metric`; None if none was saved."""
-    return self._restore(self._best[metric], target)
+    """(state, meta) of the best checkpoint by `metric`; None if none is readable."""
+    return self._restore(best_dirname(metric), self._best[metric], target)
+
+  def supersede_after(self, step: int) -> list:
+    """Moves every latest / best step newer than `step` (the one resumed; 0: a fresh
+    start) to superseded/: kept as a record, never overwritten by the rerun."""
+    moved = []
+    for name, manager in self._managers().items():
+      for newer in [s for s in manager.all_steps() if s > step]:
+        moved.append(self._move_aside(name, manager, newer, SUPERSEDED))
+        logging.warning("checkpoint %s/%d is newer than the resumed step %d; moved to %s",
+                        name, newer, step, moved[-1])
+    return moved
 
   def close(self):
-    for manager in [self._latest, *self._best.values()]:
+    for manager in self._managers().values():
       manager.close()
 
 

@@ -19,6 +19,10 @@ import os
 from typing import Sequence
 
 import ml_collections
+from absl import logging
+
+from dermjax import faults
+from dermjax import fileio
 
 SCALES = ("cpu", "paper")
 
@@ -77,7 +81,7 @@ def data_config() -> ml_collections.ConfigDict:
   c.resize_size = 256
   c.crop = "resize_center_crop"   # | "center_fraction" (dermjax.input_pipeline.CROPS)
   c.crop_fraction = 0.8
-  c.target = "melanoma"           # | "multiclass" | "keratosis" (dermjax.input_pipeline.TARGETS)
+  c.target = "melanoma"           # | "seborrheic_keratosis" ("keratosis") | "multiclass" (input_pipeline.TARGETS)
   c.batch_size = 8                # global, over all processes and devices.
   c.eval_batch_size = 8
   c.num_workers = 0               # grain worker processes (0 = threads in this process).
@@ -146,6 +150,19 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.keep_best = ("validation/auc",)         # also keep the best by these (max).
   config.train.distributed = False        # jax.distributed.initialize() for multi-host.
   config.train.save_config = True         # write <workdir>/config.json.
+  # Checkpoint `latest` every N steps and every M minutes of training (besides epoch ends
+  # and the last step; <= 0 turns one off; minutes only on a single host). 500 steps is
+  # ~1-3 minutes of a paper-scale model on one GPU; the minutes bound a slow machine's loss.
+  config.train.checkpoint_every_steps = 500
+  config.train.checkpoint_every_minutes = 10.0
+  # Divergence guard: a step whose loss or global gradient norm is non-finite or above
+  # these bounds (<= 0: no bound) is never applied. "stop": the run stops there (exit
+  # status 3); "skip": the update is dropped and counted, and the run stops after
+  # max_skipped_in_a_row such steps in a row.
+  config.train.on_nonfinite = "stop"
+  config.train.max_skipped_in_a_row = 10
+  config.train.max_loss = 1e6
+  config.train.max_grad_norm = 1e9
 
   config.eval = ml_collections.ConfigDict()
   config.eval.splits = ("validation", "test")
@@ -155,6 +172,69 @@ def base_config() -> ml_collections.ConfigDict:
   # (the one of data.layout, if any), a format name, or "" for none.
   config.eval.submission = "auto"
   return config
+
+
+# Fields a resumed run may change without --resume_with_changed_config: how long it runs,
+# how often it evaluates / logs / saves, and host-side speed knobs that do not change the
+# data order or the numbers (dermjax.input_pipeline: order independent of workers/threads).
+RUN_LENGTH_FIELDS = (
+    "train.num_epochs", "train.max_steps", "train.eval_every_epochs", "train.log_every_steps",
+    "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.save_config",
+    "eval.splits", "eval.num_visualizations",
+    "data.num_workers", "data.num_threads", "data.prefetch", "data.eval_batch_size",
+)
+
+
+def flatten(tree, prefix=""):
+  """Nested dict -> {"a.b.c": leaf} (tuples as lists)."""
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def config_dict(config) -> dict:
+  """A ConfigDict as the plain JSON-able dict stored with checkpoints (tuples -> lists)."""
+  import json  # pylint: disable=g-import-not-at-top
+  return json.loads(config.to_json_best_effort())
+
+
+def config_differences(stored: dict, current: dict, ignore=RUN_LENGTH_FIELDS) -> list:
+  """["field: stored -> current", ...] for dotted fields that differ (JSON dicts of
+  configs, see config_dict), leaving out `ignore` and its sub-fields."""
+  a, b = flatten(stored), flatten(current)
+  skip = lambda k: any(k == f or k.startswith(f + ".") for f in ignore)
+  missing = object()
+  return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+          for k in sorted(set(a) | set(b))
+          if not skip(k) and a.get(k, missing) != b.get(k, missing)]
+
+
+def check_resume_config(config, stored_meta, allow_changed: bool):
+  """Raises RunError listing the fields that differ from the config the checkpoint was
+  trained with (run-length fields excepted), unless `allow_changed`."""
+  if not stored_meta or "config" not in stored_meta:
+    return []
+  differences = config_differences(stored_meta["config"], config_dict(config))
+  if differences and not allow_changed:
+    raise faults.RunError(
+        f"the checkpoint at step {stored_meta.get('step')} was trained with another config: "
+        + "; ".join(differences) + ". Rerun with that config, use another --workdir, or pass "
+        "--resume_with_changed_config", exit_code=2)
+  for line in differences:
+    logging.warning("resuming with a changed config field: %s", line)
+  return differences
+
+
+def record_config(config, workdir, resumed_step, changed):
+  """Writes <workdir>/config.json (atomically); when a resume changed the config the
+  previous file is kept as config.before_step_<step>.json."""
+  path = os.path.join(workdir, "config.json")
+  if changed and os.path.exists(path):
+    os.replace(path, os.path.join(workdir, f"config.before_step_{resumed_step}.json"))
+  fileio.write_text(path, config.to_json_best_effort(indent=2))
 
 
 def config_module(path: str):

@@ -2,6 +2,7 @@
 predictions and explanations, written under a workdir:
 
   workdir/results/<split>.json       final metrics (losses, diagnosis, report, step)
+  workdir/results/roc_<split>.{csv,png}  the ROC curve of the diagnosis score (metrics.roc)
   workdir/predictions/<split>.npz    ids, scores, logits, labels, melanoma
   workdir/explanations/<split>/      the model's explain() output
   workdir/predictions/<split>_<format>.csv   ISIC challenge submission (dermjax.submission)
@@ -29,7 +30,7 @@ from jax.experimental import multihost_utils
 from dermjax import fileio
 from dermjax import submission
 from dermjax import writers
-from dermjax.metrics import diagnosis
+from dermjax.metrics import diagnosis, roc
 
 NORMALIZATION = os.path.join("results", "normalization.json")
 
@@ -171,6 +172,8 @@ def evaluate_splits(config, workdir, state, datasets, model_lib, module, loss_st
       fileio.savez(os.path.join(workdir, "predictions", f"{split}.npz"),
                    ids=np.asarray([ids[i] for i in arrays["index"]]),
                    scores=scores, logits=logits, labels=arrays["label"], melanoma=arrays["melanoma"])
+      roc.write_roc(os.path.join(workdir, "results"), split, logits, arrays["label"],
+                    arrays["melanoma"], _melanoma_class(datasets.class_names))
       if fmt:
         submission.write(os.path.join(workdir, "predictions", f"{split}_{fmt}.csv"), fmt,
                          [ids[i] for i in arrays["index"]], scores, datasets.class_names)

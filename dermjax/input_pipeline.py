@@ -38,8 +38,10 @@ from dermjax.data import sampling
 from dermjax.data import schema
 
 CROPS = ("resize_center_crop", "center_fraction")
-# config.data.target -> the record field that is its label.
-TARGETS = {"melanoma": "melanoma", "multiclass": "label", "keratosis": "keratosis"}
+# config.data.target -> the record field that is its label. "seborrheic_keratosis" (ISIC 2017
+# sub-task 2, seborrheic keratosis vs rest) is the documented name; "keratosis" an alias.
+TARGETS = {"melanoma": "melanoma", "multiclass": "label", "seborrheic_keratosis": "keratosis",
+           "keratosis": "keratosis"}
 MASK_CHANNELS = 1 + schema.NUM_ATTRIBUTES
 _ENDLESS = 2**62  # "Infinite" length of the training position stream.
 
@@ -346,7 +348,7 @@ def class_names(layout, target):
   """Names of the values `label` takes for `target`."""
   if target == "melanoma":
     return ("other", "melanoma")
-  if target == "keratosis":
+  if TARGETS.get(target) == "keratosis":
     return ("other", "seborrheic_keratosis")
   if target == "multiclass":
     from dermjax.data import isic  # pylint: disable=g-import-not-at-top

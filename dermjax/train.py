@@ -17,6 +17,8 @@ metrics (dermjax.metrics.diagnosis) and the results under the workdir:
 import functools
 import math
 import os
+import signal
+import time
 from typing import Any
 
 import flax
@@ -30,7 +32,10 @@ from clu import metrics as clu_metrics
 from flax import traverse_util
 
 from dermjax import checkpoint as ckpt_lib
+from dermjax import config_lib
+from dermjax import divergence
 from dermjax import evaluation
+from dermjax import faults
 from dermjax import fileio
 from dermjax import input_pipeline
 from dermjax import models
@@ -123,7 +128,10 @@ def create_train_state(config, module, batch_shapes, *, mean, std, steps_per_epo
 
 
 def make_train_step(module, model_lib, tx, mask, config, loss_stats, mean, std):
-  """(state, host batch) -> (state, {name: clu Average}). Gradients only for trainable params."""
+  """(state, host batch) -> (state, {name: clu Average}). Gradients only for trainable params.
+
+  metrics["applied"] is 1 when the update was applied, 0 when the divergence guard
+  (divergence.update_ok) dropped it."""
   mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
   def train_step(state, batch):
@@ -145,11 +153,17 @@ def make_train_step(module, model_lib, tx, mask, config, loss_stats, mean, std):
     updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
     new_trainable, _ = _split(optax.apply_updates(state.params, updates), mask)
     params = _merge(new_trainable, frozen)  # Frozen parameters stay bit-identical.
-    scalars = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+    grad_norm = optax.tree.norm(grads)
+    # Divergence guard: an update from a non-finite or out-of-bounds loss / gradient is
+    # dropped (state kept bit for bit, step still advances); the host reads "applied".
+    ok = divergence.update_ok(loss, grad_norm, config.train)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    scalars = {"loss": loss, "grad_norm": grad_norm, "applied": ok, **aux}
     metrics = {k: clu_metrics.Average.from_model_output(jnp.asarray(v, jnp.float32))
                for k, v in scalars.items()}
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
+    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                              batch_stats=keep(batch_stats, state.batch_stats),
+                              opt_state=keep(opt_state, state.opt_state))
     return new_state, metrics
 
   return train_step
@@ -227,9 +241,32 @@ def tracked_metrics(config):
   return tracked
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains `config.model` as `config` says, resuming from workdir; returns {split: result}."""
-  workdir = os.path.abspath(workdir)
+def train_and_evaluate(config, workdir: str, *, resume_with_changed_config=False) -> dict:
+  """Trains `config.model` as `config` says, resuming from workdir; returns {split: result}.
+
+  Holds <workdir>/.lock for the whole run (faults.WorkdirLock); SIGINT / SIGTERM stop it
+  at a step boundary after saving `latest` (faults.Interrupted). Raises faults.RunError
+  (one line) for a locked / unwritable workdir, a changed config on resume, divergence.
+  """
+  workdir = faults.writable_workdir(os.path.abspath(workdir))
+  lock = faults.WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
+  try:
+    with faults.StopSignals() as stop:
+      return _train_and_evaluate(config, workdir, stop, resume_with_changed_config)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _due(every, value):
+  return every > 0 and value >= every
+
+
+def _train_and_evaluate(config, workdir, stop, resume_with_changed_config):
+  tracked = tracked_metrics(config)
+  checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), tracked)
+  changed = config_lib.check_resume_config(config, checkpoints.latest_meta(),
+                                           resume_with_changed_config)
   mesh = create_mesh()
   datasets = input_pipeline.create_datasets(config.data, mesh=mesh, workdir=workdir)
   model_lib = models.get(config.model.name)
@@ -251,32 +288,49 @@ def train_and_evaluate(config, workdir: str) -> dict:
                config.model.name, num_params, num_trainable, steps_per_epoch, total_steps,
                jax.device_count())
 
-  tracked = tracked_metrics(config)
-  checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), tracked)
   best = {m: None for m in tracked}
+  best_steps = {m: None for m in tracked}
+  meta = {}
   restored = checkpoints.restore_latest(state)
   if restored is not None:
     state, meta = restored
     datasets.train.set_state(meta["train_iterator"])
     best.update({k: v for k, v in meta.get("best", {}).items() if k in best})
+    best_steps.update({k: v for k, v in meta.get("best_steps", {}).items() if k in best})
     logging.info("resumed from step %d", int(state.step))
+  elif os.path.isdir(os.path.join(checkpoints.directory, ckpt_lib.CORRUPT)):
+    logging.warning("no readable checkpoint in %s; starting from step 0", checkpoints.directory)
+  start_step = int(state.step)
+  checkpoints.supersede_after(start_step)
+  for metric, step in best_steps.items():  # A save killed between latest and best_*.
+    if step == start_step and start_step not in checkpoints.steps(metric):
+      checkpoints.save_best(metric, start_step, state, meta)
 
   writer = writers.SummaryWriter(os.path.join(workdir, "tensorboard"),
-                                 enabled=jax.process_index() == 0)
+                                 enabled=jax.process_index() == 0, resume_step=start_step)
   train_step, eval_step = jit_steps(module, model_lib, tx, mask, config, loss_stats,
                                     datasets.mean, datasets.std, mesh)
   if config.train.save_config and jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    fileio.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    config_lib.record_config(config, workdir, start_step, changed)
 
-  start_step = int(state.step)
+  guard = divergence.DivergenceGuard(config.train, checkpoints, meta.get("skipped_steps", 0),
+                                     meta.get("skipped_in_a_row", 0))
   progress = writers.Progress(total_steps, start_step)
-  accumulated = None
+  accumulated = pending = None
   eval_every = max(int(config.train.eval_every_epochs), 1)
+  every_steps = int(config.train.get("checkpoint_every_steps", 0) or 0)
+  every_seconds = 60 * float(config.train.get("checkpoint_every_minutes", 0) or 0)
+  if jax.process_count() > 1:
+    every_seconds = 0  # Hosts' clocks would disagree on a collective save.
+  saved_step, saved_time = start_step, time.monotonic()
   checkpoint_split = config.train.checkpoint_metric.split("/", 1)[0]
+  stop.deferred = True  # Signals now stop at the next step boundary (after a save).
   for step in range(start_step + 1, total_steps + 1):
     batch = next(datasets.train)
     state, step_metrics = train_step(state, batch)
+    if pending is not None:
+      guard.check(*pending)  # The previous step, while this one runs on the device.
+    pending = (step, step_metrics)
     accumulated = step_metrics if accumulated is None else {
         k: accumulated[k].merge(v) for k, v in step_metrics.items()}
     if step % config.train.log_every_steps == 0 or step == total_steps:
@@ -288,11 +342,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
       writer.write_scalars(step, scalars)
       accumulated = None
     epoch_end = step % steps_per_epoch == 0
-    if not (epoch_end or step == total_steps):
+    if not (epoch_end or step == total_steps or stop.requested is not None
+            or _due(every_steps, step - saved_step)
+            or _due(every_seconds, time.monotonic() - saved_time)):
       continue
+    guard.check(*pending)  # Never save (or evaluate) a state after an unchecked step.
+    pending = None
     meta = {"step": step, "epoch": step / steps_per_epoch,
-            "train_iterator": datasets.train.get_state()}
-    if step == total_steps or (step // steps_per_epoch) % eval_every == 0:
+            "train_iterator": datasets.train.get_state(),
+            "config": config_lib.config_dict(config),
+            "skipped_steps": guard.skipped, "skipped_in_a_row": guard.in_a_row}
+    improved = []
+    if (epoch_end and (step // steps_per_epoch) % eval_every == 0) or step == total_steps:
       losses, arrays = run_eval(eval_step, state, datasets.eval(checkpoint_split))
       results = {checkpoint_split: split_metrics(losses, arrays, config, model_lib,
                                                  datasets.class_names)}
@@ -308,11 +369,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
                            "during training")
         value = _flat_value(results, metric)
         if _better(value, best[metric], mode):
-          best[metric] = value
-          meta["best"] = dict(best)
-          checkpoints.save_best(metric, step, state, meta)
-    meta["best"] = dict(best)
-    checkpoints.save_latest(step, state, meta)
+          best[metric], best_steps[metric] = value, step
+          improved.append(metric)
+    meta.update(best=dict(best), best_steps=dict(best_steps))
+    checkpoints.save_latest(step, state, meta)  # latest first: a kill here loses no best_*
+    for metric in improved:
+      checkpoints.save_best(metric, step, state, meta)
+    saved_step, saved_time = step, time.monotonic()
+    if stop.requested is not None:
+      writer.flush()
+      name = signal.Signals(stop.requested).name
+      raise faults.Interrupted(
+          f"stopped by {name} at step {step} of {total_steps}; saved "
+          f"{os.path.join(checkpoints.directory, ckpt_lib.LATEST, str(step))}; rerun the "
+          "same command to resume", exit_code=128 + stop.requested)
+  if pending is not None:
+    guard.check(*pending)
+  stop.deferred = False
   writer.flush()
 
   # Final evaluation with the best checkpoint by config.train.checkpoint_metric.

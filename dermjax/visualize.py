@@ -101,3 +101,15 @@ def draw_label(image, text, *, color=(255, 255, 255)):
   draw.rectangle([0, 0, right + 2, bottom + 1], fill=(0, 0, 0))
   draw.text((2, 1), text, fill=color)
   return np.asarray(img)
+
+
+def draw_box(image, box, *, color=(255, 0, 0), width=None):
+  """Outline a box (top, left, bottom, right as fractions of the side, the convention of
+  dermjax.models.common.crop) on image uint8 [H, W, 3]."""
+  img = Image.fromarray(np.asarray(image, np.uint8))
+  h, w = img.height, img.width
+  top, left, bottom, right = (float(v) for v in np.asarray(box).reshape(4))
+  width = width or max(1, min(h, w) // 96)
+  ImageDraw.Draw(img).rectangle([left * w, top * h, right * w - 1, bottom * h - 1], outline=color,
+                                width=width)
+  return np.asarray(img)

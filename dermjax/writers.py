@@ -17,6 +17,8 @@ from PIL import Image
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+from dermjax import fileio
+
 
 def _jsonable(value):
   if isinstance(value, (np.floating, np.integer)):
@@ -34,11 +36,14 @@ class SummaryWriter:
   Only process 0 of a multi-host run should write: pass `enabled=False` elsewhere.
   """
 
-  def __init__(self, logdir: str, *, enabled: bool = True, flush_secs: int = 30):
+  def __init__(self, logdir: str, *, enabled: bool = True, flush_secs: int = 30,
+               resume_step: int | None = None):
     self.logdir, self.enabled = logdir, enabled
     self._events = self._jsonl = None
     if enabled:
       os.makedirs(logdir, exist_ok=True)
+      if resume_step is not None:
+        truncate_jsonl(os.path.join(logdir, "metrics.jsonl"), resume_step)
       self._events = EventFileWriter(logdir, flush_secs=flush_secs)
       self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
 
@@ -83,6 +88,29 @@ class SummaryWriter:
       self._events.close()
       self._jsonl.close()
       self.enabled = False
+
+
+def truncate_jsonl(path: str, resume_step: int) -> int:
+  """Drops the rows a resumed run will write again from metrics.jsonl (atomically): rows
+  after `resume_step`, final-evaluation rows (tags "final_*") and a torn last line.
+  Returns the number of rows dropped."""
+  if not os.path.exists(path):
+    return 0
+  kept, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+        keep = row["step"] <= resume_step and not any(k.startswith("final_") for k in row)
+      except (ValueError, KeyError, TypeError):
+        keep = False
+      if keep:
+        kept.append(line if line.endswith("\n") else line + "\n")
+      else:
+        dropped += 1
+  if dropped:
+    fileio.write_text(path, "".join(kept))
+  return dropped
 
 
 class Progress:

@@ -17,7 +17,9 @@ from dermjax.data.errors import DatasetError
 
 
 def _leftovers(prepared_dir):
-  return [n for n in os.listdir(prepared_dir) if n.startswith(".") or ".old-" in n]
+  """Temporary folders left behind (the .<layout>.lock file of prepare's flock stays)."""
+  return [n for n in os.listdir(prepared_dir)
+          if (n.startswith(".") and not n.endswith(".lock")) or ".old-" in n]
 
 
 def test_prepared_records_equal_the_raw_records(isic2017_raw, isic2017_prepared):

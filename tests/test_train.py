@@ -68,7 +68,8 @@ def test_train_step_shapes_and_metrics():
   state, step = setup(config, batch)
   state, metrics = step(state, batch)
   assert int(state.step) == 1
-  assert set(metrics) == {"loss", "grad_norm", "focal"}
+  assert set(metrics) == {"loss", "grad_norm", "applied", "focal"}
+  assert float(metrics["applied"].compute()) == 1.0
   assert np.isfinite(float(metrics["loss"].compute()))
   assert "batch_stats" not in jax.tree.leaves(state.params)  # BN stats kept apart from params.
   assert state.batch_stats["encoder_bn"]["mean"].shape == (4,)
@@ -152,7 +153,7 @@ def test_end_to_end_resume_continues_at_saved_step(tmp_path, tiny_registered):
   steps = [r["step"] for r in _read_jsonl(tmp_path / "a" / "tensorboard" / "metrics.jsonl")
            if "train/loss" in r]
   assert steps == [1, 2, 3, 4, 5]  # The rerun started at step 3.
-  assert sorted(os.listdir(latest)) == ["5"]
+  assert sorted(os.listdir(latest)) == ["4", "5"]  # Epoch end 4 and the last step.
   run(tmp_path / "b", full_eval=False)
 
   from dermjax import checkpoint

@@ -46,6 +46,9 @@ def loss_stats(data_stats, config):
 def loss(outputs, batch, config, stats):
   focal = losses.focal_loss(outputs["logits"], batch["label"], gamma=config.loss.focal_gamma,
                             weights=batch["valid"])
+  poison = config.model.get("nan_for_index", -1)  # Reliability tests: a NaN loss on demand.
+  if poison is not None and poison >= 0:
+    focal = focal + jnp.where(jnp.any(batch["index"] == poison), jnp.nan, 0.0)
   return focal * stats.get("scale", 1.0), {"focal": focal}
 
 

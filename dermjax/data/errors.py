@@ -8,6 +8,7 @@ class DatasetError(ValueError):
     if isinstance(problems, tuple) and len(problems) == 2 and isinstance(problems[0], str):
       problems = [problems]
     self.problems = [(str(path), str(what)) for path, what in problems]
+    self.header = header
     lines = [f"{header}: {len(self.problems)} problem(s)"]
     lines += [f"  {path}: {what}" for path, what in self.problems]
     super().__init__("\n".join(lines))

@@ -11,12 +11,16 @@
 Every file is decoded and checked in one pass; all problems are reported together in
 one DatasetError and nothing is left behind. The dataset is built in a temporary
 directory next to the target and renamed into place at the end, so an earlier good
-prepared dataset survives a failed re-prepare.
+prepared dataset survives a failed re-prepare. A missing raw_dir creates nothing. One
+prepare of a layout runs at a time (flock on prepared_dir/.<layout>.lock); it first
+removes the temporary folders a killed prepare left, and the dataset gets the umask's
+permissions (0755 usually), so a shared prepared folder is readable by others.
 
   load(prepared_dir, layout).source(split)[i] -> record (schema.py), decoded with PIL.
 """
 
 import dataclasses
+import fcntl
 import functools
 import io
 import json
@@ -238,30 +242,66 @@ def prepare(layout: str, raw_dir: str, prepared_dir: str, *, seed: int = 0,
     raise ValueError(f"{target} was prepared with {found}, not {config}; "
                      "pass overwrite=True to rebuild it.")
 
+  if not os.path.isdir(raw_dir):  # Checked before anything is created.
+    raise DatasetError([(raw_dir, "dataset directory does not exist")],
+                       header=f"cannot prepare {layout} from {raw_dir}")
   examples, problems = isic.list_examples(layout, raw_dir)
   splits = isic.assign_splits(layout, examples, seed) if examples else {}
   plan = _Plan(layout, examples, splits, problems)
-  os.makedirs(prepared_dir, exist_ok=True)
+  if problems or not examples:  # bad listing: still decode everything, to report it all
+    for split in plan.splits:
+      for _ in tqdm.tqdm(plan(split, write=False), total=len(plan.by_split[split]),
+                         desc=f"checking {layout} {split}"):
+        pass
+    raise DatasetError(problems or [(raw_dir, f"no {layout} images found")],
+                       header=f"cannot prepare {layout} from {raw_dir}")
+  with _PrepareLock(prepared_dir, layout):
+    if os.path.exists(stats_path) and not overwrite:  # Another process prepared it meanwhile.
+      return prepare(layout, raw_dir, prepared_dir, seed=seed, num_folds=num_folds)
+    return _build(layout, raw_dir, prepared_dir, plan, splits, config, num_folds, seed, target)
+
+
+class _PrepareLock:
+  """Blocking fcntl.flock on prepared_dir/.<layout>.lock: one prepare of a layout at a time
+  (released by the OS if the process dies). Holding it, temporary folders of an earlier
+  killed prepare (.<layout>.tmp-*, <layout>.old-*) are stale and removed."""
+
+  def __init__(self, prepared_dir, layout):
+    self.prepared_dir, self.layout = prepared_dir, layout
+
+  def __enter__(self):
+    os.makedirs(self.prepared_dir, exist_ok=True)
+    self._fd = os.open(os.path.join(self.prepared_dir, f".{self.layout}.lock"),
+                       os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(self._fd, fcntl.LOCK_EX)
+    for name in os.listdir(self.prepared_dir):
+      if name.startswith((f".{self.layout}.tmp-", f"{self.layout}.old-")):
+        shutil.rmtree(os.path.join(self.prepared_dir, name), ignore_errors=True)
+        logging.warning("removed %s, left by an interrupted prepare",
+                        os.path.join(self.prepared_dir, name))
+    return self
+
+  def __exit__(self, *exc):
+    os.close(self._fd)
+
+
+def _build(layout, raw_dir, prepared_dir, plan, splits, config, num_folds, seed, target):
+  """Writes the dataset into a temporary folder beside `target`, then renames it there."""
   tmp = tempfile.mkdtemp(prefix=f".{layout}.tmp-", dir=prepared_dir)
+  os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide a shared dataset.
+  problems = plan.problems
   try:
-    if problems or not examples:  # bad listing: still decode everything, to report it all
-      for split in plan.splits:
-        for _ in tqdm.tqdm(plan(split, write=False), total=len(plan.by_split[split]),
-                           desc=f"checking {layout} {split}"):
-          pass
-    else:
-      builder = _builder(layout, os.path.join(tmp, "tfds"))
-      builder.plan = plan
-      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-      try:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            manual_dir=raw_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
-      except Exception:
-        if not problems:
-          raise
-    if problems or not examples:
-      raise DatasetError(problems or [(raw_dir, f"no {layout} images found")],
-                         header=f"cannot prepare {layout} from {raw_dir}")
+    builder = _builder(layout, os.path.join(tmp, "tfds"))
+    builder.plan = plan
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    try:
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=raw_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+    except Exception:
+      if not problems:
+        raise
+    if problems:
+      raise DatasetError(problems, header=f"cannot prepare {layout} from {raw_dir}")
     _write_metadata(tmp, layout, plan, splits, config, num_folds, seed, raw_dir)
     _swap_into_place(tmp, target)
     if "train" in plan.stats:
@@ -271,6 +311,12 @@ def prepare(layout: str, raw_dir: str, prepared_dir: str, *, seed: int = 0,
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return target
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def _write_metadata(tmp, layout, plan, splits, config, num_folds, seed, raw_dir):

@@ -18,6 +18,8 @@ import warnings
 import numpy as np
 from sklearn import metrics as skm
 
+from dermjax import faults
+
 SPECIFICITIES = (0.95, 0.90, 0.85)
 
 
@@ -156,6 +158,23 @@ def probabilities(logits):
   return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+class NonFiniteOutputs(faults.RunError):
+  """The evaluated model output NaN / inf logits (it diverged): no metric is meaningful."""
+
+  def __init__(self, message):
+    super().__init__(message, exit_code=3)
+
+
+def check_finite(logits):
+  """Raises NonFiniteOutputs (one line) if any logit is NaN or infinite (sklearn would fail
+  with "Input contains NaN", naming neither the model nor the cause)."""
+  logits = np.asarray(logits)
+  bad = int(np.sum(~np.isfinite(logits).reshape(len(logits), -1).all(-1))) if logits.size else 0
+  if bad:
+    raise NonFiniteOutputs(f"evaluation: the model output non-finite logits for {bad} of "
+                           f"{len(logits)} examples (it diverged); no diagnosis metric computed")
+
+
 def diagnosis_metrics(logits, labels, *, melanoma=None, melanoma_class=None, class_names=None,
                       threshold: float = 0.5) -> dict:
   """All diagnosis metrics from model logits.
@@ -164,6 +183,7 @@ def diagnosis_metrics(logits, labels, *, melanoma=None, melanoma_class=None, cla
   metrics against `labels`, plus the binary metrics of the melanoma score (the probability
   of class `melanoma_class`) against `melanoma` (0/1; rows with -1 dropped) when given.
   """
+  check_finite(logits)
   probs = probabilities(logits)
   if probs.ndim == 1:
     return binary_metrics(probs, labels, threshold=threshold)

@@ -1,13 +1,25 @@
-"""ROC curves: points of one split's scores, and one figure overlaying several runs.
+"""ROC curves: points of one split's scores, one run's curve (CSV + PNG, written by the
+trainer's final evaluation) and one figure overlaying several runs (dermjax.report).
 
   roc_points(scores, labels) -> {"fpr", "tpr", "thresholds": [P], "auc": float}
   plot_roc_curves(curves, path, title=None)   curves: {run name: roc_points(...)}
+  curve_inputs(logits, labels, melanoma, melanoma_class) -> (scores, 0/1 targets) | None
+  write_roc(results_dir, split, logits, labels, melanoma, melanoma_class)
+      results_dir/roc_<split>.csv (fpr, tpr, threshold) and roc_<split>.png (MASLL Fig. 3,
+      one curve), atomically; the curve the diagnosis metrics score: K = 1: sigmoid(logits)
+      against `labels`; K > 1: the softmax probability of `melanoma_class` against
+      `melanoma` (rows < 0 dropped). One-class splits and K > 1 models without a melanoma
+      class have no curve (nothing written).
 """
+
+import io
+import os
 
 import numpy as np
 from sklearn import metrics as skm
 
 from dermjax import fileio
+from dermjax.metrics import diagnosis
 
 
 def roc_points(scores, labels) -> dict:
@@ -43,3 +55,32 @@ def plot_roc_curves(curves: dict, path: str, title: str | None = None, auc_label
     fig.savefig(tmp, format="png")
   plt.close(fig)
   return path
+
+
+def curve_inputs(logits, labels, melanoma=None, melanoma_class=None):
+  """(scores [N], 0/1 targets [N]) of the binary score, or None (see the module docstring)."""
+  probs = diagnosis.probabilities(logits)
+  if probs.ndim == 1:
+    targets = np.asarray(labels)
+    keep = targets >= 0
+    return probs[keep], targets[keep]
+  if melanoma is None or melanoma_class is None or not 0 <= melanoma_class < probs.shape[1]:
+    return None
+  targets = np.asarray(melanoma)
+  keep = targets >= 0
+  return probs[keep, melanoma_class], targets[keep]
+
+
+def write_roc(results_dir, split, logits, labels, melanoma=None, melanoma_class=None):
+  """Writes roc_<split>.csv and roc_<split>.png under results_dir; returns the AUC or None."""
+  inputs = curve_inputs(logits, labels, melanoma, melanoma_class)
+  if inputs is None or inputs[1].size == 0 or inputs[1].min() == inputs[1].max():
+    return None
+  points = roc_points(*inputs)
+  prefix = os.path.join(results_dir, f"roc_{split}")
+  text = io.StringIO()
+  np.savetxt(text, np.stack([points["fpr"], points["tpr"], points["thresholds"]], axis=1),
+             delimiter=",", header="fpr,tpr,threshold", comments="", fmt="%.8g")
+  fileio.write_text(prefix + ".csv", text.getvalue())
+  plot_roc_curves({split: points}, prefix + ".png", title=f"ROC, {split} (n={inputs[1].size})")
+  return points["auc"]

@@ -60,6 +60,14 @@ MODELS = {
     "attnmel": "dermjax.models.attnmel",
     # VGG-16 / VGG-16-GAP baselines (AttnMel Tables 1-3, gaze Table 3).
     "vgg16": "dermjax.models.baselines",
+    # CIN (Liu et al. 2020) stage 1: the lesion area attention module (a segmenter, no logits).
+    "cin_lesion": "dermjax.models.cin.lesion",
+    # CIN stage 2 and its Table 1 ablations (baseline, A, F, D, A+F, A+F+D).
+    "cin": "dermjax.models.cin",
+    # MASLL (Wang et al.): global + SLL-cropped local branch, WFI fusion.
+    "masll": "dermjax.models.masll",
+    # Any backbone + global average pooling + dense (MASLL Table I's ResNet101 / DenseNet121).
+    "gap_classifier": "dermjax.models.baselines.gap_classifier",
     # ZooME (Xing et al.): Zoom-SE + metadata embedding, its Table I-II ablations and AlexNet.
     "zoome": "dermjax.models.zoome",
 }

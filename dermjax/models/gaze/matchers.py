@@ -66,6 +66,8 @@ def _host_assign(cost, valid_rows, steps="all"):
   out = np.full(flat_valid.shape, -1, np.int32)
   for b in range(flat_cost.shape[0]):
     c = _masked_cost(flat_cost[b], flat_valid[b], flat_cols[b])
+    # A diverged model's NaN cost must reach the trainer's divergence guard, not stop scipy.
+    c = np.nan_to_num(np.asarray(c), nan=ABSENT_COST, posinf=ABSENT_COST, neginf=-ABSENT_COST)
     rows, cols = scipy.optimize.linear_sum_assignment(c)
     out[b, rows] = cols
   keep = flat_valid & np.take_along_axis(flat_cols, np.maximum(out, 0), axis=1)

@@ -1,0 +1,109 @@
+"""MASLL (Wang, Huang, Lu, Huang), Table I, as one table.
+
+  --config=configs/masll.py:<row>[,<dataset>][,cpu|paper]   (dermjax.config_lib.parse_arg)
+
+  row                 Table I row             model
+  resnet101           Resnet101               gap_classifier: ResNet-101 + GAP + dense
+  densenet121         Densnet121              gap_classifier: DenseNet-121 + GAP + dense
+  masll_resnet101     Proposed method 1       masll, ResNet-101 global and local branches
+  masll_densenet121   Proposed method 2       masll, DenseNet-121 global and local branches
+  dataset  isic2017 (the paper's; default) | isic2016
+  paper    the paper's scale: 256 x 256 inputs (both branches), batch 15, 100 epochs, SGD.
+  cpu      (default) the same full-width, full-depth networks on the synthetic set at 64 px,
+           batch 4, 1 epoch (64 px is the smallest size whose stride-32 map is 2 x 2, so SLL
+           still chooses a box).
+
+e.g. `configs/masll.py:masll_densenet121,paper`. ImageNet weights: --config.model.pretrained=
+<torchvision resnet101 / densenet121 .pth> (pretrained_arch follows the row); both MASLL
+branches load the same checkpoint. Results (results/<split>.json, "diagnosis") carry Table
+I's AUC `auc`, ACC `accuracy`, SEN at SPE = .95/.90/.85 `sensitivity_at_specificity_{95,90,85}`
+and Table II's SEN / SPE at threshold 0.5 `sensitivity` / `specificity`; results/roc_<split>.png
+is Fig. 3's curve for this run.
+
+Where the paper is silent, chosen here:
+  - classifier: one sigmoid output and binary cross-entropy (the paper: "a linear classifier
+    ... melanoma or nonmelanoma", "cross-entropy loss"; two softmax outputs with
+    --config.model.num_classes=2 give the same objective, metrics then as melanoma_*).
+  - SGD: momentum 0.9, learning rate 1e-3, x0.1 every 30 epochs, weight decay 1e-4 (torch
+    fine-tuning defaults; the paper gives no values); best epoch by validation AUC.
+  - preprocessing: the whole image resized to 256 x 256 (Sec. III-C "all inputs ... are
+    resized to 256 x 256"); augmentation: rotation by any angle in [-180, 180] (reflect
+    fill), horizontal and vertical flips, no random crop (none is mentioned).
+  - WFI (`model.fusion`): "pooled" (default) concatenates the globally averaged g and l
+    (2K channels) because eq. 4 learns a "mutual vector" that weights "each channel";
+    "maps" concatenates the feature maps and weights each position (same parameters).
+  - `model.share_weights` False (default): separate global / local backbones (Fig. 2 draws
+    two branches); True shares one backbone.
+  - SLL: the threshold T is the mean of M (eq. 2); a constant M keeps the whole image;
+    `model.min_box` (default 0: any box of at least one map cell) can enlarge tiny boxes.
+    The crop is taken from the augmented, normalised image inside the jitted step.
+"""
+
+from dermjax import config_lib
+from dermjax.models import masll
+from dermjax.models.baselines import gap_classifier
+
+ROWS = ("resnet101", "densenet121", "masll_resnet101", "masll_densenet121")
+DATASETS = ("isic2017", "isic2016")
+
+
+def get_config(arg=None):
+  parsed = config_lib.parse_arg(arg, table="configs/masll.py", rows=ROWS, datasets=DATASETS,
+                                default_row="masll_resnet101")
+  row, paper = parsed.row, parsed.paper
+  config = config_lib.base_config()
+
+  data = config.data
+  data.layout = parsed.dataset
+  data.target = "melanoma"
+  data.crop = "resize_center_crop"     # with resize_size == image_size: the whole image.
+  data.sampling = "none"
+  data.augment.rotation = "uniform"    # any angle in +-max_rotation_deg, resampled.
+  data.augment.max_rotation_deg = 180.0
+  data.augment.hflip = True
+  data.augment.vflip = True
+  data.augment.zoom = None
+  data.augment.fill = "reflect"
+
+  m = config.model
+  m.backbone = row.removeprefix("masll_")
+  m.pretrained_arch = m.backbone
+  m.num_classes = 1
+  if row.startswith("masll_"):
+    m.name = "masll"
+    m.share_weights = False
+    m.fusion = "pooled"
+    m.crop_size = 0                    # the input size: both branches see S x S.
+    m.min_box = 0.0
+    m.pretrained_targets = masll.pretrained_targets(share_weights=False)
+  else:
+    m.name = "gap_classifier"
+    m.pretrained_targets = gap_classifier.pretrained_targets()
+  config.loss.focal_gamma = 0.0        # cross-entropy.
+
+  o = config.optim
+  o.name = "sgd"
+  o.momentum = 0.9
+  o.nesterov = False
+  o.weight_decay = 1e-4
+  o.learning_rate = 1e-3
+  o.decay_every_epochs = 30
+  o.decay_factor = 0.1
+
+  t = config.train
+  t.checkpoint_metric = "validation/auc"
+  t.checkpoint_mode = "max"
+  t.keep_best = ()
+
+  if paper:
+    data.image_size = data.resize_size = 256
+    data.batch_size = 15
+    data.eval_batch_size = 30
+    t.num_epochs = 100
+  else:
+    data.image_size = data.resize_size = 64
+    data.batch_size = data.eval_batch_size = 4
+    t.num_epochs = 1
+    t.log_every_steps = 1
+    config.eval.num_visualizations = 4
+  return config
