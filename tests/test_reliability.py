@@ -151,11 +151,13 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_step(straight, syn
   ends where the straight run did; metrics.jsonl keeps one row per step."""
   workdir = str(tmp_path / "run")
   shutil.copytree(straight, workdir)
-  data = os.path.join(workdir, "checkpoints", "latest", "9", "state", "ocdbt.process_0", "d")
-  for name in os.listdir(data):  # every array data file cut in half
-    path = os.path.join(data, name)
-    with open(path, "r+b") as f:
-      f.truncate(os.path.getsize(path) // 2)
+  state = os.path.join(workdir, "checkpoints", "latest", "9", "state")
+  for root, _, names in os.walk(state):  # every array data file cut in half
+    for name in names:
+      if os.path.basename(root) == "d" or root.endswith("ocdbt.process_0"):
+        path = os.path.join(root, name)
+        with open(path, "r+b") as f:
+          f.truncate(os.path.getsize(path) // 2)
   proc = run(workdir, synthetic)
   assert proc.returncode == 0, proc.stderr[-3000:]
   warnings = [l for l in proc.stderr.splitlines() if "latest/9 is unreadable" in l]

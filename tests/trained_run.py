@@ -29,7 +29,7 @@ def get_config(arg=None):
   config.data.num_threads = 1
   config.data.synthetic_num_images = {"train": 16, "validation": 8, "test": 8}
   config.data.augment = ml_collections.ConfigDict(dict(
-      rotation=False, hflip=True, vflip=True, zoom=None, fill="reflect"))
+      rotation="none", hflip=True, vflip=True, zoom=None, fill="reflect"))
   config.loss.focal_gamma = 0.0
   config.optim.learning_rate = 1e-2
   config.train.num_epochs = 1
