@@ -77,6 +77,8 @@ def data_config() -> ml_collections.ConfigDict:
   c.prepared_dir = ml_collections.FieldReference(None, field_type=str)  # None: <dir>/prepared
   c.synthetic_dir = ml_collections.FieldReference(None, field_type=str)  # None: <workdir>/synthetic_<layout>
   c.synthetic_num_images = None   # {split: count} for the synthetic set; None: its default.
+  # "easy" | "hard" | a structure strength in [0, 1] as a string (dermjax.data.synthetic).
+  c.synthetic_difficulty = "easy"
   c.image_size = 224
   c.resize_size = 256
   c.crop = "resize_center_crop"   # | "center_fraction" (dermjax.input_pipeline.CROPS)
