@@ -170,6 +170,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.splits = ("validation", "test")
   config.eval.num_visualizations = 8      # explanation PNGs per split.
   config.eval.tta = 1                     # 8: average the 8 flips/transposes (dermjax.evaluation).
+  # Explanation faithfulness (only where the data have evidence masks, dermjax.evaluation):
+  # deletion-curve steps (0: no curves) and the pointing game's tolerance in map cells.
+  config.eval.explanation_deletion_steps = 8
+  config.eval.explanation_tolerance = 1
   # ISIC challenge submission CSV per evaluated split (dermjax.submission.FORMATS): "auto"
   # (the one of data.layout, if any), a format name, or "" for none.
   config.eval.submission = "auto"
@@ -182,7 +186,8 @@ def base_config() -> ml_collections.ConfigDict:
 RUN_LENGTH_FIELDS = (
     "train.num_epochs", "train.max_steps", "train.eval_every_epochs", "train.log_every_steps",
     "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.save_config",
-    "eval.splits", "eval.num_visualizations",
+    "eval.splits", "eval.num_visualizations", "eval.explanation_deletion_steps",
+    "eval.explanation_tolerance",
     "data.num_workers", "data.num_threads", "data.prefetch", "data.eval_batch_size",
 )
 

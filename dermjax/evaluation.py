@@ -1,12 +1,20 @@
 """The evaluation half of a run: a split's losses, diagnosis metrics, model report, saved
 predictions and explanations, written under a workdir:
 
-  workdir/results/<split>.json       final metrics (losses, diagnosis, report, step)
+  workdir/results/<split>.json       final metrics (losses, diagnosis, report, step, and
+                                     "explanation" where the split has evidence masks)
   workdir/results/roc_<split>.{csv,png}  the ROC curve of the diagnosis score (metrics.roc)
   workdir/predictions/<split>.npz    ids, scores, logits, labels, melanoma
   workdir/explanations/<split>/      the model's explain() output
   workdir/predictions/<split>_<format>.csv   ISIC challenge submission (dermjax.submission)
   workdir/results/normalization.json the run's preprocessing constants (mean, std, classes)
+
+Explanation faithfulness: where the prepared data carry evidence masks (the synthetic
+`hard` preset) and the model has the `saliency` hook, every map it returns is scored by
+dermjax.metrics.faithfulness on the split's positive (melanoma) images with an evidence
+mask: pointing game (config.eval.explanation_tolerance cells), energy share vs its chance
+level, and deletion-curve AUC of the melanoma probability (config.eval.
+explanation_deletion_steps steps; 0 skips the curves) against a random-order curve.
 
 Test-time augmentation (config.eval.tta = 8): the model runs on the 8 flips/transposes of
 each image (the dihedral group) and its "logits" become those of the mean probability.
@@ -30,7 +38,7 @@ from jax.experimental import multihost_utils
 from dermjax import fileio
 from dermjax import submission
 from dermjax import writers
-from dermjax.metrics import diagnosis, roc
+from dermjax.metrics import diagnosis, faithfulness, roc
 
 NORMALIZATION = os.path.join("results", "normalization.json")
 
@@ -127,6 +135,70 @@ def explain_split(model_lib, module, config, state, datasets, split, loss_stats,
       break
 
 
+def has_evidence(datasets) -> bool:
+  """Whether the prepared data carry evidence masks (stats.json counts them per split)."""
+  return any(s.get("num_with_evidence", 0) for s in datasets.stats.get("splits", {}).values())
+
+
+def positive_score(logits, melanoma_class=None):
+  """logits [B, K] -> [B] melanoma probability: sigmoid for K = 1, else the softmax of
+  `melanoma_class` (class 1 when None)."""
+  logits = logits.astype(jnp.float32)
+  if logits.shape[-1] == 1:
+    return jax.nn.sigmoid(logits[:, 0])
+  return jax.nn.softmax(logits, -1)[:, 1 if melanoma_class is None else melanoma_class]
+
+
+def explanation_split(model_lib, module, config, state, datasets, split):
+  """The "explanation" section of results/<split>.json (module docstring), or None when
+  the model has no saliency maps or the data no evidence masks."""
+  saliency = getattr(model_lib, "saliency", None)
+  if saliency is None or not has_evidence(datasets):
+    return None
+  from dermjax import train  # pylint: disable=g-import-not-at-top (train imports this module)
+  mean, std = np.asarray(datasets.mean, np.float32), np.asarray(datasets.std, np.float32)
+  steps = int(config.eval.get("explanation_deletion_steps", 8))
+  tolerance = int(config.eval.get("explanation_tolerance", 1))
+  melanoma_class = _melanoma_class(datasets.class_names)
+
+  def step(state, host_batch):
+    batch = train.preprocess(host_batch, state.rng, config, mean, std, train=False)
+    variables = train._variables(state.params, state.batch_stats)  # pylint: disable=protected-access
+    apply = lambda b: module.apply(variables, b, train=False)
+    outputs = apply(batch)
+    maps = saliency(outputs, batch, config)
+    score_fn = None
+    if "logits" in outputs:
+      score_fn = lambda images: positive_score(apply({**batch, "image": images})["logits"],
+                                               melanoma_class)
+    key = jax.random.fold_in(jax.random.PRNGKey(0), jnp.max(batch["index"]))
+    arrays = faithfulness.batch_metrics(maps, batch, score_fn, steps=steps, tolerance=tolerance,
+                                        key=key)
+    arrays["keep"] = ((batch["valid"] > 0) & (batch["has_evidence_mask"] > 0)
+                      & (batch["melanoma"] == 1))
+    return arrays
+
+  step = jax.jit(step)
+  chunks = []
+  for batch in datasets.eval(split):
+    arrays = _gather(step(state, batch))
+    if len(arrays) == 1:  # only "keep": this row has no saliency maps
+      return None
+    chunks.append(arrays)
+  arrays = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+  keep = arrays.pop("keep")
+  summary = faithfulness.summarize(arrays, keep)
+  random = summary.pop(faithfulness.RANDOM, None)
+  return {
+      "images": "melanoma == 1 with an evidence mask",
+      "num_images": summary.pop("num_images"),
+      "pointing_tolerance_cells": tolerance,
+      "deletion_steps": steps,
+      "maps": summary,
+      **({"random_deletion": random} if random else {}),
+  }
+
+
 def _pngs(directory, prefix):
   """{prefix/name: uint8 RGB image} of the PNGs in `directory` (for TensorBoard)."""
   if not os.path.isdir(directory):
@@ -159,6 +231,10 @@ def evaluate_splits(config, workdir, state, datasets, model_lib, module, loss_st
     result.update(step=step, checkpoint_metric=config.train.checkpoint_metric)
     if int(config.eval.get("tta", 1)) > 1:
       result["tta"] = int(config.eval.tta)
+    explanation = explanation_split(model_lib, module, config, state, datasets, split)
+    if explanation is not None:
+      result["explanation"] = explanation
+      logging.info("%s explanation faithfulness: %s", split, fileio.to_json(explanation))
     results[split] = result
     if writer is not None:
       writer.write_scalars(step, scalar_summaries(f"final_{split}", result))
