@@ -171,8 +171,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.num_visualizations = 8      # explanation PNGs per split.
   config.eval.tta = 1                     # 8: average the 8 flips/transposes (dermjax.evaluation).
   # Explanation faithfulness (only where the data have evidence masks, dermjax.evaluation):
-  # deletion-curve steps (0: no curves) and the pointing game's tolerance in map cells.
+  # splits scored, deletion-curve steps (0: no curves) and how many positive images get
+  # curves (each step is one forward pass per map), the pointing game's tolerance in cells.
+  config.eval.explanation_splits = ("test",)
   config.eval.explanation_deletion_steps = 8
+  config.eval.explanation_deletion_images = 32
   config.eval.explanation_tolerance = 1
   # ISIC challenge submission CSV per evaluated split (dermjax.submission.FORMATS): "auto"
   # (the one of data.layout, if any), a format name, or "" for none.
@@ -187,7 +190,7 @@ RUN_LENGTH_FIELDS = (
     "train.num_epochs", "train.max_steps", "train.eval_every_epochs", "train.log_every_steps",
     "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.save_config",
     "eval.splits", "eval.num_visualizations", "eval.explanation_deletion_steps",
-    "eval.explanation_tolerance",
+    "eval.explanation_tolerance", "eval.explanation_splits", "eval.explanation_deletion_images",
     "data.num_workers", "data.num_threads", "data.prefetch", "data.eval_batch_size",
 )
 

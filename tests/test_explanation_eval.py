@@ -28,6 +28,7 @@ def _tiny_hard_config(tmp_path):
   config.data.image_size = config.data.resize_size = 32
   config.data.synthetic_num_images = {"train": 8, "validation": 8, "test": 16}
   config.eval.explanation_deletion_steps = 4
+  config.eval.explanation_deletion_images = 3
   config.eval.splits = ("test",)
   return config
 
@@ -62,6 +63,7 @@ def test_trained_tiny_model_writes_explanation_results(tmp_path, monkeypatch):
       result = json.load(f)
     section = result["explanation"]
     assert section["num_images"] > 0 and section["deletion_steps"] == 4
+    assert section["deletion_images"] == min(3, section["num_images"])
     entry = section["maps"]["attention"]
     for key in ("pointing_game", "energy_share", "energy_chance", "deletion_auc"):
       assert 0 <= entry[key] <= 1, (key, entry)

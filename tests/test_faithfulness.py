@@ -92,6 +92,21 @@ def test_deletion_curves_hand_worked():
   np.testing.assert_allclose(F.curve_auc(uniform)[0], .25)
 
 
+def test_deletion_metrics_share_the_curve_ends():
+  images, evidence, score = _deletion_setup()
+  batch = {"image": images, "masks": jnp.zeros((1, 4, 4, 6)), "has_lesion_mask": jnp.ones(1)}
+  out = F.deletion_metrics({"good": evidence}, batch, score, steps=4)
+  # An empty lesion mask: the fill is the whole image's mean colour (1), nothing changes ...
+  np.testing.assert_allclose(out["good/deletion"], 1, atol=1e-6)
+  # ... and with fill 0 the shared-ends curve equals the full one.
+  ranks = F.deletion_ranks(evidence, (4, 4))
+  full = F.deletion_curve(score, images, ranks, jnp.zeros((1, 1)), 4)
+  ends = (score(images), score(jnp.zeros_like(images)))
+  np.testing.assert_allclose(F.deletion_curve(score, images, ranks, jnp.zeros((1, 1)), 4, ends),
+                             full, atol=1e-6)
+  assert out["random/deletion"].shape == (1, 5)
+
+
 def test_random_ranks_are_permutations_and_the_baseline_ends_where_it_starts():
   ranks = np.asarray(F.random_ranks(jax.random.PRNGKey(3), 2, (4, 4)))
   for row in ranks:

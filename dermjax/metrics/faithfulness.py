@@ -95,12 +95,14 @@ def random_ranks(key, batch: int, image_shape):
       jnp.int32)
 
 
-def deletion_curve(score_fn, images, ranks, fill, steps: int):
+def deletion_curve(score_fn, images, ranks, fill, steps: int, ends=None):
   """Scores [B, steps + 1] of images with the first k/steps of pixels (by `ranks`, from
   deletion_ranks or random_ranks) set to `fill` [B, C], k = 0..steps.
 
   score_fn: images [B, H, W, C] -> [B] (e.g. the model's positive-class probability); it
-  runs once per step (jax.lax.map: one compiled body)."""
+  runs once per step (jax.lax.map: one compiled body). ends: optional ([B], [B]) scores at
+  k = 0 and k = steps, the same for every order (nothing / everything deleted), so that
+  several curves of one batch compute them once."""
   images = jnp.asarray(images, jnp.float32)
   b, height, width, c = images.shape
   n = height * width
@@ -111,7 +113,10 @@ def deletion_curve(score_fn, images, ranks, fill, steps: int):
     deleted = ranks < jnp.ceil(k * n / steps).astype(jnp.int32)
     return score_fn(jnp.where(deleted, fill, images).astype(images.dtype))
 
-  return jnp.moveaxis(jax.lax.map(at, jnp.arange(steps + 1)), 0, 1)
+  if ends is None:
+    return jnp.moveaxis(jax.lax.map(at, jnp.arange(steps + 1)), 0, 1)
+  middle = jnp.moveaxis(jax.lax.map(at, jnp.arange(1, steps)), 0, 1).reshape(b, steps - 1)
+  return jnp.concatenate([ends[0][:, None], middle, ends[1][:, None]], axis=1)
 
 
 def curve_auc(curves):
@@ -120,31 +125,39 @@ def curve_auc(curves):
   return (curves[..., 1:] + curves[..., :-1]).sum(-1) / (2 * (curves.shape[-1] - 1))
 
 
-def batch_metrics(maps: dict, batch: dict, score_fn=None, *, steps: int = 8,
-                  tolerance: int = 1, key=None) -> dict:
-  """Per-example faithfulness arrays of named maps on one model batch.
-
-  maps: {name: [B, h, w]}; batch: the model batch (image [B, H, W, 3], masks, has_lesion_mask,
-  evidence_mask [B, H, W]); score_fn: images -> [B] positive-class score, None (or
-  steps = 0) skips the deletion curves. Returns {"<name>/pointing", "<name>/energy",
-  "<name>/chance": [B]; "<name>/deletion", "random/deletion": [B, steps + 1]}.
-  """
-  evidence = batch["evidence_mask"]
+def map_metrics(maps: dict, evidence, tolerance: int = 1) -> dict:
+  """{name: [B, h, w]}, evidence [B, H, W] -> {"<name>/pointing", "<name>/energy",
+  "<name>/chance": [B]}."""
   out = {}
   for name, m in maps.items():
     out[f"{name}/pointing"] = pointing_game(m, evidence, tolerance)
     out[f"{name}/energy"], out[f"{name}/chance"] = energy_share(m, evidence)
-  if score_fn is None or steps <= 0 or not maps:
-    return out
+  return out
+
+
+def deletion_metrics(maps: dict, batch: dict, score_fn, *, steps: int = 8, key=None) -> dict:
+  """{"<name>/deletion", "random/deletion": [B, steps + 1]} of named maps on one model batch
+  (image [B, H, W, 3], masks, has_lesion_mask); the two curve ends are scored once."""
   images = batch["image"]
   shape = images.shape[1:3]
   fill = skin_colour(images, batch["masks"][..., 0], batch["has_lesion_mask"])
-  for name, m in maps.items():
-    out[f"{name}/deletion"] = deletion_curve(score_fn, images, deletion_ranks(m, shape), fill,
-                                             steps)
+  blank = jnp.broadcast_to(fill[:, None, None, :], images.shape).astype(images.dtype)
+  ends = (score_fn(images), score_fn(blank))
   key = jax.random.PRNGKey(0) if key is None else key
-  out[f"{RANDOM}/deletion"] = deletion_curve(
-      score_fn, images, random_ranks(key, images.shape[0], shape), fill, steps)
+  orders = {name: deletion_ranks(m, shape) for name, m in maps.items()}
+  orders[RANDOM] = random_ranks(key, images.shape[0], shape)
+  return {f"{name}/deletion": deletion_curve(score_fn, images, ranks, fill, steps, ends)
+          for name, ranks in orders.items()}
+
+
+def batch_metrics(maps: dict, batch: dict, score_fn=None, *, steps: int = 8,
+                  tolerance: int = 1, key=None) -> dict:
+  """Per-example faithfulness arrays of named maps on one model batch: map_metrics, plus
+  deletion_metrics when score_fn (images -> [B] positive-class score) is given and
+  steps > 0. batch: the model batch with evidence_mask [B, H, W]."""
+  out = map_metrics(maps, batch["evidence_mask"], tolerance)
+  if score_fn is not None and steps > 0 and maps:
+    out.update(deletion_metrics(maps, batch, score_fn, steps=steps, key=key))
   return out
 
 
