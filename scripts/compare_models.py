@@ -9,8 +9,9 @@ results/test.json, is not run again), all rows of a layout on one shared synthet
 (<out>/synthetic_<layout>_<difficulty>_<sizes>, drawn from seed 0, so seeds vary only the
 model's initialisation and training order).
 Arguments after `--` go to every run. Then it prints a Markdown table of mean +- sample std
-over seeds of test AUC, AP and, per saliency map, pointing game, energy share (chance
-level) and deletion AUC (random-order deletion AUC), and writes <out>/summary.json.
+over seeds of test AUC, AP and, per saliency map, pointing game and energy share (each
+with its chance level) and deletion AUC (random-order deletion AUC), and writes
+<out>/summary.json.
 --rows default: every row of every configs/*.py table (slow on a CPU: pick rows).
 """
 
@@ -76,7 +77,8 @@ def summarize(results):
                                       for r in results])
   names = sorted({m for r in results for m in (get(r, "explanation", "maps") or {})})
   for m in names:
-    for key in ("pointing_game", "energy_share", "energy_chance", "deletion_auc"):
+    for key in ("pointing_game", "pointing_chance", "energy_share", "energy_chance",
+                "deletion_auc"):
       out[f"{m}/{key}"] = _stat([get(r, "explanation", "maps", m, key) for r in results])
   return out
 
@@ -94,14 +96,14 @@ def _fmt(stat):
 
 
 def markdown(summary):
-  lines = ["| row | map | AUC | AP | pointing | energy (chance) | deletion AUC (random) |",
+  lines = ["| row | map | AUC | AP | pointing (chance) | energy (chance) | deletion AUC (random) |",
            "|---|---|---|---|---|---|---|"]
   for row, s in summary.items():
     maps = sorted({k.split("/")[0] for k in s if "/" in k}) or ["-"]
     for i, m in enumerate(maps):
       head = [row, m, _fmt(s["auc"]), _fmt(s["ap"])] if i == 0 else ["", m, "", ""]
       lines.append("| " + " | ".join(head + [
-          _fmt(s.get(f"{m}/pointing_game")),
+          f"{_fmt(s.get(f'{m}/pointing_game'))} ({_fmt(s.get(f'{m}/pointing_chance'))})",
           f"{_fmt(s.get(f'{m}/energy_share'))} ({_fmt(s.get(f'{m}/energy_chance'))})",
           f"{_fmt(s.get(f'{m}/deletion_auc'))} ({_fmt(s.get('random_deletion_auc'))})"]) + " |")
   return "\n".join(lines)

@@ -65,7 +65,8 @@ def test_trained_tiny_model_writes_explanation_results(tmp_path, monkeypatch):
     assert section["num_images"] > 0 and section["deletion_steps"] == 4
     assert section["deletion_images"] == min(3, section["num_images"])
     entry = section["maps"]["attention"]
-    for key in ("pointing_game", "energy_share", "energy_chance", "deletion_auc"):
+    for key in ("pointing_game", "pointing_chance", "energy_share", "energy_chance",
+                "deletion_auc"):
       assert 0 <= entry[key] <= 1, (key, entry)
     assert 0 < entry["energy_chance"] < 0.5
     assert len(entry["deletion_curve"]) == 5 and len(section["random_deletion"]["deletion_curve"]) == 5

@@ -47,6 +47,9 @@ def test_uniform_map_is_chance_and_points_at_the_first_cell():
   # needs the dilation to reach column 0: tolerance 2 yes, 1 no.
   assert float(F.pointing_game(uniform, _evidence(), 1)[0]) == 0
   assert float(F.pointing_game(uniform, _evidence(), 2)[0]) == 1
+  # Chance: evidence cells are rows 0-1 x cols 2-3; dilated by 1: rows 0-2 x cols 1-3 = 9/16.
+  np.testing.assert_allclose(F.pointing_chance((4, 4), _evidence(), 0), [4 / 16])
+  np.testing.assert_allclose(F.pointing_chance((4, 4), _evidence(), 1), [9 / 16])
   zero = np.zeros((1, 4, 4), np.float32)     # an all-zero map counts as uniform
   np.testing.assert_allclose(F.energy_share(zero, _evidence())[0], [.25])
 
@@ -144,6 +147,7 @@ def test_batch_metrics_jit_and_summarize():
   summary = F.summarize(arrays, np.array([True, False]))
   assert summary["num_images"] == 1
   assert summary["good"]["pointing_game"] == 1 and summary["bad"]["pointing_game"] == 0
+  assert summary["good"]["pointing_chance"] == pytest.approx(4 / 16)    # tolerance 0
   assert summary["good"]["energy_share"] == pytest.approx(1.0)
   assert summary["good"]["energy_chance"] == pytest.approx(.25)
   assert summary["good"]["deletion_auc"] == pytest.approx(.125)

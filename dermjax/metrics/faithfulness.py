@@ -7,7 +7,8 @@ attended), the evidence a 0/1 mask [B, H, W] at the input resolution (the synthe
   pointing_game   1 where the map's maximum (first one in row-major order) falls on an
                   evidence cell, the evidence taken at map resolution (a cell is evidence
                   when any of its pixels is) and dilated by `tolerance` cells (a
-                  (2t+1) x (2t+1) max filter); tolerance 1 by default.
+                  (2t+1) x (2t+1) max filter); tolerance 1 by default. Its chance level
+                  (pointing_chance) is the share of such cells in the map.
   energy_share    sum(relu(map) * c) / sum(relu(map)), c the evidence's area share of each
                   map cell; its chance level is mean(c), the mask's area share (what a
                   uniform map gets). An all-zero map counts as uniform.
@@ -40,17 +41,30 @@ def evidence_at(evidence, shape):
   return jnp.clip(jax.image.resize(evidence, (b, h, w), "linear", antialias=True), 0, 1)
 
 
-def pointing_game(maps, evidence, tolerance: int = 1):
-  """maps [B, h, w], evidence [B, H, W] -> float32 [B]: 1 where the argmax is a hit."""
-  maps = jnp.asarray(maps, jnp.float32)
-  b, h, w = maps.shape
-  cells = (evidence_at(evidence, (h, w)) > 0).astype(jnp.float32)
+def pointing_cells(evidence, shape, tolerance: int = 1):
+  """evidence [B, H, W] -> float32 [B, h, w] 0/1: the cells a pointing-game hit may land on
+  (evidence at map resolution, dilated by `tolerance` cells)."""
+  cells = (evidence_at(evidence, shape) > 0).astype(jnp.float32)
   t = int(tolerance)
   if t > 0:
     cells = jax.lax.reduce_window(cells, -jnp.inf, jax.lax.max, (1, 2 * t + 1, 2 * t + 1),
                                   (1, 1, 1), ((0, 0), (t, t), (t, t)))
+  return cells
+
+
+def pointing_game(maps, evidence, tolerance: int = 1):
+  """maps [B, h, w], evidence [B, H, W] -> float32 [B]: 1 where the argmax is a hit."""
+  maps = jnp.asarray(maps, jnp.float32)
+  b, h, w = maps.shape
+  cells = pointing_cells(evidence, (h, w), tolerance)
   top = jnp.argmax(maps.reshape(b, -1), axis=1)
   return jnp.take_along_axis(cells.reshape(b, -1), top[:, None], axis=1)[:, 0]
+
+
+def pointing_chance(shape, evidence, tolerance: int = 1):
+  """[B]: the hit rate of a map whose maximum falls on a uniformly random cell of a map of
+  `shape` (h, w): the share of pointing_cells (coarse maps and large tolerances inflate it)."""
+  return pointing_cells(evidence, shape, tolerance).mean(axis=(1, 2))
 
 
 def energy_share(maps, evidence):
@@ -126,11 +140,12 @@ def curve_auc(curves):
 
 
 def map_metrics(maps: dict, evidence, tolerance: int = 1) -> dict:
-  """{name: [B, h, w]}, evidence [B, H, W] -> {"<name>/pointing", "<name>/energy",
-  "<name>/chance": [B]}."""
+  """{name: [B, h, w]}, evidence [B, H, W] -> {"<name>/pointing", "<name>/pointing_chance",
+  "<name>/energy", "<name>/chance": [B]}."""
   out = {}
   for name, m in maps.items():
     out[f"{name}/pointing"] = pointing_game(m, evidence, tolerance)
+    out[f"{name}/pointing_chance"] = pointing_chance(m.shape[1:], evidence, tolerance)
     out[f"{name}/energy"], out[f"{name}/chance"] = energy_share(m, evidence)
   return out
 
@@ -163,8 +178,9 @@ def batch_metrics(maps: dict, batch: dict, score_fn=None, *, steps: int = 8,
 
 def summarize(arrays: dict, keep) -> dict:
   """Host: per-example arrays of batch_metrics over a split, `keep` bool [N] (positive
-  images with evidence) -> {name: {pointing_game, energy_share, energy_chance,
-  deletion_auc, deletion_curve}, random: {deletion_auc, deletion_curve}, num_images}."""
+  images with evidence) -> {name: {pointing_game, pointing_chance, energy_share,
+  energy_chance, deletion_auc, deletion_curve}, random: {deletion_auc, deletion_curve},
+  num_images}."""
   keep = np.asarray(keep, bool)
   out = {"num_images": int(keep.sum())}
   if not keep.any():
@@ -174,6 +190,8 @@ def summarize(arrays: dict, keep) -> dict:
     entry = {}
     if f"{name}/pointing" in arrays:
       entry["pointing_game"] = float(np.mean(arrays[f"{name}/pointing"][keep]))
+      if f"{name}/pointing_chance" in arrays:
+        entry["pointing_chance"] = float(np.mean(arrays[f"{name}/pointing_chance"][keep]))
       entry["energy_share"] = float(np.mean(arrays[f"{name}/energy"][keep]))
       entry["energy_chance"] = float(np.mean(arrays[f"{name}/chance"][keep]))
     if f"{name}/deletion" in arrays:
