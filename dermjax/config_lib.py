@@ -176,7 +176,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.explanation_splits = ("test",)
   config.eval.explanation_deletion_steps = 8
   config.eval.explanation_deletion_images = 32
-  config.eval.explanation_tolerance = 1
+  config.eval.explanation_tolerance = 0   # cells; 1 covers most of a 4 x 4 CPU-sized map
   # ISIC challenge submission CSV per evaluated split (dermjax.submission.FORMATS): "auto"
   # (the one of data.layout, if any), a format name, or "" for none.
   config.eval.submission = "auto"

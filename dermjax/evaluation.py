@@ -167,7 +167,7 @@ def explanation_split(model_lib, module, config, state, datasets, split):
   from dermjax import train  # pylint: disable=g-import-not-at-top (train imports this module)
   mean, std = np.asarray(datasets.mean, np.float32), np.asarray(datasets.std, np.float32)
   steps = int(config.eval.get("explanation_deletion_steps", 8))
-  tolerance = int(config.eval.get("explanation_tolerance", 1))
+  tolerance = int(config.eval.get("explanation_tolerance", 0))
   budget = int(config.eval.get("explanation_deletion_images", 32))
   melanoma_class = _melanoma_class(datasets.class_names)
 

@@ -7,7 +7,8 @@ attended), the evidence a 0/1 mask [B, H, W] at the input resolution (the synthe
   pointing_game   1 where the map's maximum (first one in row-major order) falls on an
                   evidence cell, the evidence taken at map resolution (a cell is evidence
                   when any of its pixels is) and dilated by `tolerance` cells (a
-                  (2t+1) x (2t+1) max filter); tolerance 1 by default. Its chance level
+                  (2t+1) x (2t+1) max filter); tolerance 0 by default (a cell already counts
+                  with one evidence pixel; CPU-sized maps are ~4 x 4). Its chance level
                   (pointing_chance) is the share of such cells in the map.
   energy_share    sum(relu(map) * c) / sum(relu(map)), c the evidence's area share of each
                   map cell; its chance level is mean(c), the mask's area share (what a
@@ -41,7 +42,7 @@ def evidence_at(evidence, shape):
   return jnp.clip(jax.image.resize(evidence, (b, h, w), "linear", antialias=True), 0, 1)
 
 
-def pointing_cells(evidence, shape, tolerance: int = 1):
+def pointing_cells(evidence, shape, tolerance: int = 0):
   """evidence [B, H, W] -> float32 [B, h, w] 0/1: the cells a pointing-game hit may land on
   (evidence at map resolution, dilated by `tolerance` cells)."""
   cells = (evidence_at(evidence, shape) > 0).astype(jnp.float32)
@@ -52,7 +53,7 @@ def pointing_cells(evidence, shape, tolerance: int = 1):
   return cells
 
 
-def pointing_game(maps, evidence, tolerance: int = 1):
+def pointing_game(maps, evidence, tolerance: int = 0):
   """maps [B, h, w], evidence [B, H, W] -> float32 [B]: 1 where the argmax is a hit."""
   maps = jnp.asarray(maps, jnp.float32)
   b, h, w = maps.shape
@@ -61,7 +62,7 @@ def pointing_game(maps, evidence, tolerance: int = 1):
   return jnp.take_along_axis(cells.reshape(b, -1), top[:, None], axis=1)[:, 0]
 
 
-def pointing_chance(shape, evidence, tolerance: int = 1):
+def pointing_chance(shape, evidence, tolerance: int = 0):
   """[B]: the hit rate of a map whose maximum falls on a uniformly random cell of a map of
   `shape` (h, w): the share of pointing_cells (coarse maps and large tolerances inflate it)."""
   return pointing_cells(evidence, shape, tolerance).mean(axis=(1, 2))
@@ -139,7 +140,7 @@ def curve_auc(curves):
   return (curves[..., 1:] + curves[..., :-1]).sum(-1) / (2 * (curves.shape[-1] - 1))
 
 
-def map_metrics(maps: dict, evidence, tolerance: int = 1) -> dict:
+def map_metrics(maps: dict, evidence, tolerance: int = 0) -> dict:
   """{name: [B, h, w]}, evidence [B, H, W] -> {"<name>/pointing", "<name>/pointing_chance",
   "<name>/energy", "<name>/chance": [B]}."""
   out = {}
@@ -166,7 +167,7 @@ def deletion_metrics(maps: dict, batch: dict, score_fn, *, steps: int = 8, key=N
 
 
 def batch_metrics(maps: dict, batch: dict, score_fn=None, *, steps: int = 8,
-                  tolerance: int = 1, key=None) -> dict:
+                  tolerance: int = 0, key=None) -> dict:
   """Per-example faithfulness arrays of named maps on one model batch: map_metrics, plus
   deletion_metrics when score_fn (images -> [B] positive-class score) is given and
   steps > 0. batch: the model batch with evidence_mask [B, H, W]."""
