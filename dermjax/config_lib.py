@@ -77,6 +77,8 @@ def data_config() -> ml_collections.ConfigDict:
   c.prepared_dir = ml_collections.FieldReference(None, field_type=str)  # None: <dir>/prepared
   c.synthetic_dir = ml_collections.FieldReference(None, field_type=str)  # None: <workdir>/synthetic_<layout>
   c.synthetic_num_images = None   # {split: count} for the synthetic set; None: its default.
+  # "easy" | "hard" | a structure strength in [0, 1] as a string (dermjax.data.synthetic).
+  c.synthetic_difficulty = "easy"
   c.image_size = 224
   c.resize_size = 256
   c.crop = "resize_center_crop"   # | "center_fraction" (dermjax.input_pipeline.CROPS)
@@ -168,6 +170,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.splits = ("validation", "test")
   config.eval.num_visualizations = 8      # explanation PNGs per split.
   config.eval.tta = 1                     # 8: average the 8 flips/transposes (dermjax.evaluation).
+  # Explanation faithfulness (only where the data have evidence masks, dermjax.evaluation):
+  # splits scored, deletion-curve steps (0: no curves) and how many positive images get
+  # curves (each step is one forward pass per map), the pointing game's tolerance in cells.
+  config.eval.explanation_splits = ("test",)
+  config.eval.explanation_deletion_steps = 8
+  config.eval.explanation_deletion_images = 32
+  config.eval.explanation_tolerance = 0   # cells; 1 covers most of a 4 x 4 CPU-sized map
   # ISIC challenge submission CSV per evaluated split (dermjax.submission.FORMATS): "auto"
   # (the one of data.layout, if any), a format name, or "" for none.
   config.eval.submission = "auto"
@@ -180,7 +189,8 @@ def base_config() -> ml_collections.ConfigDict:
 RUN_LENGTH_FIELDS = (
     "train.num_epochs", "train.max_steps", "train.eval_every_epochs", "train.log_every_steps",
     "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.save_config",
-    "eval.splits", "eval.num_visualizations",
+    "eval.splits", "eval.num_visualizations", "eval.explanation_deletion_steps",
+    "eval.explanation_tolerance", "eval.explanation_splits", "eval.explanation_deletion_images",
     "data.num_workers", "data.num_threads", "data.prefetch", "data.eval_batch_size",
 )
 

@@ -1,12 +1,22 @@
 """The evaluation half of a run: a split's losses, diagnosis metrics, model report, saved
 predictions and explanations, written under a workdir:
 
-  workdir/results/<split>.json       final metrics (losses, diagnosis, report, step)
+  workdir/results/<split>.json       final metrics (losses, diagnosis, report, step, and
+                                     "explanation" where the split has evidence masks)
   workdir/results/roc_<split>.{csv,png}  the ROC curve of the diagnosis score (metrics.roc)
   workdir/predictions/<split>.npz    ids, scores, logits, labels, melanoma
   workdir/explanations/<split>/      the model's explain() output
   workdir/predictions/<split>_<format>.csv   ISIC challenge submission (dermjax.submission)
   workdir/results/normalization.json the run's preprocessing constants (mean, std, classes)
+
+Explanation faithfulness: where the prepared data carry evidence masks (the synthetic
+`hard` preset) and the model has the `saliency` hook, every map it returns is scored by
+dermjax.metrics.faithfulness on the split's positive (melanoma) images with an evidence
+mask: pointing game (config.eval.explanation_tolerance cells), energy share vs its chance
+level, and deletion-curve AUC of the melanoma probability (config.eval.
+explanation_deletion_steps steps, 0 skips the curves; on the first
+explanation_deletion_images such images) against a random-order curve; for the splits in
+config.eval.explanation_splits (default test only: the curves cost a forward per step).
 
 Test-time augmentation (config.eval.tta = 8): the model runs on the 8 flips/transposes of
 each image (the dihedral group) and its "logits" become those of the mean probability.
@@ -30,7 +40,8 @@ from jax.experimental import multihost_utils
 from dermjax import fileio
 from dermjax import submission
 from dermjax import writers
-from dermjax.metrics import diagnosis, roc
+from dermjax.data import schema
+from dermjax.metrics import diagnosis, faithfulness, roc
 
 NORMALIZATION = os.path.join("results", "normalization.json")
 
@@ -127,6 +138,95 @@ def explain_split(model_lib, module, config, state, datasets, split, loss_stats,
       break
 
 
+def has_evidence(datasets) -> bool:
+  """Whether the prepared data carry evidence masks (stats.json counts them per split)."""
+  return any(s.get("num_with_evidence", 0) for s in datasets.stats.get("splits", {}).values())
+
+
+def positive_score(logits, melanoma_class=None):
+  """logits [B, K] -> [B] melanoma probability: sigmoid for K = 1, else the softmax of
+  `melanoma_class` (class 1 when None)."""
+  logits = logits.astype(jnp.float32)
+  if logits.shape[-1] == 1:
+    return jax.nn.sigmoid(logits[:, 0])
+  return jax.nn.softmax(logits, -1)[:, 1 if melanoma_class is None else melanoma_class]
+
+
+def explanation_split(model_lib, module, config, state, datasets, split):
+  """The "explanation" section of results/<split>.json (module docstring), or None when
+  the model has no saliency maps, the data no evidence masks, or `split` is not in
+  config.eval.explanation_splits.
+
+  Pass 1 scores every map of every example against its evidence (one forward per batch);
+  pass 2 runs the deletion curves on the first config.eval.explanation_deletion_images
+  positive images only, re-batched on the host (steps - 1 forwards per map and batch)."""
+  saliency = getattr(model_lib, "saliency", None)
+  if (saliency is None or not has_evidence(datasets)
+      or split not in tuple(config.eval.get("explanation_splits", ("test",)))):
+    return None
+  from dermjax import train  # pylint: disable=g-import-not-at-top (train imports this module)
+  mean, std = np.asarray(datasets.mean, np.float32), np.asarray(datasets.std, np.float32)
+  steps = int(config.eval.get("explanation_deletion_steps", 8))
+  tolerance = int(config.eval.get("explanation_tolerance", 0))
+  budget = int(config.eval.get("explanation_deletion_images", 32))
+  melanoma_class = _melanoma_class(datasets.class_names)
+
+  def model(state, host_batch):
+    batch = train.preprocess(host_batch, state.rng, config, mean, std, train=False)
+    variables = train._variables(state.params, state.batch_stats)  # pylint: disable=protected-access
+    apply = lambda b: module.apply(variables, b, train=False)
+    outputs = apply(batch)
+    return batch, apply, outputs, saliency(outputs, batch, config)
+
+  @jax.jit
+  def map_step(state, host_batch):
+    batch, _, _, maps = model(state, host_batch)
+    arrays = faithfulness.map_metrics(maps, batch["evidence_mask"], tolerance)
+    arrays["keep"] = ((batch["valid"] > 0) & (batch["has_evidence_mask"] > 0)
+                      & (batch["melanoma"] == 1))
+    return arrays
+
+  @jax.jit
+  def deletion_step(state, host_batch):
+    batch, apply, _, maps = model(state, host_batch)
+    score = lambda images: positive_score(apply({**batch, "image": images})["logits"],
+                                          melanoma_class)
+    key = jax.random.fold_in(jax.random.PRNGKey(0), jnp.max(batch["index"]))
+    return faithfulness.deletion_metrics(maps, batch, score, steps=steps, key=key)
+
+  chunks, chosen, scored = [], [], None
+  for batch in datasets.eval(split):
+    if scored is None:  # deletion curves need the model's score
+      scored = "logits" in jax.eval_shape(lambda s, b: model(s, b)[2], state, batch)
+    arrays = _gather(map_step(state, batch))
+    if len(arrays) == 1:  # only "keep": this row has no saliency maps
+      return None
+    chunks.append(arrays)
+    rows = np.flatnonzero(arrays["keep"])[:max(budget - sum(len(c["valid"]) for c in chosen), 0)]
+    if rows.size and scored and steps > 0:
+      chosen.append({k: v[rows] for k, v in _gather(batch).items()})
+  arrays = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+  keep = arrays.pop("keep")
+  summary = faithfulness.summarize(arrays, keep)
+  section = {"images": "melanoma == 1 with an evidence mask",
+             "num_images": summary.pop("num_images"), "pointing_tolerance_cells": tolerance,
+             "maps": summary}
+  if chosen:
+    rows = {k: np.concatenate([c[k] for c in chosen]) for k in chosen[0]}
+    size, n = int(config.data.eval_batch_size), len(rows["valid"])
+    pad = schema.padding_batch(int(config.data.image_size), -n % size)
+    rows = {k: np.concatenate([v, pad[k]]) for k, v in rows.items()}
+    curves = [_gather(deletion_step(state, {k: v[i:i + size] for k, v in rows.items()}))
+              for i in range(0, len(rows["valid"]), size)]
+    curves = {k: np.concatenate([c[k] for c in curves])[:n] for k in curves[0]}
+    deletion = faithfulness.summarize(curves, np.ones(n, bool))
+    section.update(deletion_steps=steps, deletion_images=deletion.pop("num_images"))
+    section["random_deletion"] = deletion.pop(faithfulness.RANDOM)
+    for name, entry in deletion.items():
+      section["maps"].setdefault(name, {}).update(entry)
+  return section
+
+
 def _pngs(directory, prefix):
   """{prefix/name: uint8 RGB image} of the PNGs in `directory` (for TensorBoard)."""
   if not os.path.isdir(directory):
@@ -159,6 +259,10 @@ def evaluate_splits(config, workdir, state, datasets, model_lib, module, loss_st
     result.update(step=step, checkpoint_metric=config.train.checkpoint_metric)
     if int(config.eval.get("tta", 1)) > 1:
       result["tta"] = int(config.eval.tta)
+    explanation = explanation_split(model_lib, module, config, state, datasets, split)
+    if explanation is not None:
+      result["explanation"] = explanation
+      logging.info("%s explanation faithfulness: %s", split, fileio.to_json(explanation))
     results[split] = result
     if writer is not None:
       writer.write_scalars(step, scalar_summaries(f"final_{split}", result))

@@ -141,13 +141,17 @@ class ExampleLoader:
     return resize_masks(masks, box, self.image_size)
 
   def read(self, index):
-    """-> (record fields, image (array or PIL), its crop box, masks [H, W, 1+A], their box)."""
+    """-> (record fields, image (array or PIL), its crop box, masks [H, W, 1+A(+1)], their
+    box); the optional last channel is the record's evidence mask."""
     record = self.source[index]
     image = record["image"]
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
       raise ValueError(f"record {record.get('id', index)}: image must be uint8 [H, W, 3], got "
                        f"{image.dtype} {image.shape}")
-    masks = np.concatenate([record["lesion_mask"][..., None], record["attribute_masks"]], -1)
+    channels = [record["lesion_mask"][..., None], record["attribute_masks"]]
+    if "evidence_mask" in record:
+      channels.append(record["evidence_mask"][..., None])
+    masks = np.concatenate(channels, -1)
     box = self.box(*image.shape[:2])
     return record, image, box, masks, box
 
@@ -157,6 +161,9 @@ class ExampleLoader:
       return self.padding()
     record, image, image_box, masks, masks_box = self.read(index)
     masks = self.resize_masks(masks, masks_box)
+    evidence = np.zeros(masks.shape[:2], np.uint8)
+    if masks.shape[-1] == MASK_CHANNELS + 1:
+      masks, evidence = masks[..., :-1], masks[..., -1]
     if masks.shape[-1] != MASK_CHANNELS:
       raise ValueError(f"record {record.get('id', index)}: {masks.shape[-1]} mask channels, "
                        f"expected 1 + {schema.NUM_ATTRIBUTES}")
@@ -165,6 +172,8 @@ class ExampleLoader:
         "masks": masks,
         "has_lesion_mask": np.float32(record["has_lesion_mask"]),
         "has_attributes": np.float32(record["has_attributes"]),
+        "evidence_mask": np.ascontiguousarray(evidence),
+        "has_evidence_mask": np.float32(record.get("has_evidence_mask", False)),
         "label": np.int32(target_label(record, self.target)),
         "melanoma": np.int32(record["melanoma"]),
         "age": np.float32(record.get("age", math.nan)),
@@ -188,12 +197,13 @@ class PreparedExampleLoader(ExampleLoader):
     return example, image, image_box, codes, self.box(*codes.shape[:2])
 
   def resize_masks(self, masks, box):
-    """Packed codes [H, W] -> uint8 [S, S, 1+A]: nearest neighbour first, then unpacking
-    (they commute, and unpacking S x S codes is far cheaper than H x W)."""
+    """Packed codes [H, W] -> uint8 [S, S, 1+A+1] (last: evidence): nearest neighbour first,
+    then unpacking (they commute, and unpacking S x S codes is far cheaper than H x W)."""
     from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
-    lesion, attributes = prepare.unpack_masks(resize_masks(masks[..., None], box,
-                                                           self.image_size)[..., 0])
-    return np.concatenate([lesion[..., None], attributes], -1)
+    codes = resize_masks(masks[..., None], box, self.image_size)[..., 0]
+    lesion, attributes = prepare.unpack_masks(codes)
+    evidence = prepare.unpack_evidence(codes).astype(np.uint8)
+    return np.concatenate([lesion[..., None], attributes, evidence[..., None]], -1)
 
 
 def loader_from_config(source, data_config, loader_class=ExampleLoader) -> ExampleLoader:
@@ -370,7 +380,11 @@ def ensure_synthetic(data_config, workdir) -> str:
   out_dir = synthetic_dir(data_config, workdir)
   num_images = data_config.synthetic_num_images
   num_images = None if num_images is None else {k: int(v) for k, v in dict(num_images).items()}
+  difficulty = data_config.get("synthetic_difficulty", "easy") or "easy"
+  synthetic.difficulty_strength(difficulty)  # a bad value fails before anything is written
   spec = {"layout": data_config.layout, "num_images": num_images, "seed": 0}
+  if difficulty != "easy":  # easy sets keep the marker they always had
+    spec["difficulty"] = difficulty
   marker = os.path.join(out_dir, "SYNTHETIC.json")
   if os.path.exists(marker):
     with open(marker) as f:
@@ -378,7 +392,8 @@ def ensure_synthetic(data_config, workdir) -> str:
         return out_dir
     raise ValueError(f"{marker}: the synthetic data there was written with other settings; "
                      f"delete {out_dir} or set config.data.synthetic_dir elsewhere")
-  synthetic.write_synthetic(data_config.layout, out_dir, num_images=num_images, seed=0)
+  synthetic.write_synthetic(data_config.layout, out_dir, num_images=num_images, seed=0,
+                            difficulty=difficulty)
   with open(marker, "w") as f:
     json.dump(spec, f)
   return out_dir

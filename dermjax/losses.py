@@ -17,6 +17,8 @@ def focal_loss(logits, labels, *, gamma: float = 2.0, weights=None, alpha: float
   weight alpha of positives and 1 - alpha of negatives (None: both 1).
   """
   labels = labels.astype(jnp.int32)
+  if weights is not None:  # padding rows (label -1, weight 0) must not make the mean NaN:
+    labels = jnp.where(weights > 0, labels, 0)  # optax's (1 - p_t) ** gamma is NaN for y = -1
   if logits.shape[-1] == 1:
     per_example = optax.sigmoid_focal_loss(logits[:, 0], labels.astype(logits.dtype), alpha=alpha,
                                            gamma=gamma)

@@ -104,6 +104,7 @@ def test_host_batch_format(records):
   expected = {
       "image": ((4, 16, 16, 3), np.uint8), "masks": ((4, 16, 16, 1 + schema.NUM_ATTRIBUTES), np.uint8),
       "has_lesion_mask": ((4,), np.float32), "has_attributes": ((4,), np.float32),
+      "evidence_mask": ((4, 16, 16), np.uint8), "has_evidence_mask": ((4,), np.float32),
       "label": ((4,), np.int32), "melanoma": ((4,), np.int32), "age": ((4,), np.float32),
       "sex": ((4,), np.int32), "site": ((4,), np.int32), "valid": ((4,), np.float32),
       "index": ((4,), np.int32),

@@ -202,11 +202,15 @@ def device_preprocess(batch, rng, *, mean, std, aug_config, train: bool):
   0/1; with train=True (and an aug_config) both first get the same random transform per
   example. aug_config: config.data.augment (ConfigDict or dict; missing fields are off).
   With augment.crop_size C, evaluation (train=False) takes the central C x C window and
-  training a random one (see augment). Other entries pass through unchanged. rng is unused
-  when train=False.
+  training a random one (see augment). An optional evidence_mask uint8 [B, H, W] becomes
+  float32 0/1 transformed like the masks. Other entries pass through unchanged. rng is
+  unused when train=False.
   """
   image = batch["image"].astype(jnp.float32)
   masks = batch["masks"].astype(jnp.float32)
+  channels = masks.shape[-1]
+  if "evidence_mask" in batch:  # optional: transformed with the masks, as one more channel
+    masks = jnp.concatenate([masks, batch["evidence_mask"][..., None].astype(jnp.float32)], -1)
   if train and aug_config is not None:
     image, masks = augment(image, masks, rng, aug_config)
   elif aug_config is not None:
@@ -214,5 +218,7 @@ def device_preprocess(batch, rng, *, mean, std, aug_config, train: bool):
     image, masks = center_crop(image, crop), center_crop(masks, crop)
   out = dict(batch)
   out["image"] = (image - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-  out["masks"] = masks
+  out["masks"] = masks[..., :channels]
+  if "evidence_mask" in batch:
+    out["evidence_mask"] = masks[..., channels]
   return out

@@ -27,6 +27,9 @@ Splits: official splits are read from their own directories; `validation` (2016,
 Mask sources are optional as a whole: when a mask directory (or a features directory)
 is absent, records have `has_lesion_mask`/`has_attributes` False; when it is present,
 every image must have its file. Label CSVs are required where the layout has labels.
+Evidence masks (dermjax's synthetic `hard` preset only, never an official file): when
+`<root>/dermjax_evidence/` exists, every image must have `<id>_evidence.png` there (the
+pixels whose content decides the label); records then carry it as `evidence_mask`.
 Where a glob names several files (e.g. GroundTruth.csv and GroundTruth_v2.csv), the
 last in sorted order (the newest version) is used.
 """
@@ -47,6 +50,9 @@ from dermjax.data import schema
 from dermjax.data.errors import DatasetError
 
 LAYOUTS = ("isic2016", "isic2017", "isic2018", "isic2018_task3", "isic2019", "isic2020")
+
+# Folder of evidence masks beside the official files (dermjax.data.synthetic writes it).
+EVIDENCE_DIR = "dermjax_evidence"
 
 # The 2017 features JSON keys (= the first four schema.ATTRIBUTES).
 ATTRIBUTES_2017 = schema.ATTRIBUTES[:4]
@@ -273,6 +279,7 @@ class Example:
   superpixels: str | None = None
   features: str | None = None
   attribute_masks: tuple | None = None  # one path per schema.ATTRIBUTES
+  evidence_mask: str | None = None  # dermjax_evidence/<id>_evidence.png (synthetic only)
   melanoma: int = -1
   keratosis: int = -1
   label: int = -1
@@ -375,7 +382,11 @@ def _list_split(spec: Layout, root, split, merged, problems):
   mask_dir = _find(root, spec.lesion_masks, token) if spec.lesion_masks else None
   feature_dir = _find(root, spec.features, token) if spec.features else None
   attribute_dir = _find(root, spec.attribute_masks, token) if spec.attribute_masks else None
+  evidence_dir = os.path.join(root, EVIDENCE_DIR)
+  evidence_dir = evidence_dir if os.path.isdir(evidence_dir) else None
   for i, e in examples.items():
+    if evidence_dir:
+      e.evidence_mask = require(os.path.join(evidence_dir, i + "_evidence.png"), "evidence mask", i)
     if mask_dir:
       e.lesion_mask = require(os.path.join(mask_dir, i + spec.lesion_suffix), "lesion mask", i)
     if feature_dir:
@@ -503,6 +514,8 @@ def load_example(example: Example, split: str | None = None) -> dict:
     for k, path in enumerate(example.attribute_masks):
       attributes[..., k] = read_mask(path, shape)
     has_attributes = True
+  evidence = (read_mask(example.evidence_mask, shape) if example.evidence_mask
+              else np.zeros(shape, np.uint8))
   return {
       "id": example.id,
       "split": split or example.split,
@@ -514,6 +527,8 @@ def load_example(example: Example, split: str | None = None) -> dict:
       "attribute_masks": attributes,
       "has_lesion_mask": np.bool_(example.lesion_mask is not None),
       "has_attributes": np.bool_(has_attributes),
+      "evidence_mask": evidence,
+      "has_evidence_mask": np.bool_(example.evidence_mask is not None),
       "age": np.float32(example.age),
       "sex": np.int32(example.sex),
       "site": np.int32(example.site),

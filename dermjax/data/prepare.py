@@ -46,12 +46,24 @@ FORMAT_VERSION = 1
 # --- encoding -----------------------------------------------------------------------
 
 
-def pack_masks(lesion, attributes) -> np.ndarray:
-  """uint8 [H, W] lesion + [H, W, A] attributes (0/1) -> uint8 [H, W] bit-packed codes."""
+# Bit of the packed mask codes that holds the optional evidence mask (after lesion + A).
+EVIDENCE_BIT = 1 + schema.NUM_ATTRIBUTES
+
+
+def pack_masks(lesion, attributes, evidence=None) -> np.ndarray:
+  """uint8 [H, W] lesion + [H, W, A] attributes (+ optional [H, W] evidence), 0/1 ->
+  uint8 [H, W] bit-packed codes (evidence in bit EVIDENCE_BIT)."""
   codes = lesion.astype(np.uint8).copy()
   for k in range(attributes.shape[-1]):
     codes |= attributes[..., k].astype(np.uint8) << (k + 1)
+  if evidence is not None:
+    codes |= (evidence > 0).astype(np.uint8) << EVIDENCE_BIT
   return codes
+
+
+def unpack_evidence(codes):
+  """uint8 [...] codes -> uint8 [...] 0/1 evidence mask (0 where none was packed)."""
+  return (np.asarray(codes) >> EVIDENCE_BIT) & 1
 
 
 def unpack_masks(codes):
@@ -73,6 +85,7 @@ def _encode(example: isic.Example, record: dict, codes) -> dict:
   height, width = record["image"].shape[:2]
   out = {k: record[k] for k in ("id", "melanoma", "keratosis", "label", "has_lesion_mask",
                                 "has_attributes", "age", "sex", "site", "patient_id")}
+  out["has_evidence_mask"] = np.bool_(record.get("has_evidence_mask", False))
   out.update(image=image_bytes, height=np.int32(height), width=np.int32(width),
              masks=_png(codes))
   return out
@@ -82,7 +95,8 @@ def decode(example: dict, split: str) -> dict:
   """A stored TFDS example -> record (schema.py)."""
   text = lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v)
   image = np.asarray(Image.open(io.BytesIO(example["image"])).convert("RGB"))
-  lesion, attributes = unpack_masks(np.asarray(Image.open(io.BytesIO(example["masks"]))))
+  codes = np.asarray(Image.open(io.BytesIO(example["masks"])))
+  lesion, attributes = unpack_masks(codes)
   return {
       "id": text(example["id"]),
       "split": split,
@@ -94,6 +108,8 @@ def decode(example: dict, split: str) -> dict:
       "attribute_masks": attributes,
       "has_lesion_mask": np.bool_(example["has_lesion_mask"]),
       "has_attributes": np.bool_(example["has_attributes"]),
+      "evidence_mask": unpack_evidence(codes).astype(np.uint8),
+      "has_evidence_mask": np.bool_(example.get("has_evidence_mask", False)),
       "age": np.float32(example["age"]),
       "sex": np.int32(example["sex"]),
       "site": np.int32(example["site"]),
@@ -133,6 +149,7 @@ class _SplitStats:
 
   def __init__(self, num_classes, pixels):
     self.n = self.melanoma = self.keratosis = self.with_masks = self.with_attributes = 0
+    self.with_evidence = 0
     self.classes = np.zeros(num_classes, np.int64)
     self.presence = np.zeros(schema.NUM_STRUCTURES, np.int64)
     self.structure_pixels = np.zeros(schema.NUM_STRUCTURES, np.int64)
@@ -145,6 +162,7 @@ class _SplitStats:
     self.n += 1
     self.melanoma += int(record["melanoma"] == 1)
     self.keratosis += int(record["keratosis"] == 1)
+    self.with_evidence += int(bool(record.get("has_evidence_mask", False)))
     if record["label"] >= 0:
       self.classes[record["label"]] += 1
     h, w = record["image"].shape[:2]
@@ -172,6 +190,7 @@ class _SplitStats:
         "num_images": self.n, "melanoma": self.melanoma, "keratosis": self.keratosis,
         "class_counts": self.classes.tolist(), "num_with_masks": self.with_masks,
         "num_with_attributes": self.with_attributes,
+        "num_with_evidence": self.with_evidence,
         "structure_presence": dict(zip(schema.STRUCTURES, self.presence.tolist())),
         # Table 1's "presence in pixels": structure pixels / all pixels of the images with
         # masks (original resolution; sums past 1 where attributes overlap).
@@ -206,7 +225,8 @@ class _Plan:
       except DatasetError as e:
         self.problems.extend(e.problems)
         continue
-      codes = pack_masks(record["lesion_mask"], record["attribute_masks"])
+      codes = pack_masks(record["lesion_mask"], record["attribute_masks"],
+                         record["evidence_mask"] if record.get("has_evidence_mask") else None)
       self.stats[split].add(record, codes)
       if write:
         yield example.id, _encode(example, record, codes)

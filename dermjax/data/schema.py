@@ -12,6 +12,10 @@ A *record* is a plain dict of numpy values, one per image:
   attribute_masks uint8 [H, W, A]    0/1 masks, channel order ATTRIBUTES (all 0 if absent)
   has_lesion_mask bool  []           whether lesion_mask is ground truth
   has_attributes  bool  []           whether attribute_masks are ground truth
+  evidence_mask  uint8  [H, W]       0/1 pixels that decide the label (synthetic `hard`
+                                     preset only; all 0 if absent; optional: readers
+                                     of other sources may leave both keys out)
+  has_evidence_mask bool []          whether evidence_mask is ground truth
   age            float32 []          years, NaN if missing
   sex            int32  []           index into SEXES, -1 if missing
   site           int32  []           index into SITES, -1 if missing
@@ -24,6 +28,8 @@ kept uint8 where possible so host->device transfer stays small:
   masks          uint8   [B, H, W, 1+A]  channel 0 lesion, then ATTRIBUTES (0/1 values)
   has_lesion_mask float32 [B]            1 where masks[..., 0] is ground truth
   has_attributes float32 [B]             1 where masks[..., 1:] are ground truth
+  evidence_mask  uint8   [B, H, W]       0/1 evidence (synthetic hard preset), else 0
+  has_evidence_mask float32 [B]          1 where evidence_mask is ground truth
   label          int32   [B]             diagnosis target chosen by config.data.target
   melanoma       int32   [B]
   age            float32 [B]             years, NaN if missing (raw: models encode metadata
@@ -92,6 +98,8 @@ _BATCH = {
     "masks": (("S", "S", 1 + NUM_ATTRIBUTES), "uint8", 0),
     "has_lesion_mask": ((), "float32", 0.0),
     "has_attributes": ((), "float32", 0.0),
+    "evidence_mask": (("S", "S"), "uint8", 0),
+    "has_evidence_mask": ((), "float32", 0.0),
     "label": ((), "int32", -1),
     "melanoma": ((), "int32", -1),
     "age": ((), "float32", float("nan")),

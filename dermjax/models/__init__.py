@@ -12,7 +12,8 @@ is uint8 images/masks plus labels, metadata and bookkeeping; inside the jitted s
   image [B, S, S, 3] float (normalised, augmented in training), masks [B, S, S, 1+A] float32,
   has_lesion_mask [B] / has_attributes [B] float32, label [B] int32 (config.data.target),
   melanoma [B] int32, age [B] float32 (NaN missing), sex [B] / site [B] int32 (-1 missing),
-  valid [B] float32 (0 for padding rows), index [B] int32.
+  valid [B] float32 (0 for padding rows), index [B] int32, evidence_mask [B, S, S] /
+  has_evidence_mask [B] float32 (synthetic hard preset; for evaluation only, models ignore them).
 
 Hooks (ModelModule below spells out the signatures):
 
@@ -37,6 +38,12 @@ Hooks (ModelModule below spells out the signatures):
       under "report" in results/<split>.json.
   explain(outputs, batch, images, ids, config, out_dir)     optional, on the host
       writes per-example explanation files (PNG + arrays) for the first examples of a split.
+  saliency(outputs, batch, config) -> {name: [B, h, w]}      optional, inside a jitted eval
+      the model's spatial explanations as maps over its input image (any h, w; higher =
+      more attended; a map over a crop placed back on the image, e.g. crop.uncrop), {} for
+      a row without one. Where a split has evidence masks (synthetic `hard` preset),
+      dermjax.evaluation scores every map against them (dermjax.metrics.faithfulness) under
+      "explanation" in results/<split>.json. Models never read the batch's evidence_mask.
   train_flops(config) -> float | None                       optional
       analytic FLOPs per image of one train step (scripts/profile_step.py's MFU).
 
@@ -73,7 +80,7 @@ MODELS = {
 }
 
 REQUIRED_HOOKS = ("build", "loss")
-OPTIONAL_HOOKS = ("loss_stats", "eval_arrays", "report", "explain", "train_flops")
+OPTIONAL_HOOKS = ("loss_stats", "eval_arrays", "report", "explain", "saliency", "train_flops")
 
 
 @runtime_checkable
@@ -89,6 +96,7 @@ OptionalHooks = {
     "eval_arrays": Callable[[dict, dict, Any], dict],
     "report": Callable[[dict, Any], dict],
     "explain": Callable[[dict, dict, Any, list, Any, str], None],
+    "saliency": Callable[[dict, dict, Any], dict],
     "train_flops": Callable[[Any], "float | None"],
 }
 

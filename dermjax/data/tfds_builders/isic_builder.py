@@ -3,7 +3,7 @@
 Examples are prepared by dermjax.data.prepare, which hands the builder a `plan`: a
 callable `plan(split) -> iterator of (key, example)` and the list of splits. Images are
 stored as the original encoded bytes and masks as one PNG whose bit 0 is the lesion and
-bit k+1 is schema.ATTRIBUTES[k]; `dermjax.data.prepare.decode` turns an example back into
+bit k+1 is schema.ATTRIBUTES[k] (bit 1 + A: the synthetic evidence mask); `dermjax.data.prepare.decode` turns an example back into
 a record. Build with `file_format="array_record"`; read with `as_data_source`.
 """
 
@@ -28,6 +28,8 @@ def features():
       "label": scalar(dtype=np.int32),
       "has_lesion_mask": scalar(dtype=np.bool_),
       "has_attributes": scalar(dtype=np.bool_),
+      # Optional (datasets prepared before it have no such key; readers use .get).
+      "has_evidence_mask": scalar(dtype=np.bool_),
       "age": scalar(dtype=np.float32),
       "sex": scalar(dtype=np.int32),
       "site": scalar(dtype=np.int32),

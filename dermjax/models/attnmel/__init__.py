@@ -9,10 +9,11 @@ Its VGG-16 / VGG-16-GAP baselines are the shared `dermjax.models.baselines` (mod
 """
 
 from dermjax.models.attnmel.model import (ATTENDED, AttentionBlock, AttnMel, area_downsample,
-                                          build, eval_arrays, explain, loss, reference_map, report)
+                                          build, eval_arrays, explain, loss, reference_map, report,
+                                          saliency)
 from dermjax.models.common import compute_dtype
 from dermjax.models.common.explain import lesion_masks, save_overlays
 
-__all__ = ["build", "loss", "eval_arrays", "report", "explain", "AttnMel", "AttentionBlock",
+__all__ = ["build", "loss", "eval_arrays", "report", "explain", "saliency", "AttnMel", "AttentionBlock",
            "ATTENDED", "area_downsample", "reference_map", "compute_dtype", "lesion_masks",
            "save_overlays"]

@@ -184,6 +184,13 @@ def report(arrays, config):
   return attention_metrics.jaccard_report(arrays)
 
 
+def saliency(outputs, batch, config):
+  """The contract's saliency hook: the attention maps {"attention3", "attention4"} [B, h, w]
+  (none for Mel-CNN)."""
+  del batch, config
+  return {name: outputs[name] for _, name in ATTENDED if name in outputs}
+
+
 def explain(outputs, batch, images, ids, config, out_dir):
   """Attention maps A3, A4 upsampled onto the image (paper Fig. 3), next to the lesion mask
   (both cropped as the model saw them, common.explain.model_view)."""

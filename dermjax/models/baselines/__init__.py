@@ -7,7 +7,7 @@
 """
 
 from dermjax.models.baselines.vgg import (HEADS, VGGClassifier, build, eval_arrays, explain, loss,
-                                          pretrained_targets, report)
+                                          pretrained_targets, report, saliency)
 
-__all__ = ["build", "loss", "eval_arrays", "report", "explain", "VGGClassifier", "HEADS",
+__all__ = ["build", "loss", "eval_arrays", "report", "explain", "saliency", "VGGClassifier", "HEADS",
            "pretrained_targets"]

@@ -69,6 +69,12 @@ def loss(outputs, batch, config, stats):
   return value, {name: value, "loss": value}
 
 
+def saliency(outputs, batch, config):
+  """The contract's saliency hook: {"cam": [B, h, w]}."""
+  del batch, config
+  return {"cam": outputs["cam"]}
+
+
 def explain(outputs, batch, images, ids, config, out_dir):
   """The melanoma CAM upsampled onto each image, next to the lesion mask."""
   del config

@@ -91,6 +91,12 @@ def report(arrays, config):
   return attention_metrics.jaccard_report(arrays)
 
 
+def saliency(outputs, batch, config):
+  """The contract's saliency hook: {"cam": [B, h, w]} for VGG-16-GAP (none for VGG-16)."""
+  del batch, config
+  return {"cam": outputs["cam"]} if "cam" in outputs else {}
+
+
 def explain(outputs, batch, images, ids, config, out_dir):
   """Class activation maps upsampled onto the image, next to the lesion mask (both cropped
   as the model saw them, common.explain.model_view)."""

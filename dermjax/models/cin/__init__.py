@@ -16,13 +16,13 @@ This module is the model contract (dermjax/models/__init__.py) for `model.name =
 
 from dermjax.models.cin.attention import (LesionFeatureAttention, combine, correlation_map,
                                           spatial_normalize)
-from dermjax.models.cin.explain import explain
+from dermjax.models.cin.explain import explain, saliency
 from dermjax.models.cin.lesion import LesionAttention
 from dermjax.models.cin.loss import class_weights, loss, loss_stats, train_class_counts
 from dermjax.models.cin.model import (CIN, Branch, Distinguish, build, pair_permutation, same_class,
                                       summed_logits)
 
-__all__ = ["build", "loss", "loss_stats", "explain", "CIN", "Branch", "Distinguish",
+__all__ = ["build", "loss", "loss_stats", "explain", "saliency", "CIN", "Branch", "Distinguish",
            "LesionAttention", "LesionFeatureAttention", "spatial_normalize", "correlation_map",
            "combine", "pair_permutation", "same_class", "summed_logits", "class_weights",
            "train_class_counts"]

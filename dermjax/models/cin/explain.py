@@ -9,6 +9,7 @@ from PIL import Image
 from dermjax import visualize
 from dermjax.metrics import diagnosis
 from dermjax.models.cin import lesion
+from dermjax.models.common import crop
 from dermjax.models.common import explain as common_explain
 
 
@@ -20,6 +21,18 @@ def crop_image(image, box, size):
   region = (left * w, top * h, right * w, bottom * h)
   return np.asarray(Image.fromarray(np.asarray(image, np.uint8)).resize(
       (size[1], size[0]), Image.BILINEAR, box=region))
+
+
+def saliency(outputs, batch, config):
+  """The contract's saliency hook: {"q": the spatial attention Q} over the whole image
+  [B, S, S] (placed back from the stage-1 crop with crop.uncrop, 0 outside it), or at its
+  own resolution without stage 1; none without the attention module."""
+  del config
+  if "q" not in outputs:
+    return {}
+  if "crop_box" not in outputs:
+    return {"q": outputs["q"]}
+  return {"q": crop.uncrop(outputs["q"], outputs["crop_box"], batch["image"].shape[1:3])}
 
 
 def explain(outputs, batch, images, ids, config, out_dir):

@@ -85,3 +85,22 @@ def crop_and_resize(images, boxes, size: int, *, method: str = "linear",
     return out.astype(images.dtype)
 
   return jax.vmap(one)(images, scale, translation)
+
+
+def uncrop(maps, boxes, shape):
+  """The inverse placement of crop_and_resize for maps: maps [B, h, w] over each box (a crop
+  of the image) -> [B, H, W] over the whole image (shape = (H, W)), bilinear inside the
+  box and 0 outside it (e.g. CIN's attention over its lesion crop, for faithfulness)."""
+  maps = jnp.asarray(maps, jnp.float32)
+  boxes = jnp.asarray(boxes, jnp.float32)
+  _, h, w = maps.shape
+  height, width = shape
+  top, left, bottom, right = (boxes[:, i] for i in range(4))
+  scale = jnp.stack([(bottom - top) * height / h, (right - left) * width / w], -1)
+  translation = jnp.stack([top * height, left * width], -1)
+
+  def one(m, scale, translation):
+    return jax.image.scale_and_translate(m, (height, width), (0, 1), scale, translation,
+                                         method="linear", antialias=False)
+
+  return jax.vmap(one)(maps, scale, translation)

@@ -13,11 +13,11 @@ This module is the model contract (dermjax/models/__init__.py) for `model.name =
 """
 
 from dermjax.models.gaze.evaluation import eval_arrays, report
-from dermjax.models.gaze.explain import explain, gaze_points
+from dermjax.models.gaze.explain import explain, gaze_points, saliency
 from dermjax.models.gaze.loss import (loss, loss_stats, soft_iou_matrix, structure_loss,
                                       structure_targets)
 from dermjax.models.gaze.model import DECODER_BLOCKS, GazeNet, build
 
-__all__ = ["build", "loss", "loss_stats", "eval_arrays", "report", "explain", "GazeNet",
+__all__ = ["build", "loss", "loss_stats", "eval_arrays", "report", "explain", "saliency", "GazeNet",
            "DECODER_BLOCKS", "gaze_points", "soft_iou_matrix", "structure_loss",
            "structure_targets"]

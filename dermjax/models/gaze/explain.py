@@ -16,6 +16,16 @@ def gaze_points(attention, image_shape):
   return np.stack([(ys + 0.5) * image_shape[0] / h, (xs + 0.5) * image_shape[1] / w], -1)
 
 
+def saliency(outputs, batch, config) -> dict:
+  """The contract's saliency hook: {"gaze<t>": attention map of step t, "gaze_mean": their
+  mean}, each [B, h, w] over the model input."""
+  del batch, config
+  attention = outputs["attention"]  # [B, T, h, w]
+  maps = {f"gaze{t}": attention[:, t] for t in range(attention.shape[1])}
+  maps["gaze_mean"] = attention.mean(axis=1)
+  return maps
+
+
 def explain(outputs, batch, images, ids, config, out_dir) -> None:
   """Fig. 7-style PNG per example: numbered gazes | attention maps | masks with classes.
 

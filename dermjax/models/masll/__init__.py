@@ -12,7 +12,7 @@ loss is the baseline's (cross-entropy with config.loss.focal_gamma = 0).
 
 from dermjax.models.baselines.gap_classifier import loss
 from dermjax.models.masll.model import (FUSIONS, MASLL, WFI, build, eval_arrays, explain,
-                                        pretrained_targets, report)
+                                        pretrained_targets, report, saliency)
 
-__all__ = ["build", "loss", "eval_arrays", "report", "explain", "MASLL", "WFI", "FUSIONS",
+__all__ = ["build", "loss", "eval_arrays", "report", "explain", "saliency", "MASLL", "WFI", "FUSIONS",
            "pretrained_targets"]

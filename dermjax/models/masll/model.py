@@ -137,6 +137,12 @@ def report(arrays, config):
           "box_whole_image_fraction": float(np.mean(area >= 1.0 - 1e-6))}
 
 
+def saliency(outputs, batch, config):
+  """The contract's saliency hook: {"activation_map": M [B, h, w]} of the global branch."""
+  del batch, config
+  return {"activation_map": outputs["activation_map"]}
+
+
 def explain(outputs, batch, images, ids, config, out_dir):
   """Per example: `<id>.png` = image with the SLL box | M overlay | the local crop, and
   `<id>_activation_map.npy` (M upsampled to the image), `<id>_box.npy` (fractions)."""

@@ -25,7 +25,7 @@ from dermjax.models.common import compute_dtype, explain as common_explain
 from dermjax.models.zoome.model import (ARCHS, READINGS, MetadataEmbedding, ZooME, ZoomSE,
                                         pretrained_targets)
 
-__all__ = ["build", "loss", "eval_arrays", "report", "explain", "ZooME", "ZoomSE",
+__all__ = ["build", "loss", "eval_arrays", "report", "explain", "saliency", "ZooME", "ZoomSE",
            "MetadataEmbedding", "pretrained_targets", "ARCHS", "READINGS"]
 
 CONTRIBUTION_FIELDS = ("id", "melanoma", "age", "sex", "site", "score", "score_without_metadata",
@@ -95,6 +95,12 @@ def report(arrays, config):
 
 def _name(values, index):
   return values[index] if 0 <= index < len(values) else ""
+
+
+def saliency(outputs, batch, config):
+  """The contract's saliency hook: {"cam": Grad-CAM [B, h, w]}."""
+  del batch, config
+  return {"cam": outputs["cam"]}
 
 
 def explain(outputs, batch, images, ids, config, out_dir):
