@@ -4,8 +4,13 @@ Each row of each configs/<paper>.py (its ROWS) must: build; run at its paper sca
 only (jax.eval_shape of init and a training apply + loss); and train CPU-sized through the
 real trainer (dermjax.train.train_and_evaluate) on prepared synthetic data of its layout,
 then evaluate (eval_arrays, report) and explain. Adding a paper's table adds its rows here.
+
+Training runs with every ResNet / ResNeXt / DenseNet cut to one block per stage (same block
+type and taps; ResNets keep their widths, a DenseNet's width follows its depth): depth is a repeat count, checked at paper scale by the eval_shape
+test, and compiling ResNet-101 and DenseNet-121 for each of ~35 rows was most of CI's time.
 """
 
+import functools
 import glob
 import json
 import os
@@ -19,6 +24,7 @@ from dermjax import config_lib
 from dermjax import models
 from dermjax import train
 from dermjax.data import schema
+from dermjax.models import backbones
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLES = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
@@ -107,6 +113,37 @@ def prepared_layout(synthetic_isic, tmp_path_factory):
   return make
 
 
+def shallow(backbone: backbones.Backbone) -> backbones.Backbone:
+  """The same architecture with one block per stage (ResNet stages, DenseNet blocks)."""
+  kw = dict(getattr(backbone.module, "keywords", {}))
+  for depth in ("stage_sizes", "block_config"):
+    if depth in kw:
+      kw[depth] = (1,) * len(kw[depth])
+  if not kw or kw == backbone.module.keywords:
+    return backbone
+  return backbone._replace(module=functools.partial(backbone.module.func, **kw))
+
+
+@pytest.fixture
+def shallow_backbones(monkeypatch):
+  for arch, backbone in list(backbones.BACKBONES.items()):
+    monkeypatch.setitem(backbones.BACKBONES, arch, shallow(backbone))
+
+
+def test_shallow_backbones_keep_taps_and_widths():
+  """The cut networks end in the same tap at the same resolution; ResNets with the same channels."""
+  image = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  for arch in ("resnet101", "resnext50_32x4d", "densenet121"):
+    full, cut = backbones.BACKBONES[arch], shallow(backbones.BACKBONES[arch])
+    assert cut.module is not full.module
+    shapes = [jax.eval_shape(lambda x, b=b: b.module().init_with_output(jax.random.key(0), x)[0],
+                             image)[b.features].shape for b in (full, cut)]
+    same = slice(None) if arch.startswith("res") else slice(0, 3)
+    assert shapes[0][same] == shapes[1][same], (arch, shapes)
+    assert arch.startswith("res") or shapes[1][3] < shapes[0][3], (arch, shapes)   # it is cut.
+
+
+@pytest.mark.usefixtures("shallow_backbones")
 @pytest.mark.parametrize("path,row", list(distinct_cpu_rows()))
 def test_row_trains_evaluates_and_explains(path, row, prepared_layout, tmp_path):
   config = config_lib.load_config(path, row)
@@ -118,6 +155,7 @@ def test_row_trains_evaluates_and_explains(path, row, prepared_layout, tmp_path)
   config.train.num_epochs = 1
   config.train.max_steps = 1
   config.train.log_every_steps = 1
+  config.train.keep_best = ()        # latest + best by checkpoint_metric: VGG rows are 1.6 GB each.
   config.eval.num_visualizations = 1
   model_lib = models.get(config.model.name)
 
