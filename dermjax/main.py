@@ -26,6 +26,7 @@ from dermjax import config_lib
 from dermjax import faults
 from dermjax import train
 from dermjax import writers
+from dermjax import xla_cpu
 from dermjax.data.errors import DatasetError
 
 FLAGS = flags.FLAGS
@@ -109,6 +110,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(faults.QuietFailures())
   logging_lib.getLogger("asyncio").addFilter(faults.QuietFailures())
   config = FLAGS.config
+  xla_cpu.apply(config.train.get("xla_cpu_conv"))  # Before JAX starts its backend.
   if config.train.distributed:
     jax.distributed.initialize()
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(), jax.process_count(),

@@ -35,6 +35,7 @@ from dermjax import models
 from dermjax import profiling
 from dermjax.models.gaze import flops as gaze_flops
 from dermjax import train
+from dermjax import xla_cpu
 from dermjax.data import schema
 
 # Split-level stand-ins for a prepared dataset's stats.json (ISIC 2017 train, thesis Table 1).
@@ -170,6 +171,8 @@ def profile(config, *, num_warmup: int = 2, num_timed: int = 5, eval_step: bool 
       "eval_batch_size": int(config.data.eval_batch_size),
       "dtype": str(config.model.dtype),
       "machine": profiling.machine_info(),
+      "xla_cpu_conv": xla_cpu.current(),
+      "load_average_before": list(os.getloadavg()),
   }
   if "timesteps" in config.model:
     result["timesteps"] = int(config.model.timesteps)
@@ -213,6 +216,7 @@ def profile(config, *, num_warmup: int = 2, num_timed: int = 5, eval_step: bool 
         state, _ = _time_train(train_compiled, state, steps["batch"], 0, 2)
       result["trace_dir"] = trace_dir
   result["memory"] = profiling.peak_memory()
+  result["load_average_after"] = list(os.getloadavg())
   if with_matcher_breakdown:
     if config.model.name != "gaze" or not config.model.get("decoder", True):
       raise ValueError("--matcher_breakdown needs a gaze config with a decoder")
@@ -282,6 +286,7 @@ def main(argv):
   if len(argv) > 1:
     raise ValueError(f"scripts/profile_step.py: unexpected arguments {argv[1:]}")
   FLAGS = flags.FLAGS
+  xla_cpu.apply(FLAGS.config.train.get("xla_cpu_conv"))  # Before JAX starts its backend.
   if FLAGS.xla_dump_to:  # Read by XLA when the backend starts (nothing has touched it yet).
     os.environ["XLA_FLAGS"] = " ".join(filter(None, [
         os.environ.get("XLA_FLAGS"), f"--xla_dump_to={FLAGS.xla_dump_to}",

@@ -101,3 +101,25 @@ def test_reflect_gradients_inside_a_scan_are_canonical():
   labels = {line.split("dim_labels=")[1].split(",")[0].split(" ")[0]
             for line in hlo.splitlines() if "dim_labels=" in line}
   assert labels and labels <= {"b01f_01io->b01f"}, labels
+
+
+def test_gaze_reflect_and_reflect_explicit_agree():
+  """The gaze model with padding "reflect" (corrections) and "reflect_explicit" (flax's
+  jnp.pad + VALID, the earlier form) gives the same outputs for the same variables."""
+  from dermjax import config_lib
+  import os
+  config = config_lib.load_config(os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "configs", "gaze.py"))
+  config.data.image_size = 32
+  config.model.timesteps = 2
+  rng = np.random.default_rng(3)
+  batch = {"image": jnp.asarray(rng.normal(size=(1, 32, 32, 3)), jnp.float32)}
+  outs = {}
+  for padding in ("reflect", "reflect_explicit"):
+    config.model.padding = padding
+    net = gaze_model.build(config)
+    if not outs:
+      variables = net.init(jax.random.key(0), batch)
+    outs[padding] = net.apply(variables, batch)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               outs["reflect"], outs["reflect_explicit"])

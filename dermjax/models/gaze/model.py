@@ -32,7 +32,9 @@ from dermjax.models.backbones.vgg import VGGStages, adaptive_avg_pool
 # Decoder blocks: output channels of each 3x3 conv (mirror of VGG-16 blocks 3, 2, 1).
 DECODER_BLOCKS = ((256, 256, 128), (128, 64), (64, 1))
 HEADS = ("gap", "fc")
-PADDINGS = ("zeros", "reflect")
+# "reflect_explicit": flax's padding="REFLECT" (jnp.pad + VALID conv), same values as
+# "reflect"; kept to benchmark the two forms (BENCHMARKS.md).
+PADDINGS = ("zeros", "reflect", "reflect_explicit")
 POOLS = ("mean", "max")
 ACTIVATIONS = ("relu", "none")
 DIAGNOSIS_INPUTS = ("attended", "encoder")
@@ -52,7 +54,10 @@ def conv3x3(features, padding: str, dtype, **kwargs):
   on XLA:CPU); both use canonical gradient convolutions (fast inside nn.scan as well).
   Parameters are those of nn.Conv(features, (3, 3)).
   """
-  fn = (conv_lib.reflect_conv_general_dilated if _conv_padding(padding) == "reflect"
+  if _conv_padding(padding) == "reflect_explicit":
+    return nn.Conv(features, (3, 3), padding="REFLECT", dtype=dtype,
+                   conv_general_dilated=conv_lib.conv_general_dilated, **kwargs)
+  fn = (conv_lib.reflect_conv_general_dilated if padding == "reflect"
         else conv_lib.conv_general_dilated)
   return nn.Conv(features, (3, 3), padding=1, dtype=dtype, conv_general_dilated=fn, **kwargs)
 
