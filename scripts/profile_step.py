@@ -176,6 +176,9 @@ def profile(config, *, num_warmup: int = 2, num_timed: int = 5, eval_step: bool 
   }
   if "timesteps" in config.model:
     result["timesteps"] = int(config.model.timesteps)
+  if "padding" in config.model:
+    result["padding"] = str(config.model.padding)
+    result["decoder_chunk"] = int(config.model.get("decoder_chunk", 0) or 0)
   state = steps["state"]
   result["num_params"] = int(sum(x.size for x in jax.tree.leaves(state.params)))
   result["num_trainable_params"] = int(sum(
@@ -277,6 +280,8 @@ def _define_flags():
   flags.DEFINE_string("xla_dump_to", None, "Write XLA's HLO dumps (text) here.")
   flags.DEFINE_string("trace_dir", None, "Write a jax.profiler trace (TensorBoard) here.")
   flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
+  flags.DEFINE_integer("decoder_chunk", None, "Gaze: set config.model.decoder_chunk (the "
+                       "memory mode) even where the config table has no such field.")
   flags.mark_flags_as_required(["config"])
 
 
@@ -291,7 +296,12 @@ def main(argv):
     os.environ["XLA_FLAGS"] = " ".join(filter(None, [
         os.environ.get("XLA_FLAGS"), f"--xla_dump_to={FLAGS.xla_dump_to}",
         "--xla_dump_hlo_as_text"]))
-  result = profile(FLAGS.config, num_warmup=FLAGS.num_warmup, num_timed=FLAGS.num_timed,
+  config = FLAGS.config
+  if FLAGS.decoder_chunk is not None:
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.model.decoder_chunk = FLAGS.decoder_chunk
+  result = profile(config, num_warmup=FLAGS.num_warmup, num_timed=FLAGS.num_timed,
                    eval_step=FLAGS.eval, matmul_peak=FLAGS.matmul_peak, trace_dir=FLAGS.trace_dir,
                    with_matcher_breakdown=FLAGS.matcher_breakdown,
                    compare_matcher_steps=FLAGS.compare_matcher_steps)
