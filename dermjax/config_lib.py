@@ -152,6 +152,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.keep_best = ("validation/auc",)         # also keep the best by these (max).
   config.train.distributed = False        # jax.distributed.initialize() for multi-host.
   config.train.save_config = True         # write <workdir>/config.json.
+  # XLA:CPU convolutions: "ynnpack" | "eigen" | "" ($DERMJAX_XLA_CPU_CONV, else
+  # dermjax.xla_cpu.DEFAULT); applied before JAX starts (dermjax/xla_cpu.py).
+  config.train.xla_cpu_conv = ""
   # Checkpoint `latest` every N steps and every M minutes of training (besides epoch ends
   # and the last step; <= 0 turns one off; minutes only on a single host). 500 steps is
   # ~1-3 minutes of a paper-scale model on one GPU; the minutes bound a slow machine's loss.
@@ -189,6 +192,7 @@ def base_config() -> ml_collections.ConfigDict:
 RUN_LENGTH_FIELDS = (
     "train.num_epochs", "train.max_steps", "train.eval_every_epochs", "train.log_every_steps",
     "train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.save_config",
+    "train.xla_cpu_conv",
     "eval.splits", "eval.num_visualizations", "eval.explanation_deletion_steps",
     "eval.explanation_tolerance", "eval.explanation_splits", "eval.explanation_deletion_images",
     "data.num_workers", "data.num_threads", "data.prefetch", "data.eval_batch_size",

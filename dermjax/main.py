@@ -26,6 +26,7 @@ from dermjax import config_lib
 from dermjax import faults
 from dermjax import train
 from dermjax import writers
+from dermjax import xla_cpu
 from dermjax.data.errors import DatasetError
 
 FLAGS = flags.FLAGS
@@ -101,6 +102,16 @@ def parse_flags(argv):
     fail("; ".join(problems) or f"bad --config override: {e}", exit_code=2)
 
 
+def distributed_args(environ=os.environ) -> dict:
+  """jax.distributed.initialize arguments for a manual launch: $DERMJAX_NUM_PROCESSES and
+  $DERMJAX_PROCESS_ID (with $JAX_COORDINATOR_ADDRESS); unset, JAX detects the cluster (TPU
+  pods, SLURM, Open MPI). $DERMJAX_CPU_COLLECTIVES (e.g. "gloo") enables CPU collectives."""
+  if environ.get("DERMJAX_CPU_COLLECTIVES"):
+    jax.config.update("jax_cpu_collectives_implementation", environ["DERMJAX_CPU_COLLECTIVES"])
+  return {k: int(environ[v]) for k, v in (("num_processes", "DERMJAX_NUM_PROCESSES"),
+                                          ("process_id", "DERMJAX_PROCESS_ID")) if v in environ}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -109,8 +120,9 @@ def main(argv):
   logging.get_absl_handler().addFilter(faults.QuietFailures())
   logging_lib.getLogger("asyncio").addFilter(faults.QuietFailures())
   config = FLAGS.config
+  xla_cpu.apply(config.train.get("xla_cpu_conv"))  # Before JAX starts its backend.
   if config.train.distributed:
-    jax.distributed.initialize()
+    jax.distributed.initialize(**distributed_args())
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
   logging.info("config:\n%s", config)

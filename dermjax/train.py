@@ -41,6 +41,7 @@ from dermjax import input_pipeline
 from dermjax import models
 from dermjax import optim
 from dermjax import writers
+from dermjax import xla_cpu
 from dermjax.data import augment
 from dermjax.evaluation import run_eval, scalar_summaries, split_metrics  # noqa: F401 (re-exported)
 
@@ -248,6 +249,7 @@ def train_and_evaluate(config, workdir: str, *, resume_with_changed_config=False
   at a step boundary after saving `latest` (faults.Interrupted). Raises faults.RunError
   (one line) for a locked / unwritable workdir, a changed config on resume, divergence.
   """
+  xla_cpu.apply(config.train.get("xla_cpu_conv"))  # Warns only if JAX started otherwise.
   workdir = faults.writable_workdir(os.path.abspath(workdir))
   lock = faults.WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
   try:

@@ -18,10 +18,13 @@ wall times with device synchronisation; median). Synthetic inputs (random image,
 0/1 lesion and attribute masks): speed does not depend on the data.
 
   python scripts/benchmark_torch.py --image_size=224 --batch_size=8 --num_steps=5
+      [--compile=both]   # also torch.compile (inductor), timed beside eager in the same run
 """
 
 import argparse
 import json
+import statistics
+import time
 
 import numpy as np
 import scipy.optimize
@@ -291,6 +294,12 @@ def parse_args(argv=None):
   parser.add_argument("--matmul_peak", action=argparse.BooleanOptionalAction, default=True,
                       help="Measure the device's matmul peak (for the MFU).")
   parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
+  parser.add_argument("--compile", default="off", choices=("off", "on", "both"),
+                      help="torch.compile the model (inductor backend; the host Hungarian loss "
+                      "stays eager): 'on' times the compiled step only, 'both' eager then "
+                      "compiled in one run (results under 'train_step' and 'compiled').")
+  parser.add_argument("--compile_mode", default="default",
+                      help="torch.compile mode (default | reduce-overhead | max-autotune).")
   parser.add_argument("--json_out", default="", help="Also write the results here as JSON.")
   return parser.parse_args(argv)
 
@@ -312,21 +321,40 @@ def run(args) -> dict:
   masks = (torch.rand(b, 1 + NUM_ATTRIBUTES, s, s, generator=gen) > 0.7).float().to(device)
   label = (torch.rand(b, generator=gen) > 0.8).long().to(device)
 
-  def step(_):
-    optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
-      outputs = model(image)
-    loss = gaze_loss(outputs, masks, label)
-    loss.backward()
-    optimizer.step()
-    return loss
+  def make_step(forward):
+    def step(_):
+      optimizer.zero_grad(set_to_none=True)
+      with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
+        outputs = forward(image)
+      loss = gaze_loss(outputs, masks, label)
+      loss.backward()
+      optimizer.step()
+      return loss
+    return step
 
-  _, times = profiling.time_steps(step, None, num_warmup=args.num_warmup, num_timed=args.num_timed,
-                                  sync=profiling.torch_sync(str(device)))
+  def timed(forward):
+    """(first step's seconds, incl. compilation; per-step seconds of the timed steps)."""
+    step = make_step(forward)
+    start = time.perf_counter()
+    profiling.torch_sync(str(device))(step(None))
+    first = time.perf_counter() - start
+    _, times = profiling.time_steps(step, None, num_warmup=max(args.num_warmup - 1, 0),
+                                    num_timed=args.num_timed,
+                                    sync=profiling.torch_sync(str(device)))
+    return first, times
+
+  variants = {"off": ("eager",), "on": ("compiled",), "both": ("eager", "compiled")}[args.compile]
+  measured = {}
+  for variant in variants:
+    forward = model
+    if variant == "compiled":
+      forward = torch.compile(model, backend="inductor", mode=args.compile_mode)
+    measured[variant] = timed(forward)
   peak = None
   if args.matmul_peak:
     peak = profiling.matmul_peak_torch(args.dtype, device=str(device))
   flops = gaze_flops.gaze_train_flops(s, args.num_steps) * b
+  first, times = measured[variants[0]]
   result = {
       "framework": "torch",
       "model": "gaze",
@@ -342,7 +370,17 @@ def run(args) -> dict:
       "memory": {"process_peak_rss_bytes": profiling.peak_memory()["process_peak_rss_bytes"]},
       "machine": profiling.machine_info(torch_device=str(device), jax_devices=False),
       "times_s": times,
+      "first_step_s": first,
+      "compiled_model": variants[0] == "compiled",
   }
+  if len(variants) == 2:
+    first_c, times_c = measured["compiled"]
+    result["compiled"] = {
+        "backend": "inductor", "mode": args.compile_mode,
+        "train_step": profiling.summarize(times_c, batch_size=b, flops_per_step=flops,
+                                          peak_flops=peak),
+        "times_s": times_c, "first_step_s": first_c,
+        "speedup_over_eager": statistics.median(times) / statistics.median(times_c)}
   if device.type == "cuda":
     result["memory"]["device_peak_bytes"] = torch.cuda.max_memory_allocated(device)
   return result
@@ -355,6 +393,12 @@ def main(argv=None) -> dict:
   rows = [("train step median (s)", ts["median_s"]), ("images/s", ts["images_per_s"])]
   if "mfu" in ts:
     rows += [("achieved TFLOP/s", ts["achieved_tflops"]), ("MFU", ts["mfu"])]
+  if "compiled" in result:
+    c = result["compiled"]
+    rows += [("torch.compile step median (s)", c["train_step"]["median_s"]),
+             ("torch.compile images/s", c["train_step"]["images_per_s"]),
+             ("torch.compile first step (s)", c["first_step_s"]),
+             ("torch.compile speedup over eager", c["speedup_over_eager"])]
   print(profiling.format_table(rows))
   print(json.dumps(result, indent=1))
   if args.json_out:

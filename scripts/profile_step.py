@@ -35,6 +35,7 @@ from dermjax import models
 from dermjax import profiling
 from dermjax.models.gaze import flops as gaze_flops
 from dermjax import train
+from dermjax import xla_cpu
 from dermjax.data import schema
 
 # Split-level stand-ins for a prepared dataset's stats.json (ISIC 2017 train, thesis Table 1).
@@ -170,9 +171,14 @@ def profile(config, *, num_warmup: int = 2, num_timed: int = 5, eval_step: bool 
       "eval_batch_size": int(config.data.eval_batch_size),
       "dtype": str(config.model.dtype),
       "machine": profiling.machine_info(),
+      "xla_cpu_conv": xla_cpu.current(),
+      "load_average_before": list(os.getloadavg()),
   }
   if "timesteps" in config.model:
     result["timesteps"] = int(config.model.timesteps)
+  if "padding" in config.model:
+    result["padding"] = str(config.model.padding)
+    result["decoder_chunk"] = int(config.model.get("decoder_chunk", 0) or 0)
   state = steps["state"]
   result["num_params"] = int(sum(x.size for x in jax.tree.leaves(state.params)))
   result["num_trainable_params"] = int(sum(
@@ -213,6 +219,7 @@ def profile(config, *, num_warmup: int = 2, num_timed: int = 5, eval_step: bool 
         state, _ = _time_train(train_compiled, state, steps["batch"], 0, 2)
       result["trace_dir"] = trace_dir
   result["memory"] = profiling.peak_memory()
+  result["load_average_after"] = list(os.getloadavg())
   if with_matcher_breakdown:
     if config.model.name != "gaze" or not config.model.get("decoder", True):
       raise ValueError("--matcher_breakdown needs a gaze config with a decoder")
@@ -273,6 +280,8 @@ def _define_flags():
   flags.DEFINE_string("xla_dump_to", None, "Write XLA's HLO dumps (text) here.")
   flags.DEFINE_string("trace_dir", None, "Write a jax.profiler trace (TensorBoard) here.")
   flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
+  flags.DEFINE_integer("decoder_chunk", None, "Gaze: set config.model.decoder_chunk (the "
+                       "memory mode) even where the config table has no such field.")
   flags.mark_flags_as_required(["config"])
 
 
@@ -282,11 +291,17 @@ def main(argv):
   if len(argv) > 1:
     raise ValueError(f"scripts/profile_step.py: unexpected arguments {argv[1:]}")
   FLAGS = flags.FLAGS
+  xla_cpu.apply(FLAGS.config.train.get("xla_cpu_conv"))  # Before JAX starts its backend.
   if FLAGS.xla_dump_to:  # Read by XLA when the backend starts (nothing has touched it yet).
     os.environ["XLA_FLAGS"] = " ".join(filter(None, [
         os.environ.get("XLA_FLAGS"), f"--xla_dump_to={FLAGS.xla_dump_to}",
         "--xla_dump_hlo_as_text"]))
-  result = profile(FLAGS.config, num_warmup=FLAGS.num_warmup, num_timed=FLAGS.num_timed,
+  config = FLAGS.config
+  if FLAGS.decoder_chunk is not None:
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.model.decoder_chunk = FLAGS.decoder_chunk
+  result = profile(config, num_warmup=FLAGS.num_warmup, num_timed=FLAGS.num_timed,
                    eval_step=FLAGS.eval, matmul_peak=FLAGS.matmul_peak, trace_dir=FLAGS.trace_dir,
                    with_matcher_breakdown=FLAGS.matcher_breakdown,
                    compare_matcher_steps=FLAGS.compare_matcher_steps)

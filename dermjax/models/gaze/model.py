@@ -32,7 +32,9 @@ from dermjax.models.backbones.vgg import VGGStages, adaptive_avg_pool
 # Decoder blocks: output channels of each 3x3 conv (mirror of VGG-16 blocks 3, 2, 1).
 DECODER_BLOCKS = ((256, 256, 128), (128, 64), (64, 1))
 HEADS = ("gap", "fc")
-PADDINGS = ("zeros", "reflect")
+# "reflect_explicit": flax's padding="REFLECT" (jnp.pad + VALID conv), same values as
+# "reflect"; kept to benchmark the two forms (BENCHMARKS.md).
+PADDINGS = ("zeros", "reflect", "reflect_explicit")
 POOLS = ("mean", "max")
 ACTIVATIONS = ("relu", "none")
 DIAGNOSIS_INPUTS = ("attended", "encoder")
@@ -41,7 +43,23 @@ DIAGNOSIS_INPUTS = ("attended", "encoder")
 def _conv_padding(padding: str):
   if padding not in PADDINGS:
     raise ValueError(f"config.model.padding must be one of {PADDINGS}, got {padding!r}")
-  return "REFLECT" if padding == "reflect" else 1
+  return padding
+
+
+def conv3x3(features, padding: str, dtype, **kwargs):
+  """A 3x3 "same" nn.Conv with zero or reflect padding ("zeros" | "reflect").
+
+  Reflect padding equals flax's padding="REFLECT" (jnp.pad + VALID convolution) but runs as
+  the zero-padded convolution plus border corrections (dermjax.conv.reflect_conv, ~2x faster
+  on XLA:CPU); both use canonical gradient convolutions (fast inside nn.scan as well).
+  Parameters are those of nn.Conv(features, (3, 3)).
+  """
+  if _conv_padding(padding) == "reflect_explicit":
+    return nn.Conv(features, (3, 3), padding="REFLECT", dtype=dtype,
+                   conv_general_dilated=conv_lib.conv_general_dilated, **kwargs)
+  fn = (conv_lib.reflect_conv_general_dilated if padding == "reflect"
+        else conv_lib.conv_general_dilated)
+  return nn.Conv(features, (3, 3), padding=1, dtype=dtype, conv_general_dilated=fn, **kwargs)
 
 
 def upsample2(x):
@@ -56,7 +74,7 @@ class AttentiveConvLSTMCell(nn.Module):
   """
 
   features: int
-  padding: Any = 1
+  padding: str = "zeros"
   rescale_attention: bool = False
   dtype: Any = jnp.float32
 
@@ -64,8 +82,7 @@ class AttentiveConvLSTMCell(nn.Module):
   def __call__(self, carry, wx, x):
     c, h = carry
     # conv_lib: canonical gradient convolutions; XLA:CPU runs those of a scan body ~15x slower.
-    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=self.padding, dtype=self.dtype,
-                             conv_general_dilated=conv_lib.conv_general_dilated)
+    conv = functools.partial(conv3x3, padding=self.padding, dtype=self.dtype)
     orthogonal = nn.initializers.orthogonal()
     ua = conv(self.features, use_bias=False, kernel_init=orthogonal, name="U_a")(h)
     z = conv(1, use_bias=False, kernel_init=nn.initializers.zeros, name="V_a")(jnp.tanh(wx + ua))
@@ -86,19 +103,22 @@ class AttentiveConvLSTM(nn.Module):
   """X' [B, h, w, F] -> H [T, B, h, w, F], A [T, B, h, w], GAP(X~_t) [T, B, F].
 
   W_a * X' does not depend on t and is computed once; the T steps are one `nn.scan`, so
-  the compiled program does not grow with T. Zero initial state.
+  the compiled program does not grow with T. Zero initial state. remat: the backward pass
+  recomputes each step from its carry (per-step residuals no longer grow the memory with T).
   """
 
   timesteps: int
-  padding: Any = 1
+  padding: str = "zeros"
   rescale_attention: bool = False
   dtype: Any = jnp.float32
+  remat: bool = False  # Keep only the carries per step; recompute a step in the backward pass.
 
   @nn.compact
   def __call__(self, x):
     features = x.shape[-1]
-    wx = nn.Conv(features, (3, 3), padding=self.padding, dtype=self.dtype, name="W_a")(x)
-    scan = nn.scan(AttentiveConvLSTMCell, variable_broadcast="params", split_rngs={"params": False},
+    wx = conv3x3(features, self.padding, self.dtype, name="W_a")(x)
+    cell_class = nn.remat(AttentiveConvLSTMCell) if self.remat else AttentiveConvLSTMCell
+    scan = nn.scan(cell_class, variable_broadcast="params", split_rngs={"params": False},
                    in_axes=(nn.broadcast, nn.broadcast), length=self.timesteps)
     cell = scan(features, self.padding, self.rescale_attention, self.dtype, name="cell")
     carry = (jnp.zeros(x.shape, jnp.float32), jnp.zeros(x.shape, self.dtype))
@@ -117,7 +137,7 @@ class Decoder(nn.Module):
 
   skips: bool = True
   batch_norm: bool = True
-  padding: Any = 1
+  padding: str = "zeros"
   pool: str = "mean"
   dtype: Any = jnp.float32
 
@@ -135,7 +155,7 @@ class Decoder(nn.Module):
       pools.append(reduce(x.astype(jnp.float32), axis=(1, 2)))
       x = upsample2(x)
       for k, f in enumerate(features, start=1):
-        x = nn.Conv(f, (3, 3), padding=self.padding, dtype=self.dtype, name=f"block{b}_conv{k}")(x)
+        x = conv3x3(f, self.padding, self.dtype, name=f"block{b}_conv{k}")(x)
         if b == len(DECODER_BLOCKS) and k == len(features):
           break  # Mask logits.
         if self.batch_norm:
@@ -193,8 +213,41 @@ class DiagnosisHead(nn.Module):
     raise ValueError(f"config.model.head must be one of {HEADS}, got {self.head!r}")
 
 
+def _decode_in_chunks(decoder, hs, skip_maps, chunk: int, train: bool):
+  """The decoder over hidden states hs [T, B, h, w, F], `chunk` steps (B * chunk maps) per
+  pass, the passes one rematerialised nn.scan: the backward pass keeps only each chunk's
+  input and recomputes its activations, so peak memory is one chunk's, whatever T.
+  Returns mask logits [B * T, H, W] and pools [B * T, 448] in the batched decoder's order.
+  Decoder BN in training mode normalises with each chunk's statistics (chunk = 1: per step
+  over the B images, as the thesis code's per-step decoder) and updates its running averages
+  once per chunk, in step order.
+  """
+  t, b = hs.shape[:2]
+  if t % chunk:
+    raise ValueError(f"config.model.decoder_chunk = {chunk} must divide timesteps = {t}")
+
+  def body(module, carry, h_chunk, skips):  # h_chunk [chunk, B, h, w, F]
+    folded = jnp.moveaxis(h_chunk, 0, 1).reshape((b * chunk,) + h_chunk.shape[2:])
+    logits, pools = module(folded, skips, train=train)
+    return carry, (logits.reshape((b, chunk) + logits.shape[1:]), pools.reshape(b, chunk, -1))
+
+  scan = nn.scan(nn.remat(body), variable_broadcast="params", variable_carry="batch_stats",
+                 split_rngs={"params": False}, in_axes=(0, nn.broadcast), length=t // chunk)
+  _, (logits, pools) = scan(decoder, None, hs.reshape((t // chunk, chunk) + hs.shape[1:]),
+                            skip_maps)
+  fold = lambda v: jnp.moveaxis(v, 0, 1).reshape((b * t,) + v.shape[3:])  # [n, B, c, ...]
+  return fold(logits), fold(pools)
+
+
 class GazeNet(nn.Module):
-  """The whole gaze model; see the module docstring for the outputs."""
+  """The whole gaze model; see the module docstring for the outputs.
+
+  decoder_chunk > 0 (memory mode, training only): the ConvLSTM steps are rematerialised and
+  the decoder runs over `decoder_chunk` steps at a time in a rematerialised scan
+  (`_decode_in_chunks`), so the train step's peak memory no longer grows with T. Same loss
+  and gradients as the default (0: one decoder pass over all B x T maps) except that decoder
+  BN in training mode uses per-chunk statistics. Init and eval use the batched decoder.
+  """
 
   num_classes: int = 1
   num_structures: int = schema.NUM_STRUCTURES
@@ -212,6 +265,7 @@ class GazeNet(nn.Module):
   padding: str = "zeros"
   rescale_attention: bool = False
   dropout_rate: float = 0.5
+  decoder_chunk: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -230,15 +284,20 @@ class GazeNet(nn.Module):
     x = skip_maps[0]  # X' [B, h, w, 256]
     batch_size, t = x.shape[0], self.timesteps
 
+    memory_mode = self.decoder_chunk > 0 and train and not self.is_initializing()
     hs, attention, gaps = AttentiveConvLSTM(t, padding, self.rescale_attention, self.dtype,
-                                            name="attentive_convlstm")(x)
+                                            remat=memory_mode, name="attentive_convlstm")(x)
     attention = jnp.moveaxis(attention, 0, 1)  # [B, T, h, w]
     out = {"attention": attention}
 
     if self.decoder:
-      folded = jnp.moveaxis(hs, 0, 1).reshape((batch_size * t,) + hs.shape[2:])  # [B*T, h, w, F]
-      mask_logits, pools = Decoder(self.skips, self.batch_norm, padding, self.structure_pool,
-                                   self.dtype, name="decoder")(folded, skip_maps, train=train)
+      decoder = Decoder(self.skips, self.batch_norm, padding, self.structure_pool, self.dtype,
+                        name="decoder")
+      if memory_mode:
+        mask_logits, pools = _decode_in_chunks(decoder, hs, skip_maps, self.decoder_chunk, train)
+      else:
+        folded = jnp.moveaxis(hs, 0, 1).reshape((batch_size * t,) + hs.shape[2:])  # [B*T, ...]
+        mask_logits, pools = decoder(folded, skip_maps, train=train)
       mask_logits = mask_logits.reshape((batch_size, t) + mask_logits.shape[1:])
       out["mask_logits"] = mask_logits
       out["masks"] = jax.nn.sigmoid(mask_logits)
@@ -257,6 +316,15 @@ class GazeNet(nn.Module):
                            name="diagnosis_head")(pool5, jnp.moveaxis(gaps, 0, 1), train=train)
     out["logits"] = logits.astype(jnp.float32)
     return out
+
+
+def _decoder_chunk(m) -> int:
+  """config.model.decoder_chunk (absent: 0, the batched decoder); must divide T."""
+  chunk = int(m.get("decoder_chunk", 0) or 0)
+  if chunk < 0 or (chunk and int(m.timesteps) % chunk):
+    raise ValueError(f"config.model.decoder_chunk must be 0 or divide timesteps = {m.timesteps}, "
+                     f"got {chunk}")
+  return chunk
 
 
 def build(config) -> GazeNet:
@@ -281,4 +349,5 @@ def build(config) -> GazeNet:
       batch_norm=bool(m.batch_norm), frozen_bn=bool(m.frozen_bn),
       freeze_encoder=bool(m.freeze_encoder), head=m.head, step_dim=int(m.step_dim),
       padding=m.padding, rescale_attention=bool(m.rescale_attention),
+      decoder_chunk=_decoder_chunk(m),
       dropout_rate=float(m.dropout_rate), dtype=jnp.dtype(m.dtype), **chosen)
