@@ -47,6 +47,13 @@ AttentiveModel) differ, the text is the default and the code one switch away:
                           multiples of 90 degrees -> data.augment.rotation "k90" (the
                           reading both support); "uniform" for any angle. h/v flips; no
                           zoom/crop (text: resize 256, centre crop 224 only).
+  decoder over steps      text: the decoder segments each step's X~_t (Sec. 3.1.2); code: one
+                          Decoder call per step in a loop, so its training-mode BN sees one
+                          step's batch -> model.decoder_chunk 1 (also the memory mode: the
+                          ConvLSTM steps and decoder are rematerialised scans, peak memory
+                          flat in T, the fastest step on XLA:CPU, BENCHMARKS.md). Default 0:
+                          all B x T states in one batched decoder call (the text does not
+                          say; its training-mode BN then normalises over all T steps).
 Other choices, each with its reason:
   eqs. 15-16 scale        L_seg / L_class = mean over the matched pairs of w_s * loss (the
                           thesis: "multiply each of the structures losses by different
@@ -115,6 +122,7 @@ def thesis_config() -> ml_collections.ConfigDict:
   m.structure_pool = "mean"         # per-block pool of the structure head (text); "max": code.
   m.structure_hidden_activation = "none"   # between its two dense layers (code); "relu".
   m.padding = "reflect"             # Attentive ConvLSTM / decoder conv padding (thesis code).
+  m.decoder_chunk = 0               # >0: decoder over this many steps at a time, rematerialised.
   m.rescale_attention = False       # True: X~_t = (h*w) A_t X' (uniform attention = X').
   m.dropout_rate = 0.5              # "fc" head only.
   m.pretrained_arch = "vgg16_bn"
