@@ -242,14 +242,16 @@ def summary_rows(result: dict):
   rows += [("train trace+lower (s)", c["trace_lower_s"]), ("train compile (s)", c["compile_s"])]
   if result.get("train_flops_per_image"):
     rows.append(("train GFLOP/image", result["train_flops_per_image"] / 1e9))
+  divisor = ""
   if result.get("matmul_peak_tflops"):
     rows.append(("matmul peak TFLOP/s", result["matmul_peak_tflops"]))
+    divisor = f" (of the {result['dtype']} x {result['dtype']} -> float32 matmul peak above)"
   for name in ("train", "eval"):
     if name in result:
       r = result[name]
       rows += [(f"{name} step median (s)", r["median_s"]), (f"{name} images/s", r["images_per_s"])]
       if "mfu" in r:
-        rows.append((f"{name} MFU", r["mfu"]))
+        rows.append((f"{name} MFU{divisor}", r["mfu"]))
   mem = result["memory"]
   if "device_peak_bytes" in mem:
     rows.append(("device peak memory (GiB)", mem["device_peak_bytes"] / 2**30))
