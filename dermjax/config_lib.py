@@ -81,9 +81,9 @@ def data_config() -> ml_collections.ConfigDict:
   c.synthetic_difficulty = "easy"
   c.image_size = 224
   c.resize_size = 256
-  c.crop = "resize_center_crop"   # | "center_fraction" (dermjax.input_pipeline.CROPS)
+  c.crop = "resize_center_crop"   # | "center_fraction" (dermjax.data.loader.CROPS)
   c.crop_fraction = 0.8
-  c.target = "melanoma"           # | "seborrheic_keratosis" ("keratosis") | "multiclass" (input_pipeline.TARGETS)
+  c.target = "melanoma"           # | "seborrheic_keratosis" ("keratosis") | "multiclass" (data/loader.py TARGETS)
   c.batch_size = 8                # global, over all processes and devices.
   c.eval_batch_size = 8
   c.num_workers = 0               # grain worker processes (0 = threads in this process).

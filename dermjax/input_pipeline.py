@@ -1,7 +1,7 @@
 """Host side of the input pipeline: prepared ISIC records -> global batches on a device mesh.
 
   record (schema.py, original resolution)
-    -> crop + resize to data.image_size (uint8 image, nearest-neighbour masks)   host, grain
+    -> crop + resize to data.image_size (uint8 image, nearest-neighbour masks)   host, data/loader.py
     -> host batch (schema.py batch format + int32 `index`)                      host, grain
     -> jax.Array sharded along the batch over mesh axis "data"                  device
     -> dermjax.data.augment.device_preprocess (normalise, augment)              in the step
@@ -10,206 +10,25 @@ Each process loads only its rows of every global batch (`jax.process_index`). Tr
 cycles endlessly over epochs drawn by dermjax.data.sampling (deterministic in the seed,
 independent of worker and thread counts); its state is the number of batches consumed,
 so it resumes exactly. Evaluation passes are finite and in order, the last batch padded
-with rows that have valid = 0, index = -1. Stored JPEGs are decoded at reduced size when
-the crop allows (PIL draft mode), so multi-megapixel images cost little more than small ones.
-
-Geometry (data.crop), with S = image_size, R = resize_size:
-  "resize_center_crop"  resize the whole image to R x R, keep the central S x S (thesis:
-                        R = 256, S = 224).
-  "center_fraction"     keep the central square of side crop_fraction * min(H, W), resize it
-                        to R x R, keep the central S x S (AttnMel: fraction 0.8, R = S).
-Both come down to one crop box in the original image, resampled straight to S x S.
+with rows that have valid = 0, index = -1. The crop geometry (data.crop) and per-example
+decoding live in dermjax/data/loader.py.
 """
 
 import dataclasses
 import functools
-import io
 import logging
-import math
 import os
 from typing import Callable, Iterator
 
 import grain
 import jax
 import numpy as np
-from PIL import Image
 
+from dermjax.data import loader as loader_lib
 from dermjax.data import sampling
 from dermjax.data import schema
 
-CROPS = ("resize_center_crop", "center_fraction")
-# config.data.target -> the record field that is its label. "seborrheic_keratosis" (ISIC 2017
-# sub-task 2, seborrheic keratosis vs rest) is the documented name; "keratosis" an alias.
-TARGETS = {"melanoma": "melanoma", "multiclass": "label", "seborrheic_keratosis": "keratosis",
-           "keratosis": "keratosis"}
-MASK_CHANNELS = 1 + schema.NUM_ATTRIBUTES
 _ENDLESS = 2**62  # "Infinite" length of the training position stream.
-
-
-# --- per-example host preprocessing -------------------------------------------------
-
-
-def crop_box(height, width, *, image_size, resize_size, crop, crop_fraction=0.8):
-  """The region of an H x W image that becomes the S x S output: (left, top, right, bottom)."""
-  if crop not in CROPS:
-    raise ValueError(f"data.crop must be one of {CROPS}, got {crop!r}")
-  if not 0 < image_size <= resize_size:
-    raise ValueError(f"data.image_size ({image_size}) must be in (0, data.resize_size = "
-                     f"{resize_size}]")
-  if crop == "center_fraction":
-    if not 0 < crop_fraction <= 1:
-      raise ValueError(f"data.crop_fraction must be in (0, 1], got {crop_fraction}")
-    side_h = side_w = crop_fraction * min(height, width)
-  else:
-    side_h, side_w = height, width
-  keep = image_size / resize_size
-  half_h, half_w = side_h * keep / 2, side_w * keep / 2
-  return (width / 2 - half_w, height / 2 - half_h, width / 2 + half_w, height / 2 + half_h)
-
-
-def resize_image(image, box, size):
-  """uint8 [H, W, 3] (or a PIL image) -> uint8 [size, size, 3]: the box resampled bilinearly
-  (PIL's filter widens with the scale, so downsizing is antialiased)."""
-  if isinstance(image, np.ndarray):
-    image = Image.fromarray(image)
-  return np.asarray(image.resize((size, size), Image.BILINEAR, box=box))
-
-
-def resize_masks(masks, box, size):
-  """uint8 [H, W, C] -> uint8 [size, size, C] by nearest neighbour (values stay as they are)."""
-  height, width = masks.shape[:2]
-  left, top, right, bottom = box
-  centres = (np.arange(size) + 0.5) / size
-  rows = np.clip(np.floor(top + centres * (bottom - top)), 0, height - 1).astype(np.intp)
-  cols = np.clip(np.floor(left + centres * (right - left)), 0, width - 1).astype(np.intp)
-  return masks[rows[:, None], cols[None, :]]
-
-
-def decode_jpeg_for(data, box_fn, size):
-  """Encoded image bytes -> (PIL RGB image, its crop box), decoded no larger than needed.
-
-  box_fn(height, width) gives the crop box at full resolution; JPEGs are decoded with
-  PIL's draft mode at the smallest 1/1..1/8 DCT scale that still gives the box >= size
-  pixels a side (much faster than a full decode of a multi-megapixel dermoscopy image).
-  """
-  image = Image.open(io.BytesIO(data))
-  width, height = image.size
-  box = box_fn(height, width)
-  if image.format == "JPEG":
-    scale = size / max(min(box[2] - box[0], box[3] - box[1]), 1e-6)
-    image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
-  image = image.convert("RGB")
-  sx, sy = image.size[0] / width, image.size[1] / height
-  return image, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-
-
-def target_label(record, target):
-  """The diagnosis target of one record (int, -1 if unknown)."""
-  return int(record[target_key(target)])
-
-
-def target_key(target):
-  """The record field holding config.data.target's label; raises for an unknown target."""
-  if target not in TARGETS:
-    raise ValueError(f"data.target must be one of {tuple(TARGETS)}, got {target!r}")
-  return TARGETS[target]
-
-
-@dataclasses.dataclass(frozen=True)
-class ExampleLoader:
-  """Split position -> one host example (batch format without the batch axis).
-
-  source: random-access records (schema.py). Picklable for grain worker processes.
-  Position -1 gives a padding example (valid = 0, index = -1).
-  """
-  source: object
-  image_size: int
-  resize_size: int
-  crop: str
-  crop_fraction: float
-  target: str
-
-  def box(self, height, width):
-    return crop_box(height, width, image_size=self.image_size, resize_size=self.resize_size,
-                    crop=self.crop, crop_fraction=self.crop_fraction)
-
-  def padding(self):
-    return schema.padding_batch(self.image_size)
-
-  def resize_masks(self, masks, box):
-    """masks as `read` returns them -> uint8 [S, S, 1+A]."""
-    return resize_masks(masks, box, self.image_size)
-
-  def read(self, index):
-    """-> (record fields, image (array or PIL), its crop box, masks [H, W, 1+A(+1)], their
-    box); the optional last channel is the record's evidence mask."""
-    record = self.source[index]
-    image = record["image"]
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-      raise ValueError(f"record {record.get('id', index)}: image must be uint8 [H, W, 3], got "
-                       f"{image.dtype} {image.shape}")
-    channels = [record["lesion_mask"][..., None], record["attribute_masks"]]
-    if "evidence_mask" in record:
-      channels.append(record["evidence_mask"][..., None])
-    masks = np.concatenate(channels, -1)
-    box = self.box(*image.shape[:2])
-    return record, image, box, masks, box
-
-  def __call__(self, index):
-    index = int(index)
-    if index < 0:
-      return self.padding()
-    record, image, image_box, masks, masks_box = self.read(index)
-    masks = self.resize_masks(masks, masks_box)
-    evidence = np.zeros(masks.shape[:2], np.uint8)
-    if masks.shape[-1] == MASK_CHANNELS + 1:
-      masks, evidence = masks[..., :-1], masks[..., -1]
-    if masks.shape[-1] != MASK_CHANNELS:
-      raise ValueError(f"record {record.get('id', index)}: {masks.shape[-1]} mask channels, "
-                       f"expected 1 + {schema.NUM_ATTRIBUTES}")
-    return {
-        "image": resize_image(image, image_box, self.image_size),
-        "masks": masks,
-        "has_lesion_mask": np.float32(record["has_lesion_mask"]),
-        "has_attributes": np.float32(record["has_attributes"]),
-        "evidence_mask": np.ascontiguousarray(evidence),
-        "has_evidence_mask": np.float32(record.get("has_evidence_mask", False)),
-        "label": np.int32(target_label(record, self.target)),
-        "melanoma": np.int32(record["melanoma"]),
-        "age": np.float32(record.get("age", math.nan)),
-        "sex": np.int32(record.get("sex", -1)),
-        "site": np.int32(record.get("site", -1)),
-        "valid": np.float32(1.0),
-        "index": np.int32(index),
-    }
-
-
-class PreparedExampleLoader(ExampleLoader):
-  """ExampleLoader over a prepared dataset's stored examples (dermjax.data.prepare): the
-  same output, but JPEGs are decoded at reduced size (decode_jpeg_for) straight from the
-  stored bytes. source: `prepared.builder.as_data_source(split)` (or a Subset of it)."""
-
-  def read(self, index):
-    """Like ExampleLoader.read, but the masks stay bit-packed codes [H, W] (see resize_masks)."""
-    example = self.source[index]
-    image, image_box = decode_jpeg_for(example["image"], self.box, self.image_size)
-    codes = np.asarray(Image.open(io.BytesIO(example["masks"])))
-    return example, image, image_box, codes, self.box(*codes.shape[:2])
-
-  def resize_masks(self, masks, box):
-    """Packed codes [H, W] -> uint8 [S, S, 1+A+1] (last: evidence): nearest neighbour first,
-    then unpacking (they commute, and unpacking S x S codes is far cheaper than H x W)."""
-    from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
-    codes = resize_masks(masks[..., None], box, self.image_size)[..., 0]
-    lesion, attributes = prepare.unpack_masks(codes)
-    evidence = prepare.unpack_evidence(codes).astype(np.uint8)
-    return np.concatenate([lesion[..., None], attributes, evidence[..., None]], -1)
-
-
-def loader_from_config(source, data_config, loader_class=ExampleLoader) -> ExampleLoader:
-  c = data_config
-  return loader_class(source, int(c.image_size), int(c.resize_size), c.crop,
-                      float(c.crop_fraction), c.target)
 
 
 # --- grain pipelines ----------------------------------------------------------------
@@ -358,12 +177,12 @@ def class_names(layout, target):
   """Names of the values `label` takes for `target`."""
   if target == "melanoma":
     return ("other", "melanoma")
-  if TARGETS.get(target) == "keratosis":
+  if loader_lib.TARGETS.get(target) == "keratosis":
     return ("other", "seborrheic_keratosis")
   if target == "multiclass":
     from dermjax.data import isic  # pylint: disable=g-import-not-at-top
     return isic.classes(layout)
-  raise ValueError(f"data.target must be one of {tuple(TARGETS)}, got {target!r}")
+  raise ValueError(f"data.target must be one of {tuple(loader_lib.TARGETS)}, got {target!r}")
 
 
 def synthetic_dir(data_config, workdir):
@@ -489,7 +308,7 @@ def create_datasets(data_config, *, mesh, workdir=None) -> Datasets:
   """config.data -> Datasets: prepares the data once (synthetic when data.dir is None)."""
   from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
   c = data_config
-  label_key = target_key(c.target)
+  label_key = loader_lib.target_key(c.target)
   if c.dir is None:
     raw_dir = ensure_synthetic(c, workdir)
     logging.warning("no dataset path given (config.data.dir); using synthetic %s data in %s",
@@ -521,7 +340,7 @@ def create_datasets(data_config, *, mesh, workdir=None) -> Datasets:
     raw["train"], records["train"] = Subset(train_raw, kept), Subset(train_records, kept)
     index["validation"], index["train"] = _take(index["train"], held), _take(index["train"], kept)
 
-  loaders = {s: loader_from_config(raw[s], c, PreparedExampleLoader) for s in raw}
+  loaders = {s: loader_lib.loader_from_config(raw[s], c, loader_lib.PreparedExampleLoader) for s in raw}
   return Datasets(data_config=c, mesh=mesh, loaders=loaders, sources=records,
                   ids={s: v["ids"] for s, v in index.items()}, stats=prepared.stats,
                   train_classes=index["train"][label_key],

@@ -34,6 +34,7 @@ from dermjax import submission
 from dermjax import train
 from dermjax import writers
 from dermjax.data import augment
+from dermjax.data import loader
 from dermjax.data import schema
 from dermjax.metrics import diagnosis
 
@@ -69,16 +70,16 @@ def image_ids(paths) -> list[str]:
 
 def load_image(path, data_config):
   """An image file -> uint8 [S, S, 3], cropped and resized as the input pipeline does for
-  the prepared dataset (input_pipeline.decode_jpeg_for + resize_image). Raises on a bad file."""
+  the prepared dataset (loader.decode_jpeg_for + resize_image). Raises on a bad file."""
   c = data_config
   size = int(c.image_size)
-  box_fn = lambda h, w: input_pipeline.crop_box(h, w, image_size=size,
+  box_fn = lambda h, w: loader.crop_box(h, w, image_size=size,
                                                 resize_size=int(c.resize_size), crop=c.crop,
                                                 crop_fraction=float(c.crop_fraction))
   with open(path, "rb") as f:
     data = f.read()
-  image, box = input_pipeline.decode_jpeg_for(data, box_fn, size)
-  return input_pipeline.resize_image(image, box, size)
+  image, box = loader.decode_jpeg_for(data, box_fn, size)
+  return loader.resize_image(image, box, size)
 
 
 def _read(path, data_config):

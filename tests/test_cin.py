@@ -11,6 +11,7 @@ import pytest
 from flax import traverse_util
 
 from dermjax import config_lib, input_pipeline, optim, train, weights
+from dermjax.data import loader
 from dermjax.metrics import segmentation
 from dermjax.models import cin
 from dermjax.models.cin import lesion
@@ -160,8 +161,8 @@ def test_class_weights_from_stats_and_target_alias():
   np.testing.assert_allclose(cin.class_weights([8, 2]), [10 / 16, 10 / 4])
   np.testing.assert_allclose(cin.class_weights([8, 2], "none"), [1, 1])
   record = {"melanoma": 0, "keratosis": 1, "label": 2}
-  assert input_pipeline.target_label(record, "seborrheic_keratosis") == 1
-  assert input_pipeline.target_label(record, "keratosis") == 1
+  assert loader.target_label(record, "seborrheic_keratosis") == 1
+  assert loader.target_label(record, "keratosis") == 1
   assert (input_pipeline.class_names("isic2017", "seborrheic_keratosis")
           == input_pipeline.class_names("isic2017", "keratosis") == ("other", "seborrheic_keratosis"))
   with pytest.raises(ValueError):

@@ -12,6 +12,7 @@ import pytest
 
 from dermjax import config_lib
 from dermjax import input_pipeline as ip
+from dermjax.data import loader
 from dermjax.data import metadata
 from dermjax.data import sampling
 from dermjax.data import schema
@@ -44,7 +45,7 @@ def records():
 
 
 def _loader(source, size=16):
-  return ip.ExampleLoader(source, size, 20, "resize_center_crop", 0.8, "melanoma")
+  return loader.ExampleLoader(source, size, 20, "resize_center_crop", 0.8, "melanoma")
 
 
 def _schedule(source, mode="oversample", seed=0):
@@ -57,33 +58,33 @@ def _schedule(source, mode="oversample", seed=0):
 
 def test_resize_center_crop_at_unit_scale_is_the_centre():
   img = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
-  box = ip.crop_box(40, 40, image_size=32, resize_size=40, crop="resize_center_crop")
+  box = loader.crop_box(40, 40, image_size=32, resize_size=40, crop="resize_center_crop")
   assert box == (4, 4, 36, 36)
-  np.testing.assert_array_equal(ip.resize_image(img, box, 32), img[4:36, 4:36])
-  np.testing.assert_array_equal(ip.resize_masks(img, box, 32), img[4:36, 4:36])
+  np.testing.assert_array_equal(loader.resize_image(img, box, 32), img[4:36, 4:36])
+  np.testing.assert_array_equal(loader.resize_masks(img, box, 32), img[4:36, 4:36])
 
 
 def test_center_fraction_keeps_the_central_square():
   img = np.random.default_rng(1).integers(0, 256, (50, 80, 3), dtype=np.uint8)
-  box = ip.crop_box(50, 80, image_size=40, resize_size=40, crop="center_fraction",
+  box = loader.crop_box(50, 80, image_size=40, resize_size=40, crop="center_fraction",
                     crop_fraction=0.8)  # side 0.8 * 50 = 40.
   assert box == (20, 5, 60, 45)
-  np.testing.assert_array_equal(ip.resize_image(img, box, 40), img[5:45, 20:60])
+  np.testing.assert_array_equal(loader.resize_image(img, box, 40), img[5:45, 20:60])
 
 
 def test_downscaled_crop_maps_coordinates_and_masks_stay_binary():
   # Thesis-style: a 64 px image resized to 32 then centre-cropped to 24 reads rows/cols 8..56.
   cols = np.tile(np.arange(64, dtype=np.uint8)[None, :] * 4, (64, 1))
   img = np.stack([cols, cols.T, np.zeros_like(cols)], -1)
-  box = ip.crop_box(64, 64, image_size=24, resize_size=32, crop="resize_center_crop")
+  box = loader.crop_box(64, 64, image_size=24, resize_size=32, crop="resize_center_crop")
   assert box == (8, 8, 56, 56)
-  out = ip.resize_image(img, box, 24).astype(float)
+  out = loader.resize_image(img, box, 24).astype(float)
   expected = 4 * (8 + 2 * np.arange(24) + 0.5)   # centre of output pixel j in input pixels.
   np.testing.assert_allclose(out[12, :, 0], expected, atol=2.5)
   np.testing.assert_allclose(out[:, 12, 1], expected, atol=2.5)
   mask = np.zeros((64, 64, 2), np.uint8)
   mask[20:40, 30:50, 0] = 1
-  small = ip.resize_masks(mask, box, 24)
+  small = loader.resize_masks(mask, box, 24)
   assert small.shape == (24, 24, 2) and set(np.unique(small)) <= {0, 1}
   ys, xs = np.nonzero(small[..., 0])
   assert (ys.min(), ys.max(), xs.min(), xs.max()) == (6, 15, 11, 20)  # (20-8)/2 ... (40-8)/2-1
@@ -91,9 +92,9 @@ def test_downscaled_crop_maps_coordinates_and_masks_stay_binary():
 
 def test_bad_geometry_is_rejected():
   with pytest.raises(ValueError, match="image_size"):
-    ip.crop_box(10, 10, image_size=32, resize_size=24, crop="resize_center_crop")
+    loader.crop_box(10, 10, image_size=32, resize_size=24, crop="resize_center_crop")
   with pytest.raises(ValueError, match="data.crop "):
-    ip.crop_box(10, 10, image_size=8, resize_size=8, crop="random")
+    loader.crop_box(10, 10, image_size=8, resize_size=8, crop="random")
 
 
 # --- batches ---------------------------------------------------------------------------
@@ -213,7 +214,7 @@ _SHARDED = textwrap.dedent("""
   sys.path.insert(0, {repo!r})
   import jax, numpy as np
   from dermjax import input_pipeline as ip
-  from dermjax.data import augment, sampling
+  from dermjax.data import augment, loader, sampling
   sys.path.insert(0, {tests!r})
   from test_input_pipeline import _record
   rng = np.random.default_rng(0)
@@ -221,10 +222,10 @@ _SHARDED = textwrap.dedent("""
   mel = np.array([r["melanoma"] for r in records])
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   assert len(jax.devices()) == 8
-  loader = ip.ExampleLoader(records, 16, 20, "resize_center_crop", 0.8, "melanoma")
+  examples = loader.ExampleLoader(records, 16, 20, "resize_center_crop", 0.8, "melanoma")
   schedule = sampling.EpochSchedule(mel, mel, mode="none")
   train = ip.TrainIterator(
-      lambda start_batch: ip.train_dataset(loader, schedule, start_batch=start_batch,
+      lambda start_batch: ip.train_dataset(examples, schedule, start_batch=start_batch,
                                            global_batch_size=16),
       ip.batch_sharding(mesh))
   batch = next(train)
@@ -273,12 +274,12 @@ def test_jpeg_draft_decodes_small_and_close(tmp_path):
   img = np.stack([yy * 255 // 600, xx * 255 // 800, (yy + xx) % 256], -1).astype(np.uint8)
   path = tmp_path / "big.jpg"
   Image.fromarray(img).save(path, quality=95)
-  box_fn = lambda h, w: ip.crop_box(h, w, image_size=32, resize_size=40, crop="center_fraction")
-  small, box = ip.decode_jpeg_for(path.read_bytes(), box_fn, 32)
+  box_fn = lambda h, w: loader.crop_box(h, w, image_size=32, resize_size=40, crop="center_fraction")
+  small, box = loader.decode_jpeg_for(path.read_bytes(), box_fn, 32)
   assert small.size == (100, 75)   # 1/8 DCT scale: the 0.8 * 600 * 0.8 = 384 px box -> 48 px.
   assert min(box[2] - box[0], box[3] - box[1]) >= 32
-  fast = ip.resize_image(small, box, 32).astype(float)
-  full = ip.resize_image(np.asarray(Image.open(path)), box_fn(600, 800), 32).astype(float)
+  fast = loader.resize_image(small, box, 32).astype(float)
+  full = loader.resize_image(np.asarray(Image.open(path)), box_fn(600, 800), 32).astype(float)
   assert np.abs(fast - full)[..., :2].mean() < 3.0
 
 
@@ -286,9 +287,9 @@ def test_prepared_loader_matches_the_record_loader(isic2017_prepared):
   from dermjax.data import prepare
   prepared = prepare.load(*isic2017_prepared)
   c = _config()
-  fast = ip.loader_from_config(prepared.builder.as_data_source(split="train"), c,
-                               ip.PreparedExampleLoader)
-  plain = ip.loader_from_config(prepared.source("train"), c)
+  fast = loader.loader_from_config(prepared.builder.as_data_source(split="train"), c,
+                               loader.PreparedExampleLoader)
+  plain = loader.loader_from_config(prepared.source("train"), c)
   for i in range(3):
     a, b = fast(i), plain(i)
     for k in a:
@@ -364,14 +365,14 @@ _WORKERS = textwrap.dedent("""
 
   def main(_):
     from dermjax import input_pipeline as ip
-    from dermjax.data import sampling
+    from dermjax.data import loader, sampling
     from test_input_pipeline import _record
     rng = np.random.default_rng(0)
     records = [_record(i, rng) for i in range(12)]
     mel = np.array([r["melanoma"] for r in records])
-    loader = ip.ExampleLoader(records, 16, 20, "resize_center_crop", 0.8, "melanoma")
+    examples = loader.ExampleLoader(records, 16, 20, "resize_center_crop", 0.8, "melanoma")
     schedule = sampling.EpochSchedule(mel, mel, mode="oversample", seed=4)
-    make = lambda workers, start: ip.train_dataset(loader, schedule, global_batch_size=4,
+    make = lambda workers, start: ip.train_dataset(examples, schedule, global_batch_size=4,
                                                    start_batch=start, num_workers=workers)
     plain = iter(make(0, 0))
     want = [next(plain) for _ in range(6)]

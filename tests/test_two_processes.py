@@ -31,17 +31,18 @@ def _worker(mode, out_dir, data_dir, port, process_id):
     jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2,
                                process_id=process_id)
   from dermjax import input_pipeline, models, train
+  from dermjax.data import loader
   import test_train
 
   models.MODELS["tiny"] = "tiny_model"
   reads = []
-  original = input_pipeline.PreparedExampleLoader.read
+  original = loader.PreparedExampleLoader.read
 
   def read(self, index):
     reads.append(int(index))
     return original(self, index)
 
-  input_pipeline.PreparedExampleLoader.read = read
+  loader.PreparedExampleLoader.read = read
   positions = []  # Global positions (step * global batch + row) this process asked for.
   host_rows = input_pipeline._HostRows.__call__
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dermjax import input_pipeline
+from dermjax.data import loader
 from dermjax.models.cin.model import head_classes, same_class
 
 WEIGHTINGS = ("balanced", "none")
@@ -27,7 +27,7 @@ def train_class_counts(data_stats: dict, target: str, num_classes: int):
   """Class counts [K] of the training split from stats.json (dermjax.data.prepare): binary
   targets from num_images and the positive count, "multiclass" from class_counts."""
   train = data_stats["splits"]["train"]
-  key = input_pipeline.target_key(target)
+  key = loader.target_key(target)
   if key == "label":
     counts = list(train["class_counts"])
   else:
