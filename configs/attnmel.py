@@ -116,11 +116,6 @@ def get_config(arg=None):
     data.batch_size = 32
     data.eval_batch_size = 64
     t.num_epochs = 50
-  else:
-    data.image_size = data.resize_size = 64
-    data.augment.crop_size = 56        # 56 / 64 = 224 / 256.
-    data.batch_size = data.eval_batch_size = 8
-    t.num_epochs = 2
-    t.log_every_steps = 1
-    config.eval.num_visualizations = 4
-  return config
+    return config
+  data.augment.crop_size = 56          # 56 / 64 = 224 / 256.
+  return config_lib.cpu_sized(config, batch_size=8, num_epochs=2)

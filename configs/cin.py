@@ -140,10 +140,5 @@ def get_config(arg=None):
     data.image_size, data.resize_size = 448, 512
     data.batch_size, data.eval_batch_size = batch, 32
     t.num_epochs = epochs
-  else:
-    data.image_size = data.resize_size = 64
-    data.batch_size = data.eval_batch_size = 4
-    t.num_epochs = 1
-    t.log_every_steps = 1
-    config.eval.num_visualizations = 4
-  return config
+    return config
+  return config_lib.cpu_sized(config)

@@ -129,11 +129,6 @@ def get_config(arg=None):
     data.batch_size = 64
     data.eval_batch_size = 128
     t.num_epochs = 20
-  else:
-    data.image_size = data.resize_size = 64
-    data.batch_size = data.eval_batch_size = 8
-    t.num_epochs = 2
-    t.log_every_steps = 1
-    config.eval.num_visualizations = 4
-  return config
+    return config
+  return config_lib.cpu_sized(config, batch_size=8, num_epochs=2)
 

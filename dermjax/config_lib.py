@@ -199,6 +199,18 @@ RUN_LENGTH_FIELDS = (
 )
 
 
+def cpu_sized(config: ml_collections.ConfigDict, *, image_size: int = 64, batch_size: int = 4,
+              num_epochs: int = 1) -> ml_collections.ConfigDict:
+  """The `cpu` scale the tables share: the whole image at image_size (resize_size equal),
+  one batch size for training and evaluation, few epochs, a log line every step."""
+  config.data.image_size = config.data.resize_size = image_size
+  config.data.batch_size = config.data.eval_batch_size = batch_size
+  config.train.num_epochs = num_epochs
+  config.train.log_every_steps = 1
+  config.eval.num_visualizations = 4
+  return config
+
+
 def flatten(tree, prefix=""):
   """Nested dict -> {"a.b.c": leaf} (tuples as lists)."""
   if isinstance(tree, dict):
