@@ -160,11 +160,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  writers.quiet_libraries()
-  if not FLAGS.workdir or FLAGS.config is None:
-    raise app.UsageError("--config and --workdir are required")
+  writers.start_command(argv, FLAGS, required=("config", "workdir"))
   cross_validate(FLAGS.config, FLAGS.workdir, folds=FLAGS.folds, seeds=FLAGS.seeds,
                  only_fold=FLAGS.fold, summary_only=FLAGS.summary_only)
 

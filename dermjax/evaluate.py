@@ -81,11 +81,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  writers.quiet_libraries()
-  if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required")
+  writers.start_command(argv, FLAGS, required=("workdir",))
   config = FLAGS.config
   if FLAGS.tta is not None:
     config.eval.tta = FLAGS.tta

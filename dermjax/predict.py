@@ -203,12 +203,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  writers.quiet_libraries()
-  for name in ("workdir", "images", "out"):
-    if not getattr(FLAGS, name):
-      raise app.UsageError(f"--{name} is required")
+  writers.start_command(argv, FLAGS, required=("workdir", "images", "out"))
   predict(FLAGS.workdir, FLAGS.images, FLAGS.out, tta=FLAGS.tta, fmt=FLAGS.format,
           batch_size=FLAGS.batch_size, explain=FLAGS.explain)
 

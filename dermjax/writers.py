@@ -153,3 +153,15 @@ class QuietLibraries(logging_lib.Filter):
 def quiet_libraries():
   """Installs QuietLibraries on absl's log handler (the entry points call it first)."""
   logging.get_absl_handler().addFilter(QuietLibraries())
+
+
+def start_command(argv, flag_values, required=()):
+  """The preamble of an absl command's main: no positional arguments, quiet libraries, and
+  every flag named in `required` given (one UsageError naming all missing ones)."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  quiet_libraries()
+  missing = [f"--{name}" for name in required if getattr(flag_values, name) in (None, "")]
+  if missing:
+    raise app.UsageError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required")
