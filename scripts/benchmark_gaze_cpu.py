@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 
+from dermjax import fileio
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -126,8 +128,7 @@ def main(argv=None):
     print(json.dumps(rows, indent=1), flush=True)
   record["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
   if args.json_out:
-    with open(args.json_out, "w") as f:
-      json.dump(record, f, indent=1)
+    fileio.write_json(args.json_out, record)
   return record
 
 

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dermjax import fileio
 from dermjax import profiling
 from dermjax.models.gaze import flops as gaze_flops
 
@@ -402,8 +403,7 @@ def main(argv=None) -> dict:
   print(profiling.format_table(rows))
   print(json.dumps(result, indent=1))
   if args.json_out:
-    with open(args.json_out, "w") as f:
-      json.dump(result, f, indent=1)
+    fileio.write_json(args.json_out, result)
   return result
 
 
