@@ -79,6 +79,9 @@ def data_config() -> ml_collections.ConfigDict:
   c.synthetic_num_images = None   # {split: count} for the synthetic set; None: its default.
   # "easy" | "hard" | a structure strength in [0, 1] as a string (dermjax.data.synthetic).
   c.synthetic_difficulty = "easy"
+  # "none" | "blank" (evidence painted skin colour) | "only" (all but the evidence painted):
+  # checks that the label lives in the evidence (dermjax.data.loader.ablate_evidence).
+  c.evidence_ablation = "none"
   c.image_size = 224
   c.resize_size = 256
   c.crop = "resize_center_crop"   # | "center_fraction" (dermjax.data.loader.CROPS)

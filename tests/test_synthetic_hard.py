@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from dermjax.data import isic
+from dermjax.data import loader
 from dermjax.data import synthetic
 from dermjax.data import synthetic_hard
 
@@ -184,6 +185,49 @@ def test_global_statistics_do_not_separate_hard_classes_but_the_evidence_does():
   # The same global features separate the easy preset (the test can fail).
   x_easy, y_easy, _ = _dataset("easy", n=100)
   assert _cv_auc(x_easy, y_easy) > 0.9
+
+
+def test_ablate_evidence_on_a_hand_made_image():
+  image = np.zeros((6, 6, 3), np.uint8)
+  image[1:5, 1:5] = 50                       # the lesion ...
+  image[2, 2] = 250                          # ... with one evidence pixel
+  lesion = (image[..., 0] > 0).astype(np.uint8)
+  evidence = np.zeros((6, 6), np.uint8)
+  evidence[2, 2] = 1
+  grown = np.zeros((6, 6), bool)
+  grown[1:4, 1:4] = True                     # one pixel around the evidence
+  blank = loader.ablate_evidence(image, lesion, True, evidence, True, "blank")
+  np.testing.assert_array_equal(blank[grown], 0)          # skin colour: outside the lesion
+  np.testing.assert_array_equal(blank[~grown], image[~grown])
+  only = loader.ablate_evidence(image, lesion, True, evidence, True, "only")
+  np.testing.assert_array_equal(only[grown], image[grown])
+  np.testing.assert_array_equal(only[~grown], 0)
+  assert loader.ablate_evidence(image, lesion, True, evidence, True, "none") is image
+  # Without an evidence mask: "blank" leaves the image, "only" leaves nothing of it.
+  assert loader.ablate_evidence(image, lesion, True, 0 * evidence, False, "blank") is image
+  with pytest.raises(ValueError, match="evidence_ablation"):
+    loader.ablate_evidence(image, lesion, True, evidence, True, "hide")
+
+
+def test_config_switch_evidence_ablation_removes_or_keeps_the_label():
+  """data.evidence_ablation, through the example loader: a classifier of local contrast
+  separates the classes on "none" and "only" images and is at chance on "blank" ones."""
+  _, y, drawings = _dataset("hard")
+  records = [{"id": str(i), "image": d["image"], "lesion_mask": d["lesion_mask"],
+              "attribute_masks": d["attribute_masks"], "evidence_mask": d["evidence_mask"],
+              "has_evidence_mask": True, "has_lesion_mask": True, "has_attributes": True,
+              "melanoma": int(label)} for i, (d, label) in enumerate(zip(drawings, y))]
+
+  def contrast(mode):
+    examples = loader.ExampleLoader(records, 48, 48, "resize_center_crop", 1.0, "melanoma",
+                                    mode)
+    return _contrast([{"image": e["image"], "lesion_mask": e["masks"][..., 0],
+                       "evidence_mask": e["evidence_mask"]}
+                      for e in map(examples, range(len(records)))], "whole")
+
+  assert _cv_auc(contrast("none"), y) > 0.6    # diluted by the rest of the lesion
+  assert _cv_auc(contrast("only"), y) > 0.8
+  assert abs(_cv_auc(contrast("blank"), y) - 0.5) < 0.15
 
 
 def test_label_noise_rate():

@@ -20,8 +20,10 @@ import math
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from dermjax.data import schema
+from dermjax.metrics import faithfulness
 
 CROPS = ("resize_center_crop", "center_fraction")
 # config.data.target -> the record field that is its label. "seborrheic_keratosis" (ISIC 2017
@@ -96,6 +98,31 @@ def target_key(target):
   return TARGETS[target]
 
 
+EVIDENCE_ABLATIONS = ("none", "blank", "only")
+
+
+def ablate_evidence(image, lesion, has_lesion, evidence, has_evidence, mode: str = "none"):
+  """Checks that the label lives in the evidence (synthetic hard preset, issue #17).
+
+  image uint8 [S, S, 3], lesion / evidence 0/1 [S, S], has_lesion / has_evidence: bools ->
+  uint8 [S, S, 3]. "blank" paints
+  the evidence, grown by one pixel (resampling blurs structure edges past the nearest-
+  neighbour mask), in the image's skin colour (the colour deletion curves use); "only"
+  paints everything but that grown evidence. Images without an evidence mask pass unchanged
+  in "blank" and become all skin in "only" (nothing is known to carry the label).
+  """
+  if mode not in EVIDENCE_ABLATIONS:
+    raise ValueError(f"data.evidence_ablation must be one of {EVIDENCE_ABLATIONS}, got {mode!r}")
+  if mode == "none" or (mode == "blank" and not has_evidence):
+    return image
+  grown = ndimage.binary_dilation(np.asarray(evidence) > 0, np.ones((3, 3), bool))
+  paint = grown if mode == "blank" else ~grown
+  skin = faithfulness.skin_colour(image[None], lesion[None], np.float32([has_lesion]), xp=np)[0]
+  out = np.array(image)
+  out[paint] = np.round(skin).astype(np.uint8)
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class ExampleLoader:
   """Split position -> one host example (batch format without the batch axis).
@@ -109,6 +136,7 @@ class ExampleLoader:
   crop: str
   crop_fraction: float
   target: str
+  evidence_ablation: str = "none"   # | "blank" | "only" (ablate_evidence)
 
   def box(self, height, width):
     return crop_box(height, width, image_size=self.image_size, resize_size=self.resize_size,
@@ -148,8 +176,11 @@ class ExampleLoader:
     if masks.shape[-1] != MASK_CHANNELS:
       raise ValueError(f"record {record.get('id', index)}: {masks.shape[-1]} mask channels, "
                        f"expected 1 + {schema.NUM_ATTRIBUTES}")
+    image = ablate_evidence(resize_image(image, image_box, self.image_size), masks[..., 0],
+                            record["has_lesion_mask"], evidence,
+                            record.get("has_evidence_mask", False), self.evidence_ablation)
     return {
-        "image": resize_image(image, image_box, self.image_size),
+        "image": image,
         "masks": masks,
         "has_lesion_mask": np.float32(record["has_lesion_mask"]),
         "has_attributes": np.float32(record["has_attributes"]),
@@ -190,4 +221,4 @@ class PreparedExampleLoader(ExampleLoader):
 def loader_from_config(source, data_config, loader_class=ExampleLoader) -> ExampleLoader:
   c = data_config
   return loader_class(source, int(c.image_size), int(c.resize_size), c.crop,
-                      float(c.crop_fraction), c.target)
+                      float(c.crop_fraction), c.target, c.get("evidence_ablation", "none"))

@@ -79,17 +79,18 @@ def energy_share(maps, evidence):
   return share, chance
 
 
-def skin_colour(images, lesion, has_lesion):
+def skin_colour(images, lesion, has_lesion, xp=jnp):
   """images [B, H, W, C], lesion 0/1 [B, H, W], has_lesion [B] -> [B, C]: the mean colour
-  outside the lesion (or of the image's one-pixel border without a lesion mask)."""
-  images = jnp.asarray(images, jnp.float32)
+  outside the lesion (or of the image's one-pixel border without a lesion mask).
+  xp: jax.numpy (on device) or numpy (host data pipelines)."""
+  images = xp.asarray(images, xp.float32)
   _, height, width, _ = images.shape
-  rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None]
+  rows, cols = xp.arange(height)[:, None], xp.arange(width)[None]
   border = ((rows == 0) | (rows == height - 1) | (cols == 0) | (cols == width - 1))
-  outside = jnp.where(jnp.asarray(has_lesion)[:, None, None] > 0.5,
-                      1.0 - jnp.asarray(lesion, jnp.float32), border[None].astype(jnp.float32))
-  outside = jnp.where(outside.sum(axis=(1, 2), keepdims=True) > 0, outside,
-                      border[None].astype(jnp.float32))
+  outside = xp.where(xp.asarray(has_lesion)[:, None, None] > 0.5,
+                     1.0 - xp.asarray(lesion, xp.float32), border[None].astype(xp.float32))
+  outside = xp.where(outside.sum(axis=(1, 2), keepdims=True) > 0, outside,
+                     border[None].astype(xp.float32))
   weights = outside[..., None]
   return (images * weights).sum(axis=(1, 2)) / weights.sum(axis=(1, 2))
 
