@@ -1,13 +1,20 @@
 """Multi-seed model comparison on a synthetic preset: diagnosis and explanation faithfulness.
 
   python scripts/compare_models.py --out=runs/compare [--rows=gaze.py:thesis,attnmel.py:attnmel]
-      [--seeds=0,1,2] [--difficulty=hard] [--dry_run] [-- --config.train.num_epochs=3 ...]
+      [--seeds=0,1,2] [--difficulty=hard] [--num_images=240,60,120] [--dry_run]
+      [-- --config.train.num_epochs=3 ...]
+
+A row may carry its own overrides after "@": gaze.py:thesis@data.evidence_ablation=blank
+(values parsed as Python literals where they parse, else kept as strings).
 
 Each (table row, seed) trains the row's CPU-sized config with `python -m dermjax.main` in
 its own process (workdir <out>/<table>_<row>/seed<seed>; a finished run, one with
 results/test.json, is not run again), all rows of a layout on one shared synthetic set
 (<out>/synthetic_<layout>_<difficulty>_<sizes>, drawn from seed 0, so seeds vary only the
-model's initialisation and training order).
+model's initialisation and training order). --num_images=train,validation,test gives every
+table the same split sizes, so all rows of a layout share one set (each keeps its own image
+size); without it each table keeps its own synthetic sizes. The row's config, with these
+settings, is written as a config file <out>/configs/<name>.py that the run loads.
 Arguments after `--` go to every run. Then it prints a Markdown table of mean +- sample std
 over seeds of test AUC, AP and, per saliency map, pointing game and energy share (each
 with its chance level) and deletion AUC (random-order deletion AUC), and writes
@@ -16,6 +23,7 @@ with its chance level) and deletion AUC (random-order deletion AUC), and writes
 """
 
 import argparse
+import ast
 import glob
 import json
 import os
@@ -36,16 +44,56 @@ def all_rows():
       yield os.path.basename(path), row
 
 
-def run_one(table, row, seed, args, extra):
+def parse_row(spec):
+  """"table.py:row[@section.field=value...]" -> (table, row, {field: value})."""
+  table, rest = spec.split(":", 1)
+  row, *settings = rest.split("@")
+  overrides = {}
+  for setting in settings:
+    key, value = setting.split("=", 1)
+    try:
+      overrides[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[key] = value
+  return table, row, overrides
+
+
+def row_name(table, row, overrides):
+  name = f"{table[:-3]}:{row}"
+  return name + "".join(f"@{k.split('.')[-1]}={v}" for k, v in overrides.items())
+
+
+CONFIG_FILE = """# Written by scripts/compare_models.py: {name}
+from dermjax import config_lib
+
+
+def get_config():
+  config = config_lib.load_config({table!r}, {row!r})
+  return config_lib.set_fields(config, {fields!r})
+"""
+
+
+def run_one(table, row, overrides, seed, args, extra):
   """Trains one (row, seed) unless finished; returns its results/test.json or None."""
-  config = config_lib.load_config(os.path.join(REPO, "configs", table), row)
-  name = f"{table[:-3]}_{row}".replace("+", "p")
+  table_path = os.path.join(REPO, "configs", table)
+  name = row_name(table, row, overrides)
+  for old, new in ((":", "_"), ("+", "p"), ("@", "__"), ("=", "_"), ("/", "_")):
+    name = name.replace(old, new)
+  fields = dict(overrides)
+  if args.num_images:
+    fields["data.synthetic_num_images"] = dict(zip(
+        ("train", "validation", "test"), (int(n) for n in args.num_images.split(","))))
+  config = config_lib.set_fields(config_lib.load_config(table_path, row), fields)
+  config_file = os.path.join(args.out, "configs", name + ".py")
+  os.makedirs(os.path.dirname(config_file), exist_ok=True)
+  with open(config_file, "w") as f:
+    f.write(CONFIG_FILE.format(name=name, table=table_path, row=row, fields=fields))
   workdir = os.path.join(args.out, name, f"seed{seed}")
   result = os.path.join(workdir, "results", "test.json")
   num = config.data.synthetic_num_images
   sizes = "default" if num is None else "-".join(str(num[k]) for k in sorted(num))
   data = os.path.join(args.out, f"synthetic_{config.data.layout}_{args.difficulty}_{sizes}")
-  command = [sys.executable, "-m", "dermjax.main", f"--config={os.path.join(REPO, 'configs', table)}:{row}",
+  command = [sys.executable, "-m", "dermjax.main", f"--config={config_file}",
              f"--workdir={workdir}", f"--config.seed={seed}", f"--config.data.seed={seed}",
              f"--config.data.synthetic_difficulty={args.difficulty}",
              f"--config.data.synthetic_dir={data}", *extra]
@@ -72,6 +120,7 @@ def summarize(results):
   out = {}
   get = lambda r, *keys: _dig(r, keys)
   out["auc"] = _stat([get(r, "diagnosis", "auc") for r in results])
+  out["auc_per_seed"] = [get(r, "diagnosis", "auc") for r in results]
   out["ap"] = _stat([get(r, "diagnosis", "ap") for r in results])
   out["random_deletion_auc"] = _stat([get(r, "explanation", "random_deletion", "deletion_auc")
                                       for r in results])
@@ -81,6 +130,33 @@ def summarize(results):
                 "deletion_auc"):
       out[f"{m}/{key}"] = _stat([get(r, "explanation", "maps", m, key) for r in results])
   return out
+
+
+SEPARATED_KEYS = ("auc", "ap", "pointing_game", "energy_share", "deletion_auc")
+
+
+def separations(summary):
+  """Pairs of rows whose means on one metric differ by more than the sum of their seed stds
+  (mean +- std intervals apart): [(metric, row a, row b, mean a, mean b)], largest gap
+  first. Saliency metrics compare (row, map) entries."""
+  entries = {}
+  for row, stats in summary.items():
+    for key, stat in stats.items():
+      if not isinstance(stat, dict):
+        continue
+      map_name, metric = key.split("/") if "/" in key else ("", key)
+      if metric in SEPARATED_KEYS and stat["n"] > 1:
+        entries.setdefault(metric, []).append((f"{row} {map_name}".strip(), stat))
+  out = []
+  for metric, items in entries.items():
+    for i, (a, sa) in enumerate(items):
+      for b, sb in items[i + 1:]:
+        if abs(sa["mean"] - sb["mean"]) > sa["std"] + sb["std"]:
+          hi, lo = ((a, sa), (b, sb)) if sa["mean"] >= sb["mean"] else ((b, sb), (a, sa))
+          out.append((metric, hi[0], lo[0], hi[1]["mean"], lo[1]["mean"],
+                      hi[1]["mean"] - hi[1]["std"] - lo[1]["mean"] - lo[1]["std"]))
+  out.sort(key=lambda t: -t[-1])
+  return [t[:5] for t in out]
 
 
 def _dig(tree, keys):
@@ -118,24 +194,30 @@ def main(argv=None):
   parser.add_argument("--rows", default="", help="table.py:row,... (default: every row)")
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--difficulty", default="hard")
+  parser.add_argument("--num_images", default="",
+                      help="train,validation,test sizes shared by every table (default: each its own)")
   parser.add_argument("--dry_run", action="store_true", help="print the commands only")
   args = parser.parse_args(argv)
   args.out = os.path.abspath(args.out)
-  rows = ([tuple(r.split(":", 1)) for r in args.rows.split(",") if r] if args.rows
-          else list(all_rows()))
+  rows = ([parse_row(r) for r in args.rows.split(",") if r] if args.rows
+          else [(table, row, {}) for table, row in all_rows()])
   seeds = [int(s) for s in args.seeds.split(",") if s]
   summary = {}
-  for table, row in rows:
-    results = [run_one(table, row, seed, args, extra) for seed in seeds]
+  for table, row, overrides in rows:
+    results = [run_one(table, row, overrides, seed, args, extra) for seed in seeds]
     results = [r for r in results if r is not None]
     if results:
-      summary[f"{table[:-3]}:{row}"] = summarize(results)
+      summary[row_name(table, row, overrides)] = summarize(results)
   if summary:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "summary.json"), "w") as f:
       json.dump({"difficulty": args.difficulty, "seeds": seeds, "extra_args": extra,
-                 "rows": summary}, f, indent=1)
+                 "num_images": args.num_images, "rows": summary,
+                 "separations": separations(summary)}, f, indent=1)
     print(markdown(summary))
+    print("\nSeparated by more than the seed std (mean - std of one above mean + std of the other):")
+    for metric, a, b, mean_a, mean_b in separations(summary):
+      print(f"  {metric}: {a} {mean_a:.3f} > {b} {mean_b:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,80 @@
+"""scripts/compare_models.py: row specs, the generated config files, seed statistics and the
+"differ by more than the seed std" check (the runs themselves are RESULTS.md's)."""
+
+import importlib.util
+import os
+import runpy
+
+import pytest
+
+from dermjax import config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def compare():
+  spec = importlib.util.spec_from_file_location(
+      "compare_models", os.path.join(REPO, "scripts", "compare_models.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_parse_row(compare):
+  assert compare.parse_row("cin.py:A+F") == ("cin.py", "A+F", {})
+  table, row, overrides = compare.parse_row(
+      "gaze.py:thesis@data.evidence_ablation=blank@train.num_epochs=6")
+  assert (table, row) == ("gaze.py", "thesis")
+  assert overrides == {"data.evidence_ablation": "blank", "train.num_epochs": 6}
+  assert compare.row_name(table, row, overrides) == (
+      "gaze:thesis@evidence_ablation=blank@num_epochs=6")
+
+
+def test_dry_run_writes_a_config_file_with_the_overrides(compare, tmp_path, capsys):
+  compare.main([f"--out={tmp_path}", "--rows=gaze.py:thesis@data.evidence_ablation=only",
+                "--seeds=3", "--num_images=8,4,6", "--dry_run"])
+  command = capsys.readouterr().out.split()
+  config_file = next(a for a in command if a.startswith("--config="))[len("--config="):]
+  config = runpy.run_path(config_file)["get_config"]()
+  expected = config_lib.load_config(os.path.join(REPO, "configs", "gaze.py"), "thesis")
+  assert config.data.evidence_ablation == "only"
+  assert dict(config.data.synthetic_num_images) == {"train": 8, "validation": 4, "test": 6}
+  assert config.model.to_dict() == expected.model.to_dict()
+  assert "--config.seed=3" in command
+  assert any(a.endswith("synthetic_isic2017_hard_6-8-4") for a in command)
+  assert not os.path.exists(os.path.join(tmp_path, "summary.json"))
+
+
+def _stat(mean, std):
+  return {"mean": mean, "std": std, "n": 3}
+
+
+def test_separations_need_the_std_intervals_apart(compare):
+  summary = {
+      "a": {"auc": _stat(0.90, 0.02), "gaze0/pointing_game": _stat(0.8, 0.1)},
+      "b": {"auc": _stat(0.60, 0.05), "gaze0/pointing_game": _stat(0.5, 0.25)},
+      "c": {"auc": _stat(0.84, 0.05), "cam/pointing_game": _stat(0.3, 0.05)},
+  }
+  found = compare.separations(summary)
+  assert found[0] == ("pointing_game", "a gaze0", "c cam", 0.8, 0.3)   # widest gap first
+  assert ("auc", "a", "b", 0.90, 0.60) in found
+  assert ("auc", "c", "b", 0.84, 0.60) in found
+  assert not any(f[:3] == ("auc", "a", "c") for f in found)   # 0.06 < 0.02 + 0.05
+  assert not any({f[1], f[2]} == {"a gaze0", "b gaze0"} for f in found)  # 0.3 < 0.35
+  # One seed has no std: never counted as separated.
+  assert not compare.separations({"a": {"auc": {"mean": 1.0, "std": 0.0, "n": 1}},
+                                  "b": {"auc": {"mean": 0.0, "std": 0.0, "n": 1}}})
+
+
+def test_summarize_and_markdown(compare):
+  results = [{"diagnosis": {"auc": a, "ap": a - 0.1},
+              "explanation": {"maps": {"gaze0": {"pointing_game": p}},
+                              "random_deletion": {"deletion_auc": 0.5}}}
+             for a, p in ((0.8, 1.0), (0.9, 0.5), (float("nan"), 0.0))]
+  s = compare.summarize(results)
+  assert s["auc"]["n"] == 2 and abs(s["auc"]["mean"] - 0.85) < 1e-12   # NaN dropped
+  assert s["auc_per_seed"][:2] == [0.8, 0.9]
+  assert abs(s["gaze0/pointing_game"]["mean"] - 0.5) < 1e-12
+  table = compare.markdown({"gaze:thesis": s})
+  assert "| gaze:thesis | gaze0 | 0.850 ± 0.071 |" in table
