@@ -105,6 +105,19 @@ def scalar_summaries(prefix, result):
     for k, v in result.get(section, {}).items():
       if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
         out[f"{prefix}/{k}" if section == "diagnosis" else f"{prefix}/{section}/{k}"] = float(v)
+  out.update(_numeric_leaves(f"{prefix}/explanation", result.get("explanation", {})))
+  return out
+
+
+def _numeric_leaves(prefix, tree):
+  """{prefix/a/b: float} of a nested result section's numbers ("maps" levels dropped)."""
+  out = {}
+  for k, v in tree.items():
+    key = prefix if k == "maps" else f"{prefix}/{k}"
+    if isinstance(v, dict):
+      out.update(_numeric_leaves(key, v))
+    elif isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+      out[key] = float(v)
   return out
 
 

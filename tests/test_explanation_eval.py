@@ -72,6 +72,13 @@ def test_trained_tiny_model_writes_explanation_results(tmp_path, monkeypatch):
     assert len(entry["deletion_curve"]) == 5 and len(section["random_deletion"]["deletion_curve"]) == 5
     # Both curves start from the model's score on the untouched images.
     assert entry["deletion_curve"][0] == pytest.approx(section["random_deletion"]["deletion_curve"][0])
+    # The scalars also go to the run's summaries (TensorBoard and metrics.jsonl).
+    with open(workdir / "tensorboard" / "metrics.jsonl") as f:
+      logged = {k: v for line in f for k, v in json.loads(line).items()}
+    for key in ("pointing_game", "energy_share", "deletion_auc"):
+      assert logged[f"final_test/explanation/attention/{key}"] == pytest.approx(entry[key])
+    assert logged["final_test/explanation/random_deletion/deletion_auc"] == pytest.approx(
+        section["random_deletion"]["deletion_auc"])
     # dermjax.evaluate on the finished run writes the same section.
     again = evaluate.evaluate(str(workdir), str(tmp_path / "evaluate"), ["test"])
     rerun = again["test"]["explanation"]["maps"]["attention"]
