@@ -119,9 +119,12 @@ def summarize(results):
   """[results/test.json of each seed] -> {metric: {mean, std, n}}."""
   out = {}
   get = lambda r, *keys: _dig(r, keys)
-  out["auc"] = _stat([get(r, "diagnosis", "auc") for r in results])
-  out["auc_per_seed"] = [get(r, "diagnosis", "auc") for r in results]
-  out["ap"] = _stat([get(r, "diagnosis", "ap") for r in results])
+  # Binary heads report "auc"; softmax heads (AttnMel's two classes) melanoma-vs-rest.
+  score = lambda r, key: (get(r, "diagnosis", key) if get(r, "diagnosis", key) is not None
+                          else get(r, "diagnosis", f"melanoma_{key}"))
+  out["auc"] = _stat([score(r, "auc") for r in results])
+  out["auc_per_seed"] = [score(r, "auc") for r in results]
+  out["ap"] = _stat([score(r, "ap") for r in results])
   out["random_deletion_auc"] = _stat([get(r, "explanation", "random_deletion", "deletion_auc")
                                       for r in results])
   names = sorted({m for r in results for m in (get(r, "explanation", "maps") or {})})

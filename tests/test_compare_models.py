@@ -76,5 +76,8 @@ def test_summarize_and_markdown(compare):
   assert s["auc"]["n"] == 2 and abs(s["auc"]["mean"] - 0.85) < 1e-12   # NaN dropped
   assert s["auc_per_seed"][:2] == [0.8, 0.9]
   assert abs(s["gaze0/pointing_game"]["mean"] - 0.5) < 1e-12
+  # A softmax head's melanoma-vs-rest numbers stand in for a binary head's.
+  softmax = compare.summarize([{"diagnosis": {"melanoma_auc": 0.7, "melanoma_ap": 0.6}}] * 2)
+  assert softmax["auc"]["mean"] == 0.7 and softmax["ap"]["mean"] == 0.6
   table = compare.markdown({"gaze:thesis": s})
   assert "| gaze:thesis | gaze0 | 0.850 ± 0.071 |" in table
