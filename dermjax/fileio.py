@@ -78,6 +78,13 @@ def savez(path: str, **arrays) -> None:
       np.savez(f, **arrays)
 
 
+def save_npy(path: str, array) -> None:
+  """np.save, atomically (written through a file object, so numpy adds no suffix)."""
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      np.save(f, np.asarray(array))
+
+
 def remove_stale_temporaries(directory: str) -> list:
   """Deletes temporary files an interrupted atomic write left in `directory` (not below)."""
   if not os.path.isdir(directory):

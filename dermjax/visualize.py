@@ -3,10 +3,10 @@
 All functions take and return numpy uint8 RGB images [H, W, 3]; nothing here is jitted.
 """
 
-import os
-
 import numpy as np
 from PIL import Image, ImageDraw
+
+from dermjax import fileio
 
 
 def resize_map(heat, size):
@@ -88,9 +88,9 @@ def hstack(images, *, pad: int = 2):
 
 
 def save_png(image, path):
-  """Write uint8 [H, W, 3] (or [H, W]) to `path`, creating parent folders."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  Image.fromarray(np.asarray(image, np.uint8)).save(path)
+  """Write uint8 [H, W, 3] (or [H, W]) to `path` atomically, creating parent folders."""
+  with fileio.atomic_path(path) as tmp:
+    Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format="PNG")
 
 
 def draw_label(image, text, *, color=(255, 255, 255)):

@@ -6,6 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from dermjax import fileio
 from dermjax import visualize
 from dermjax.metrics import diagnosis
 from dermjax.models.cin import lesion
@@ -54,12 +55,12 @@ def explain(outputs, batch, images, ids, config, out_dir):
       if masks is not None and masks[i] is not None:
         panels.append(visualize.overlay_mask(shown, masks[i], color=(0, 255, 0)))
       panels.append(visualize.overlay_heatmap(shown, np.asarray(outputs["lesion_map"][i], np.float32)))
-      np.save(os.path.join(out_dir, f"{example_id}_lesion_map.npy"),
+      fileio.save_npy(os.path.join(out_dir, f"{example_id}_lesion_map.npy"),
               np.asarray(outputs["lesion_map"][i], np.float32))
-      np.save(os.path.join(out_dir, f"{example_id}_box.npy"), np.asarray(outputs["crop_box"][i], np.float32))
+      fileio.save_npy(os.path.join(out_dir, f"{example_id}_box.npy"), np.asarray(outputs["crop_box"][i], np.float32))
     if "q" in outputs:
       seen = (crop_image(images[i], outputs["crop_box"][i], shown.shape[:2]) if "crop_box" in outputs
               else shown)
       panels.append(visualize.overlay_heatmap(seen, np.asarray(outputs["q"][i], np.float32)))
-      np.save(os.path.join(out_dir, f"{example_id}_q.npy"), np.asarray(outputs["q"][i], np.float32))
+      fileio.save_npy(os.path.join(out_dir, f"{example_id}_q.npy"), np.asarray(outputs["q"][i], np.float32))
     visualize.save_png(visualize.hstack(panels), os.path.join(out_dir, f"{example_id}.png"))

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dermjax import fileio
 from dermjax import visualize
 from dermjax.metrics import attention as attention_metrics
 from dermjax.metrics import segmentation
@@ -224,6 +225,6 @@ def write_explanations(lesion_map, boxes, images, ids, out_dir, *, masks=None, g
     if masks is not None and masks[i] is not None:
       panels.append(visualize.overlay_mask(image, masks[i], color=(0, 255, 0)))
     panels.append(visualize.overlay_heatmap(image, np.asarray(lesion_map[i], np.float32)))
-    np.save(os.path.join(out_dir, f"{example_id}_lesion_map.npy"), np.asarray(lesion_map[i], np.float32))
-    np.save(os.path.join(out_dir, f"{example_id}_box.npy"), np.asarray(boxes[i], np.float32))
+    fileio.save_npy(os.path.join(out_dir, f"{example_id}_lesion_map.npy"), np.asarray(lesion_map[i], np.float32))
+    fileio.save_npy(os.path.join(out_dir, f"{example_id}_box.npy"), np.asarray(boxes[i], np.float32))
     visualize.save_png(visualize.hstack(panels), os.path.join(out_dir, f"{example_id}.png"))

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 
+from dermjax import fileio
 from dermjax import visualize
 from dermjax.data import augment
 
@@ -23,7 +24,7 @@ def save_overlays(maps: dict, images, ids, out_dir, masks=None):
     for name, heat in maps.items():
       heat = np.asarray(heat[i], np.float32)
       panels.append(visualize.overlay_heatmap(image, heat))
-      np.save(os.path.join(out_dir, f"{example_id}_{name}.npy"),
+      fileio.save_npy(os.path.join(out_dir, f"{example_id}_{name}.npy"),
               visualize.resize_map(heat, np.shape(images[i])[:2]))
     visualize.save_png(visualize.hstack(panels), os.path.join(out_dir, f"{example_id}.png"))
 

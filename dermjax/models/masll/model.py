@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from dermjax import fileio
 from dermjax import visualize
 from dermjax.models.backbones import BACKBONES, build_backbone
 from dermjax.models.common import compute_dtype, crop
@@ -163,7 +164,7 @@ def explain(outputs, batch, images, ids, config, out_dir):
               visualize.draw_label(local, "crop")]
     visualize.save_png(visualize.hstack(panels), os.path.join(out_dir, f"{example_id}.png"))
     activation = np.asarray(outputs["activation_map"][i], np.float32)
-    np.save(os.path.join(out_dir, f"{example_id}_activation_map.npy"),
+    fileio.save_npy(os.path.join(out_dir, f"{example_id}_activation_map.npy"),
             visualize.resize_map(activation, (height, width)))
-    np.save(os.path.join(out_dir, f"{example_id}_box.npy"),
+    fileio.save_npy(os.path.join(out_dir, f"{example_id}_box.npy"),
             np.asarray(outputs["box"][i], np.float32))
