@@ -17,7 +17,9 @@ size); without it each table keeps its own synthetic sizes. The row's config, wi
 settings, is written as a config file <out>/configs/<name>.py that the run loads.
 Arguments after `--` go to every run. Then it prints a Markdown table of mean +- sample std
 over seeds of test AUC, AP and, per saliency map, pointing game and energy share (each
-with its chance level) and deletion AUC (random-order deletion AUC), and writes
+with its chance level) and deletion AUC (random-order deletion AUC), the same three
+chance-corrected per seed (maps of different sizes have different chance levels), and the
+pairs of rows whose means differ by more than the sum of their seed stds; writes
 <out>/summary.json.
 --rows default: every row of every configs/*.py table (slow on a CPU: pick rows).
 """
@@ -132,10 +134,28 @@ def summarize(results):
     for key in ("pointing_game", "pointing_chance", "energy_share", "energy_chance",
                 "deletion_auc"):
       out[f"{m}/{key}"] = _stat([get(r, "explanation", "maps", m, key) for r in results])
+    # Chance-corrected, per seed (maps of different sizes have different chance levels):
+    # pointing above chance, energy share over the evidence's area share, and how far the
+    # deletion curve falls below the random-order one (all > 0: better than chance).
+    for key, (a, b, op) in CORRECTED.items():
+      b = tuple(m if k is None else k for k in b)   # None: this map's name
+      out[f"{m}/{key}"] = _stat([_combine(op, get(r, "explanation", "maps", m, a),
+                                          get(r, "explanation", *b)) for r in results])
   return out
 
 
-SEPARATED_KEYS = ("auc", "ap", "pointing_game", "energy_share", "deletion_auc")
+CORRECTED = {
+    "pointing_above_chance": ("pointing_game", ("maps", None, "pointing_chance"), "sub"),
+    "energy_over_chance": ("energy_share", ("maps", None, "energy_chance"), "div"),
+    "deletion_below_random": ("deletion_auc", ("random_deletion", "deletion_auc"), "rsub"),
+}
+SEPARATED_KEYS = ("auc", "ap", *CORRECTED)
+
+
+def _combine(op, a, b):
+  if a is None or b is None:
+    return None
+  return {"sub": a - b, "div": a / b if b else None, "rsub": b - a}[op]
 
 
 def separations(summary):
@@ -185,6 +205,13 @@ def markdown(summary):
           f"{_fmt(s.get(f'{m}/pointing_game'))} ({_fmt(s.get(f'{m}/pointing_chance'))})",
           f"{_fmt(s.get(f'{m}/energy_share'))} ({_fmt(s.get(f'{m}/energy_chance'))})",
           f"{_fmt(s.get(f'{m}/deletion_auc'))} ({_fmt(s.get('random_deletion_auc'))})"]) + " |")
+  lines += ["", "Chance-corrected, per seed (> 0, > 1, > 0: better than chance):", "",
+            "| row | map | pointing - chance | energy / chance | random - deletion AUC |",
+            "|---|---|---|---|---|"]
+  for row, s in summary.items():
+    for m in sorted({k.split("/")[0] for k in s if "/" in k}):
+      lines.append(f"| {row} | {m} | " + " | ".join(_fmt(s.get(f"{m}/{k}")) for k in CORRECTED)
+                   + " |")
   return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ import importlib.util
 import os
 import runpy
 
+import numpy as np
 import pytest
 
 from dermjax import config_lib
@@ -52,12 +53,15 @@ def _stat(mean, std):
 
 def test_separations_need_the_std_intervals_apart(compare):
   summary = {
-      "a": {"auc": _stat(0.90, 0.02), "gaze0/pointing_game": _stat(0.8, 0.1)},
-      "b": {"auc": _stat(0.60, 0.05), "gaze0/pointing_game": _stat(0.5, 0.25)},
-      "c": {"auc": _stat(0.84, 0.05), "cam/pointing_game": _stat(0.3, 0.05)},
+      "a": {"auc": _stat(0.90, 0.02), "gaze0/pointing_above_chance": _stat(0.8, 0.1),
+            "gaze0/pointing_game": _stat(0.9, 0.0)},
+      "b": {"auc": _stat(0.60, 0.05), "gaze0/pointing_above_chance": _stat(0.5, 0.25),
+            "gaze0/pointing_game": _stat(0.1, 0.0)},
+      "c": {"auc": _stat(0.84, 0.05), "cam/pointing_above_chance": _stat(0.3, 0.05)},
   }
   found = compare.separations(summary)
-  assert found[0] == ("pointing_game", "a gaze0", "c cam", 0.8, 0.3)   # widest gap first
+  assert found[0] == ("pointing_above_chance", "a gaze0", "c cam", 0.8, 0.3)   # widest gap first
+  assert not any(f[0] == "pointing_game" for f in found)   # raw: chance levels differ
   assert ("auc", "a", "b", 0.90, 0.60) in found
   assert ("auc", "c", "b", 0.84, 0.60) in found
   assert not any(f[:3] == ("auc", "a", "c") for f in found)   # 0.06 < 0.02 + 0.05
@@ -65,6 +69,20 @@ def test_separations_need_the_std_intervals_apart(compare):
   # One seed has no std: never counted as separated.
   assert not compare.separations({"a": {"auc": {"mean": 1.0, "std": 0.0, "n": 1}},
                                   "b": {"auc": {"mean": 0.0, "std": 0.0, "n": 1}}})
+
+
+def test_chance_corrected_faithfulness_per_seed(compare):
+  def result(pointing, chance, energy, energy_chance, deletion, random):
+    return {"diagnosis": {"auc": 0.5},
+            "explanation": {"maps": {"m": {"pointing_game": pointing, "pointing_chance": chance,
+                                           "energy_share": energy, "energy_chance": energy_chance,
+                                           "deletion_auc": deletion}},
+                            "random_deletion": {"deletion_auc": random}}}
+  s = compare.summarize([result(0.5, 0.25, 0.2, 0.1, 0.3, 0.5), result(0.3, 0.25, 0.1, 0.1, 0.6, 0.4)])
+  assert s["m/pointing_above_chance"]["mean"] == pytest.approx((0.25 + 0.05) / 2)
+  assert s["m/energy_over_chance"]["mean"] == pytest.approx((2.0 + 1.0) / 2)
+  assert s["m/deletion_below_random"]["mean"] == pytest.approx((0.2 - 0.2) / 2)
+  assert s["m/deletion_below_random"]["std"] == pytest.approx(np.std([0.2, -0.2], ddof=1))
 
 
 def test_summarize_and_markdown(compare):
