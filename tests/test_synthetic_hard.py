@@ -188,23 +188,38 @@ def test_global_statistics_do_not_separate_hard_classes_but_the_evidence_does():
 
 
 def test_ablate_evidence_on_a_hand_made_image():
-  image = np.zeros((6, 6, 3), np.uint8)
-  image[1:5, 1:5] = 50                       # the lesion ...
-  image[2, 2] = 250                          # ... with one evidence pixel
+  image = np.zeros((8, 8, 3), np.uint8)      # skin 0 ...
+  image[1:7, 1:7] = 50                       # ... the lesion 50 ...
+  image[1, 1:7] = 80                         # ... with a lighter top row ...
+  image[4, 4] = 250                          # ... and one evidence pixel
   lesion = (image[..., 0] > 0).astype(np.uint8)
-  evidence = np.zeros((6, 6), np.uint8)
-  evidence[2, 2] = 1
-  grown = np.zeros((6, 6), bool)
-  grown[1:4, 1:4] = True                     # one pixel around the evidence
+  evidence = np.zeros((8, 8), np.uint8)
+  evidence[4, 4] = 1
+  grown = np.zeros((8, 8), bool)
+  grown[3:6, 3:6] = True                     # one pixel around the evidence
+  rest = (lesion > 0) & ~grown
+  rest_colour = np.round(image[rest].mean(0)).astype(np.uint8)   # (6 * 80 + 21 * 50) / 27
+  np.testing.assert_array_equal(rest_colour, 57)
   blank = loader.ablate_evidence(image, lesion, True, evidence, True, "blank")
-  np.testing.assert_array_equal(blank[grown], 0)          # skin colour: outside the lesion
+  np.testing.assert_array_equal(blank[grown], rest_colour[None].repeat(9, 0))
   np.testing.assert_array_equal(blank[~grown], image[~grown])
   only = loader.ablate_evidence(image, lesion, True, evidence, True, "only")
   np.testing.assert_array_equal(only[grown], image[grown])
-  np.testing.assert_array_equal(only[~grown], 0)
+  np.testing.assert_array_equal(only[rest], rest_colour[None].repeat(rest.sum(), 0))
+  np.testing.assert_array_equal(only[lesion == 0], 0)                 # skin untouched
+  # Where the grown rim leaves the lesion, "blank" paints skin colour.
+  edge = np.zeros((8, 8), np.uint8)
+  edge[1, 1] = 1
+  blank = loader.ablate_evidence(image, lesion, True, edge, True, "blank")
+  np.testing.assert_array_equal(blank[0, 0:3], 0)
+  corner = np.zeros((8, 8), bool)
+  corner[0:3, 0:3] = True
+  assert (blank[1:3, 1:3] == np.round(image[(lesion > 0) & ~corner].mean(0))).all()
   assert loader.ablate_evidence(image, lesion, True, evidence, True, "none") is image
-  # Without an evidence mask: "blank" leaves the image, "only" leaves nothing of it.
+  # Without an evidence mask: "blank" leaves the image, "only" flattens the lesion.
   assert loader.ablate_evidence(image, lesion, True, 0 * evidence, False, "blank") is image
+  flat = loader.ablate_evidence(image, lesion, True, 0 * evidence, False, "only")
+  assert len(np.unique(flat[lesion > 0].reshape(-1, 3), axis=0)) == 1
   with pytest.raises(ValueError, match="evidence_ablation"):
     loader.ablate_evidence(image, lesion, True, evidence, True, "hide")
 

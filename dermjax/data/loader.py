@@ -105,21 +105,31 @@ def ablate_evidence(image, lesion, has_lesion, evidence, has_evidence, mode: str
   """Checks that the label lives in the evidence (synthetic hard preset, issue #17).
 
   image uint8 [S, S, 3], lesion / evidence 0/1 [S, S], has_lesion / has_evidence: bools ->
-  uint8 [S, S, 3]. "blank" paints
-  the evidence, grown by one pixel (resampling blurs structure edges past the nearest-
-  neighbour mask), in the image's skin colour (the colour deletion curves use); "only"
-  paints everything but that grown evidence. Images without an evidence mask pass unchanged
-  in "blank" and become all skin in "only" (nothing is known to carry the label).
+  uint8 [S, S, 3]. The evidence is grown by one pixel (resampling blurs structure edges past
+  the nearest-neighbour mask); "the rest" is the lesion (the whole image without a lesion
+  mask) outside it. "blank" paints the grown evidence in the rest's mean colour (skin colour,
+  as deletion curves use, where it leaves the lesion): the lesion keeps its shape and colour
+  but loses the structures that carry the label. "only" paints the rest in that colour: the
+  evidence is the only lesion texture left. Skin stays in both (its confounders are
+  label-free). Without an evidence mask "blank" changes nothing and "only" flattens the
+  whole lesion (nothing is known to carry the label).
   """
   if mode not in EVIDENCE_ABLATIONS:
     raise ValueError(f"data.evidence_ablation must be one of {EVIDENCE_ABLATIONS}, got {mode!r}")
   if mode == "none" or (mode == "blank" and not has_evidence):
     return image
-  grown = ndimage.binary_dilation(np.asarray(evidence) > 0, np.ones((3, 3), bool))
-  paint = grown if mode == "blank" else ~grown
+  grown = (ndimage.binary_dilation(np.asarray(evidence) > 0, np.ones((3, 3), bool))
+           if has_evidence else np.zeros(image.shape[:2], bool))
+  region = np.asarray(lesion) > 0 if has_lesion else np.ones(image.shape[:2], bool)
+  rest = region & ~grown
   skin = faithfulness.skin_colour(image[None], lesion[None], np.float32([has_lesion]), xp=np)[0]
+  rest_colour = image[rest].mean(0) if rest.any() else skin
   out = np.array(image)
-  out[paint] = np.round(skin).astype(np.uint8)
+  if mode == "blank":
+    out[grown & region] = np.round(rest_colour).astype(np.uint8)
+    out[grown & ~region] = np.round(skin).astype(np.uint8)
+  else:
+    out[rest] = np.round(rest_colour).astype(np.uint8)
   return out
 
 
