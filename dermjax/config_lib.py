@@ -79,7 +79,7 @@ def data_config() -> ml_collections.ConfigDict:
   c.synthetic_num_images = None   # {split: count} for the synthetic set; None: its default.
   # "easy" | "hard" | a structure strength in [0, 1] as a string (dermjax.data.synthetic).
   c.synthetic_difficulty = "easy"
-  # "none" | "blank" (evidence painted skin colour) | "only" (all but the evidence painted):
+  # "none" | "blank" (evidence painted over) | "only" (the rest of the lesion painted over):
   # checks that the label lives in the evidence (dermjax.data.loader.ablate_evidence).
   c.evidence_ablation = "none"
   c.image_size = 224
