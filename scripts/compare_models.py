@@ -191,7 +191,10 @@ def _dig(tree, keys):
 
 
 def _fmt(stat):
-  return "-" if stat is None else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+  if stat is None:
+    return "-"
+  return (f"{stat['mean']:.3f} ± {stat['std']:.3f}" if stat["n"] > 1
+          else f"{stat['mean']:.3f} (1 seed)")
 
 
 def markdown(summary):
