@@ -38,6 +38,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from dermjax import config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dermjax import fileio  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def all_rows():
@@ -47,9 +48,12 @@ def all_rows():
 
 
 def parse_row(spec):
-  """"table.py:row[@section.field=value...]" -> (table, row, {field: value})."""
-  table, rest = spec.split(":", 1)
+  """"table.py:row[@section.field=value...]" -> (table, row, {field: value}); ValueError
+  naming the spec when it is not of that form."""
+  table, sep, rest = spec.partition(":")
   row, *settings = rest.split("@")
+  if not sep or not table.endswith(".py") or not row or not all("=" in x for x in settings):
+    raise ValueError(f"{spec!r}: expected table.py:row[@section.field=value...]")
   overrides = {}
   for setting in settings:
     key, value = setting.split("=", 1)
@@ -75,8 +79,9 @@ def get_config():
 """
 
 
-def run_one(table, row, overrides, seed, args, extra):
-  """Trains one (row, seed) unless finished; returns its results/test.json or None."""
+def prepare_row(table, row, overrides, args):
+  """Writes the row's config file (its overrides and --num_images) -> (run name, config
+  file, synthetic data folder)."""
   table_path = os.path.join(REPO, "configs", table)
   name = row_name(table, row, overrides)
   for old, new in ((":", "_"), ("+", "p"), ("@", "__"), ("=", "_"), ("/", "_")):
@@ -87,14 +92,19 @@ def run_one(table, row, overrides, seed, args, extra):
         ("train", "validation", "test"), (int(n) for n in args.num_images.split(","))))
   config = config_lib.set_fields(config_lib.load_config(table_path, row), fields)
   config_file = os.path.join(args.out, "configs", name + ".py")
-  os.makedirs(os.path.dirname(config_file), exist_ok=True)
-  with open(config_file, "w") as f:
-    f.write(CONFIG_FILE.format(name=name, table=table_path, row=row, fields=fields))
-  workdir = os.path.join(args.out, name, f"seed{seed}")
-  result = os.path.join(workdir, "results", "test.json")
+  fileio.write_text(config_file, CONFIG_FILE.format(name=name, table=table_path, row=row,
+                                                    fields=fields))
   num = config.data.synthetic_num_images
   sizes = "default" if num is None else "-".join(str(num[k]) for k in sorted(num))
   data = os.path.join(args.out, f"synthetic_{config.data.layout}_{args.difficulty}_{sizes}")
+  return name, config_file, data
+
+
+def run_one(prepared, seed, args, extra):
+  """Trains one (row, seed) unless finished; returns its results/test.json or None."""
+  name, config_file, data = prepared
+  workdir = os.path.join(args.out, name, f"seed{seed}")
+  result = os.path.join(workdir, "results", "test.json")
   command = [sys.executable, "-m", "dermjax.main", f"--config={config_file}",
              f"--workdir={workdir}", f"--config.seed={seed}", f"--config.data.seed={seed}",
              f"--config.data.synthetic_difficulty={args.difficulty}",
@@ -197,11 +207,16 @@ def _fmt(stat):
           else f"{stat['mean']:.3f} (1 seed)")
 
 
+def _maps(stats):
+  """The saliency map names of one row's summary."""
+  return sorted({k.split("/")[0] for k in stats if "/" in k})
+
+
 def markdown(summary):
   lines = ["| row | map | AUC | AP | pointing (chance) | energy (chance) | deletion AUC (random) |",
            "|---|---|---|---|---|---|---|"]
   for row, s in summary.items():
-    maps = sorted({k.split("/")[0] for k in s if "/" in k}) or ["-"]
+    maps = _maps(s) or ["-"]
     for i, m in enumerate(maps):
       head = [row, m, _fmt(s["auc"]), _fmt(s["ap"])] if i == 0 else ["", m, "", ""]
       lines.append("| " + " | ".join(head + [
@@ -212,7 +227,7 @@ def markdown(summary):
             "| row | map | pointing - chance | energy / chance | random - deletion AUC |",
             "|---|---|---|---|---|"]
   for row, s in summary.items():
-    for m in sorted({k.split("/")[0] for k in s if "/" in k}):
+    for m in _maps(s):
       lines.append(f"| {row} | {m} | " + " | ".join(_fmt(s.get(f"{m}/{k}")) for k in CORRECTED)
                    + " |")
   return "\n".join(lines)
@@ -232,24 +247,32 @@ def main(argv=None):
   parser.add_argument("--dry_run", action="store_true", help="print the commands only")
   args = parser.parse_args(argv)
   args.out = os.path.abspath(args.out)
-  rows = ([parse_row(r) for r in args.rows.split(",") if r] if args.rows
-          else [(table, row, {}) for table, row in all_rows()])
+  specs = [r for r in args.rows.split(",") if r]
+  rows, problems = [], []
+  for spec in specs:
+    try:
+      rows.append(parse_row(spec))
+    except ValueError as e:
+      problems.append(str(e))
+  if problems:
+    parser.error("--rows: " + "; ".join(problems))
+  rows = rows if specs else [(table, row, {}) for table, row in all_rows()]
   seeds = [int(s) for s in args.seeds.split(",") if s]
   summary = {}
   for table, row, overrides in rows:
-    results = [run_one(table, row, overrides, seed, args, extra) for seed in seeds]
+    prepared = prepare_row(table, row, overrides, args)
+    results = [run_one(prepared, seed, args, extra) for seed in seeds]
     results = [r for r in results if r is not None]
     if results:
       summary[row_name(table, row, overrides)] = summarize(results)
   if summary:
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-      json.dump({"difficulty": args.difficulty, "seeds": seeds, "extra_args": extra,
-                 "num_images": args.num_images, "rows": summary,
-                 "separations": separations(summary)}, f, indent=1)
+    separated = separations(summary)
+    fileio.write_json(os.path.join(args.out, "summary.json"), {
+        "difficulty": args.difficulty, "seeds": seeds, "extra_args": extra,
+        "num_images": args.num_images, "rows": summary, "separations": separated})
     print(markdown(summary))
     print("\nSeparated by more than the seed std (mean - std of one above mean + std of the other):")
-    for metric, a, b, mean_a, mean_b in separations(summary):
+    for metric, a, b, mean_a, mean_b in separated:
       print(f"  {metric}: {a} {mean_a:.3f} > {b} {mean_b:.3f}")
 
 

@@ -99,3 +99,12 @@ def test_summarize_and_markdown(compare):
   assert softmax["auc"]["mean"] == 0.7 and softmax["ap"]["mean"] == 0.6
   table = compare.markdown({"gaze:thesis": s})
   assert "| gaze:thesis | gaze0 | 0.850 ± 0.071 |" in table
+
+
+def test_bad_row_specs_are_named_together_before_anything_runs(compare, tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    compare.main([f"--out={tmp_path}", "--rows=gaze.py,gaze.py:thesis,cin.py:F@data.target",
+                  "--dry_run"])
+  err = capsys.readouterr().err
+  assert "'gaze.py': expected table.py:row" in err and "'cin.py:F@data.target'" in err
+  assert not os.listdir(tmp_path)
