@@ -103,7 +103,7 @@ def scalar_summaries(prefix, result):
   out = {f"{prefix}/{k}": v for k, v in result["losses"].items()}
   for section in ("diagnosis", "report"):
     for k, v in result.get(section, {}).items():
-      if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+      if _is_number(v):
         out[f"{prefix}/{k}" if section == "diagnosis" else f"{prefix}/{section}/{k}"] = float(v)
   out.update(_numeric_leaves(f"{prefix}/explanation", result.get("explanation", {})))
   return out
@@ -116,9 +116,13 @@ def _numeric_leaves(prefix, tree):
     key = prefix if k == "maps" else f"{prefix}/{k}"
     if isinstance(v, dict):
       out.update(_numeric_leaves(key, v))
-    elif isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+    elif _is_number(v):
       out[key] = float(v)
   return out
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
 
 
 def explain_split(model_lib, module, config, state, datasets, split, loss_stats, out_dir):

@@ -186,16 +186,17 @@ class ExampleLoader:
     if masks.shape[-1] != MASK_CHANNELS:
       raise ValueError(f"record {record.get('id', index)}: {masks.shape[-1]} mask channels, "
                        f"expected 1 + {schema.NUM_ATTRIBUTES}")
+    has_evidence = record.get("has_evidence_mask", False)
     image = ablate_evidence(resize_image(image, image_box, self.image_size), masks[..., 0],
-                            record["has_lesion_mask"], evidence,
-                            record.get("has_evidence_mask", False), self.evidence_ablation)
+                            record["has_lesion_mask"], evidence, has_evidence,
+                            self.evidence_ablation)
     return {
         "image": image,
         "masks": masks,
         "has_lesion_mask": np.float32(record["has_lesion_mask"]),
         "has_attributes": np.float32(record["has_attributes"]),
         "evidence_mask": np.ascontiguousarray(evidence),
-        "has_evidence_mask": np.float32(record.get("has_evidence_mask", False)),
+        "has_evidence_mask": np.float32(has_evidence),
         "label": np.int32(target_label(record, self.target)),
         "melanoma": np.int32(record["melanoma"]),
         "age": np.float32(record.get("age", math.nan)),

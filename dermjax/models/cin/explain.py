@@ -56,7 +56,7 @@ def explain(outputs, batch, images, ids, config, out_dir):
         panels.append(visualize.overlay_mask(shown, masks[i], color=(0, 255, 0)))
       panels.append(visualize.overlay_heatmap(shown, np.asarray(outputs["lesion_map"][i], np.float32)))
       fileio.save_npy(os.path.join(out_dir, f"{example_id}_lesion_map.npy"),
-              np.asarray(outputs["lesion_map"][i], np.float32))
+                      np.asarray(outputs["lesion_map"][i], np.float32))
       fileio.save_npy(os.path.join(out_dir, f"{example_id}_box.npy"), np.asarray(outputs["crop_box"][i], np.float32))
     if "q" in outputs:
       seen = (crop_image(images[i], outputs["crop_box"][i], shown.shape[:2]) if "crop_box" in outputs

@@ -25,7 +25,7 @@ def save_overlays(maps: dict, images, ids, out_dir, masks=None):
       heat = np.asarray(heat[i], np.float32)
       panels.append(visualize.overlay_heatmap(image, heat))
       fileio.save_npy(os.path.join(out_dir, f"{example_id}_{name}.npy"),
-              visualize.resize_map(heat, np.shape(images[i])[:2]))
+                      visualize.resize_map(heat, np.shape(images[i])[:2]))
     visualize.save_png(visualize.hstack(panels), os.path.join(out_dir, f"{example_id}.png"))
 
 

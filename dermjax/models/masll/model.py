@@ -165,6 +165,6 @@ def explain(outputs, batch, images, ids, config, out_dir):
     visualize.save_png(visualize.hstack(panels), os.path.join(out_dir, f"{example_id}.png"))
     activation = np.asarray(outputs["activation_map"][i], np.float32)
     fileio.save_npy(os.path.join(out_dir, f"{example_id}_activation_map.npy"),
-            visualize.resize_map(activation, (height, width)))
+                    visualize.resize_map(activation, (height, width)))
     fileio.save_npy(os.path.join(out_dir, f"{example_id}_box.npy"),
-            np.asarray(outputs["box"][i], np.float32))
+                    np.asarray(outputs["box"][i], np.float32))
