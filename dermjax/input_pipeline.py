@@ -309,6 +309,7 @@ def create_datasets(data_config, *, mesh, workdir=None) -> Datasets:
   from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
   c = data_config
   label_key = loader_lib.target_key(c.target)
+  loader_lib.check_evidence_ablation(c.get("evidence_ablation", "none"))  # before any writing
   if c.dir is None:
     raw_dir = ensure_synthetic(c, workdir)
     logging.warning("no dataset path given (config.data.dir); using synthetic %s data in %s",

@@ -245,6 +245,16 @@ def test_config_switch_evidence_ablation_removes_or_keeps_the_label():
   assert abs(_cv_auc(contrast("blank"), y) - 0.5) < 0.15
 
 
+def test_a_bad_evidence_ablation_fails_before_any_data_is_written(tmp_path):
+  from dermjax import config_lib, input_pipeline, train  # pylint: disable=g-import-not-at-top
+  data = config_lib.data_config()
+  data.evidence_ablation = "hide"
+  data.synthetic_dir = str(tmp_path / "synthetic")
+  with pytest.raises(ValueError, match="data.evidence_ablation must be one of"):
+    input_pipeline.create_datasets(data, mesh=train.create_mesh(), workdir=str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
 def test_label_noise_rate():
   flips = total = 0
   for _, _, diagnosis, _, d in synthetic.iter_examples(

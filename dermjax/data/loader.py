@@ -101,6 +101,13 @@ def target_key(target):
 EVIDENCE_ABLATIONS = ("none", "blank", "only")
 
 
+def check_evidence_ablation(mode: str) -> str:
+  """Returns config.data.evidence_ablation's mode; raises for an unknown one."""
+  if mode not in EVIDENCE_ABLATIONS:
+    raise ValueError(f"data.evidence_ablation must be one of {EVIDENCE_ABLATIONS}, got {mode!r}")
+  return mode
+
+
 def ablate_evidence(image, lesion, has_lesion, evidence, has_evidence, mode: str = "none"):
   """Checks that the label lives in the evidence (synthetic hard preset, issue #17).
 
@@ -114,9 +121,7 @@ def ablate_evidence(image, lesion, has_lesion, evidence, has_evidence, mode: str
   label-free). Without an evidence mask "blank" changes nothing and "only" flattens the
   whole lesion (nothing is known to carry the label).
   """
-  if mode not in EVIDENCE_ABLATIONS:
-    raise ValueError(f"data.evidence_ablation must be one of {EVIDENCE_ABLATIONS}, got {mode!r}")
-  if mode == "none" or (mode == "blank" and not has_evidence):
+  if check_evidence_ablation(mode) == "none" or (mode == "blank" and not has_evidence):
     return image
   grown = (ndimage.binary_dilation(np.asarray(evidence) > 0, np.ones((3, 3), bool))
            if has_evidence else np.zeros(image.shape[:2], bool))
