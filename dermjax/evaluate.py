@@ -24,6 +24,7 @@ from dermjax import config_lib
 from dermjax import evaluation
 from dermjax import input_pipeline
 from dermjax import train
+from dermjax import steps
 from dermjax import writers
 
 FLAGS = flags.FLAGS
@@ -37,20 +38,20 @@ def evaluate(workdir, out_dir=None, splits=None, config=None) -> dict:
   config = run.config
   out_dir = os.path.abspath(out_dir or os.path.join(workdir, "evaluate"))
   splits = tuple(splits or config.eval.splits)
-  mesh = train.create_mesh()
+  mesh = steps.create_mesh()
   # Data paths (synthetic data) resolve against the run's workdir, as in training.
   datasets = input_pipeline.create_datasets(config.data, mesh=mesh, workdir=workdir)
   stats_fn = getattr(run.model_lib, "loss_stats", None)
   loss_stats = stats_fn(datasets.stats, config) if stats_fn else {}
-  state = train.TrainState(step=jax.numpy.asarray(run.step, jax.numpy.int32),
+  state = steps.TrainState(step=jax.numpy.asarray(run.step, jax.numpy.int32),
                            params=run.variables["params"],
                            batch_stats=run.variables.get("batch_stats", {}), opt_state=None,
                            rng=jax.random.PRNGKey(config.seed))
-  state = jax.device_put(state, train.replicated(mesh))
+  state = jax.device_put(state, steps.replicated(mesh))
   eval_step = jax.jit(
-      train.make_eval_step(run.module, run.model_lib, config, loss_stats, datasets.mean,
+      steps.make_eval_step(run.module, run.model_lib, config, loss_stats, datasets.mean,
                            datasets.std),
-      in_shardings=(train.replicated(mesh), input_pipeline.batch_sharding(mesh)))
+      in_shardings=(steps.replicated(mesh), input_pipeline.batch_sharding(mesh)))
   logging.info("evaluating %s (step %d) on %s -> %s", workdir, run.step, list(splits), out_dir)
   return evaluation.evaluate_splits(config, out_dir, state, datasets, run.model_lib, run.module,
                                     loss_stats, eval_step, splits, step=run.step)

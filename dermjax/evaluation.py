@@ -24,7 +24,7 @@ each image (the dihedral group) and its "logits" become those of the mean probab
 and dermjax.evaluate.
 
 Used by the trainer (dermjax.train, at the end of training) and by dermjax.evaluate (a
-finished run's checkpoint on any split or dataset).
+finished run's checkpoint on any split or dataset); the steps it runs are dermjax.steps'.
 """
 
 import dataclasses
@@ -36,10 +36,17 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
+from PIL import Image
 
+from dermjax import checkpoint
+from dermjax import config_lib
 from dermjax import fileio
+from dermjax import input_pipeline
+from dermjax import models
+from dermjax import steps
 from dermjax import submission
 from dermjax import writers
+from dermjax.data import prepare
 from dermjax.data import schema
 from dermjax.metrics import diagnosis, faithfulness, roc
 
@@ -135,8 +142,7 @@ def explain_split(model_lib, module, config, state, datasets, split, loss_stats,
   remaining = int(config.eval.num_visualizations)
   if explain is None or remaining <= 0:
     return
-  from dermjax import train  # pylint: disable=g-import-not-at-top (train imports this module)
-  step = jax.jit(train.make_eval_step(module, model_lib, config, loss_stats, datasets.mean,
+  step = jax.jit(steps.make_eval_step(module, model_lib, config, loss_stats, datasets.mean,
                                       datasets.std, with_outputs=True))
   os.makedirs(out_dir, exist_ok=True)
   for batch in datasets.eval(split):
@@ -181,16 +187,15 @@ def explanation_split(model_lib, module, config, state, datasets, split):
   if (saliency is None or not has_evidence(datasets)
       or split not in tuple(config.eval.get("explanation_splits", ("test",)))):
     return None
-  from dermjax import train  # pylint: disable=g-import-not-at-top (train imports this module)
   mean, std = np.asarray(datasets.mean, np.float32), np.asarray(datasets.std, np.float32)
-  steps = int(config.eval.get("explanation_deletion_steps", 8))
+  num_steps = int(config.eval.get("explanation_deletion_steps", 8))
   tolerance = int(config.eval.get("explanation_tolerance", 0))
   budget = int(config.eval.get("explanation_deletion_images", 32))
   melanoma_class = _melanoma_class(datasets.class_names)
 
   def model(state, host_batch):
-    batch = train.preprocess(host_batch, state.rng, config, mean, std, train=False)
-    variables = train._variables(state.params, state.batch_stats)  # pylint: disable=protected-access
+    batch = steps.preprocess(host_batch, state.rng, config, mean, std, train=False)
+    variables = steps.model_variables(state.params, state.batch_stats)
     apply = lambda b: module.apply(variables, b, train=False)
     outputs = apply(batch)
     return batch, apply, outputs, saliency(outputs, batch, config)
@@ -209,7 +214,7 @@ def explanation_split(model_lib, module, config, state, datasets, split):
     score = lambda images: positive_score(apply({**batch, "image": images})["logits"],
                                           melanoma_class)
     key = jax.random.fold_in(jax.random.PRNGKey(0), jnp.max(batch["index"]))
-    return faithfulness.deletion_metrics(maps, batch, score, steps=steps, key=key)
+    return faithfulness.deletion_metrics(maps, batch, score, steps=num_steps, key=key)
 
   chunks, chosen, scored = [], [], None
   for batch in datasets.eval(split):
@@ -220,7 +225,7 @@ def explanation_split(model_lib, module, config, state, datasets, split):
       return None
     chunks.append(arrays)
     rows = np.flatnonzero(arrays["keep"])[:max(budget - sum(len(c["valid"]) for c in chosen), 0)]
-    if rows.size and scored and steps > 0:
+    if rows.size and scored and num_steps > 0:
       chosen.append({k: v[rows] for k, v in _gather(batch).items()})
   arrays = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
   keep = arrays.pop("keep")
@@ -237,7 +242,7 @@ def explanation_split(model_lib, module, config, state, datasets, split):
               for i in range(0, len(rows["valid"]), size)]
     curves = {k: np.concatenate([c[k] for c in curves])[:n] for k in curves[0]}
     deletion = faithfulness.summarize(curves, np.ones(n, bool))
-    section.update(deletion_steps=steps, deletion_images=deletion.pop("num_images"))
+    section.update(deletion_steps=num_steps, deletion_images=deletion.pop("num_images"))
     section["random_deletion"] = deletion.pop(faithfulness.RANDOM)
     for name, entry in deletion.items():
       section["maps"].setdefault(name, {}).update(entry)
@@ -248,7 +253,6 @@ def _pngs(directory, prefix):
   """{prefix/name: uint8 RGB image} of the PNGs in `directory` (for TensorBoard)."""
   if not os.path.isdir(directory):
     return {}
-  from PIL import Image  # Host-only.
   return {f"{prefix}/{name[:-4]}": np.asarray(Image.open(os.path.join(directory, name)).convert("RGB"))
           for name in sorted(os.listdir(directory)) if name.endswith(".png")}
 
@@ -259,8 +263,7 @@ def evaluate_splits(config, workdir, state, datasets, model_lib, module, loss_st
   under `workdir` (layout above) and, with a writer, final_<split>/* summaries at `step`.
   Returns {split: result}."""
   if int(config.eval.get("tta", 1)) > 1:
-    from dermjax import train  # pylint: disable=g-import-not-at-top (train imports this module)
-    eval_step = jax.jit(train.make_eval_step(TTAModule(module, int(config.eval.tta)), model_lib,
+    eval_step = jax.jit(steps.make_eval_step(TTAModule(module, int(config.eval.tta)), model_lib,
                                              config, loss_stats, datasets.mean, datasets.std))
   if jax.process_index() == 0:
     fileio.write_json(os.path.join(workdir, NORMALIZATION), {
@@ -390,8 +393,6 @@ def normalization(workdir, config) -> dict:
   if os.path.isfile(path):
     with open(path) as f:
       return json.load(f)
-  from dermjax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
   c = config.data
   raw = c.dir or input_pipeline.synthetic_dir(c, workdir)
   stats = prepare.load(c.prepared_dir or os.path.join(raw, "prepared"), c.layout).stats
@@ -402,9 +403,6 @@ def normalization(workdir, config) -> dict:
 def load_run(workdir: str, config=None) -> Run:
   """The run in `workdir`: its config (config.json unless `config` is given), model and the
   checkpoint the trainer evaluates at the end (best by train.checkpoint_metric, else latest)."""
-  from dermjax import checkpoint  # pylint: disable=g-import-not-at-top
-  from dermjax import config_lib  # pylint: disable=g-import-not-at-top
-  from dermjax import models  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir)
   config = config_lib.load_run_config(workdir) if config is None else config
   model_lib = models.get(config.model.name)

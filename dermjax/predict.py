@@ -31,7 +31,7 @@ from dermjax import evaluation
 from dermjax import fileio
 from dermjax import input_pipeline
 from dermjax import submission
-from dermjax import train
+from dermjax import steps
 from dermjax import writers
 from dermjax.data import augment
 from dermjax.data import loader
@@ -121,10 +121,10 @@ def predict(workdir, images, out_dir, *, tta=None, fmt="", batch_size=None, expl
   tta = int(config.eval.get("tta", 1) if tta is None else tta)
   paths = list_images(images)
   ids = image_ids(paths)
-  mesh = train.create_mesh()
+  mesh = steps.create_mesh()
   batch_size = int(batch_size or config.data.eval_batch_size)
   batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
-  rep = train.replicated(mesh)
+  rep = steps.replicated(mesh)
   sharding = input_pipeline.batch_sharding(mesh)
   step = jax.jit(make_predict_step(run, tta), in_shardings=(rep, sharding))
   variables = jax.device_put(run.variables, rep)

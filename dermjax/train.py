@@ -1,11 +1,12 @@
-"""The shared trainer: one jitted train step and eval step over a data-parallel mesh.
+"""The shared trainer: the training loop over the jitted steps of dermjax.steps.
 
 Any registered model (dermjax.models) runs under it; the model module supplies `build`,
 `loss` and optionally `loss_stats`, `eval_arrays`, `report`, `explain` (the contract in
 dermjax/models/__init__.py). Diagnosis metrics and predictions exist for models whose
-outputs hold "logits". The trainer owns the mesh, TrainState, optimiser
-(dermjax.optim), checkpoints (dermjax.checkpoint), summaries (dermjax.writers), diagnosis
-metrics (dermjax.metrics.diagnosis) and the results under the workdir:
+outputs hold "logits". The trainer owns the loop, checkpoints (dermjax.checkpoint), the
+divergence guard (dermjax.divergence), summaries (dermjax.writers) and the results under
+the workdir (written by dermjax.evaluation); the mesh, TrainState and steps are
+dermjax.steps':
 
   workdir/checkpoints/{latest,best_<metric>}/   orbax checkpoints
   workdir/tensorboard/                          event files + metrics.jsonl
@@ -14,210 +15,31 @@ metrics (dermjax.metrics.diagnosis) and the results under the workdir:
   workdir/explanations/<split>/                 the model's explain() output
 """
 
-import functools
 import math
 import os
 import signal
 import time
-from typing import Any
 
-import flax
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 from absl import logging
-from clu import metrics as clu_metrics
-from flax import traverse_util
 
 from dermjax import checkpoint as ckpt_lib
 from dermjax import config_lib
 from dermjax import divergence
 from dermjax import evaluation
 from dermjax import faults
-from dermjax import fileio
 from dermjax import input_pipeline
 from dermjax import models
 from dermjax import optim
+from dermjax import steps
 from dermjax import writers
 from dermjax import xla_cpu
-from dermjax.data import augment
-from dermjax.evaluation import run_eval, scalar_summaries, split_metrics  # noqa: F401 (re-exported)
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a restart needs besides the data position (kept in the checkpoint's meta)."""
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  rng: jax.Array   # raw uint32 key; per-step keys are fold_in(rng, step)
-
-
-def create_mesh():
-  """1-D data-parallel mesh over all devices of all processes."""
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def replicated(mesh):
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-
-def _variables(params, batch_stats):
-  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
-
-
-def _split(tree, mask):
-  """Flat {path: leaf} dicts (trainable, frozen) of a params tree by a bool mask tree."""
-  flat = traverse_util.flatten_dict(flax.core.unfreeze(tree))
-  flat_mask = traverse_util.flatten_dict(flax.core.unfreeze(mask))
-  trainable = {k: v for k, v in flat.items() if flat_mask[k]}
-  frozen = {k: v for k, v in flat.items() if not flat_mask[k]}
-  return trainable, frozen
-
-
-def _merge(trainable, frozen):
-  return traverse_util.unflatten_dict({**trainable, **frozen})
-
-
-def preprocess(batch, rng, config, mean, std, *, train: bool):
-  return augment.device_preprocess(batch, rng, mean=mean, std=std,
-                                   aug_config=config.data.augment, train=train)
-
-
-def init_variables(module, config, batch_shapes, rng, mean, std):
-  """Model variables for host batches shaped like `batch_shapes` ({name: ShapeDtypeStruct})."""
-  params_rng, dropout_rng = jax.random.split(rng)
-  host_batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_shapes.items()}
-  batch = preprocess(host_batch, params_rng, config, mean, std, train=False)
-  variables = module.init({"params": params_rng, "dropout": dropout_rng, "sample": dropout_rng},
-                          batch, train=False)
-  return flax.core.unfreeze(variables)
-
-
-def apply_pretrained(variables, model_config):
-  """dermjax.weights.apply_pretrained when config.model.pretrained is set; no-op otherwise."""
-  if not model_config.get("pretrained"):
-    return variables
-  from dermjax import weights  # Only runs with pretrained weights configured.
-  return weights.apply_pretrained(variables, model_config)
-
-
-def create_train_state(config, module, batch_shapes, *, mean, std, steps_per_epoch, mesh):
-  """(TrainState replicated on `mesh`, optax transform, trainable mask).
-
-  batch_shapes: {name: ShapeDtypeStruct} of a host batch (Datasets.batch_shapes()).
-  """
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, train_rng = jax.random.split(rng)
-  shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch_shapes.items()}
-  init = jax.jit(functools.partial(init_variables, module, config, shapes),
-                 out_shardings=replicated(mesh))
-  variables = init(init_rng, np.asarray(mean, np.float32), np.asarray(std, np.float32))
-  variables = apply_pretrained(variables, config.model)
-  params = variables["params"]
-  batch_stats = variables.get("batch_stats", {})
-  tx = optim.create_optimizer(config.optim, params, steps_per_epoch)
-  opt_state = jax.jit(tx.init, out_shardings=replicated(mesh))(params)
-  mask = optim.trainable_mask(params, config.optim)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                     opt_state=opt_state, rng=train_rng)
-  state = jax.device_put(state, replicated(mesh))
-  return state, tx, mask
-
-
-def make_train_step(module, model_lib, tx, mask, config, loss_stats, mean, std):
-  """(state, host batch) -> (state, {name: clu Average}). Gradients only for trainable params.
-
-  metrics["applied"] is 1 when the update was applied, 0 when the divergence guard
-  (divergence.update_ok) dropped it."""
-  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-
-  def train_step(state, batch):
-    step_rng = jax.random.fold_in(state.rng, state.step)
-    aug_rng, dropout_rng, sample_rng = jax.random.split(step_rng, 3)
-    batch = preprocess(batch, aug_rng, config, mean, std, train=True)
-    trainable, frozen = _split(state.params, mask)
-
-    def loss_fn(trainable):
-      params = _merge(trainable, frozen)
-      outputs, new_vars = module.apply(_variables(params, state.batch_stats), batch, train=True,
-                                       mutable=["batch_stats"],
-                                       rngs={"dropout": dropout_rng, "sample": sample_rng})
-      loss, aux = model_lib.loss(outputs, batch, config, loss_stats)
-      return loss, (aux, new_vars.get("batch_stats", state.batch_stats))
-
-    (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-    full_grads = _merge(grads, jax.tree.map(jnp.zeros_like, frozen))
-    updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
-    new_trainable, _ = _split(optax.apply_updates(state.params, updates), mask)
-    params = _merge(new_trainable, frozen)  # Frozen parameters stay bit-identical.
-    grad_norm = optax.tree.norm(grads)
-    # Divergence guard: an update from a non-finite or out-of-bounds loss / gradient is
-    # dropped (state kept bit for bit, step still advances); the host reads "applied".
-    ok = divergence.update_ok(loss, grad_norm, config.train)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-    scalars = {"loss": loss, "grad_norm": grad_norm, "applied": ok, **aux}
-    metrics = {k: clu_metrics.Average.from_model_output(jnp.asarray(v, jnp.float32))
-               for k, v in scalars.items()}
-    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                              batch_stats=keep(batch_stats, state.batch_stats),
-                              opt_state=keep(opt_state, state.opt_state))
-    return new_state, metrics
-
-  return train_step
-
-
-def make_eval_step(module, model_lib, config, loss_stats, mean, std, *, with_outputs=False):
-  """(state, host batch) -> (valid-weighted loss sums, per-example arrays[, outputs])."""
-  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-  eval_arrays = getattr(model_lib, "eval_arrays", None)
-
-  def eval_step(state, batch):
-    batch = preprocess(batch, state.rng, config, mean, std, train=False)
-    outputs = module.apply(_variables(state.params, state.batch_stats), batch, train=False)
-    loss, aux = model_lib.loss(outputs, batch, config, loss_stats)
-    count = jnp.sum(batch["valid"])
-    sums = {k: jnp.asarray(v, jnp.float32) * count for k, v in {"loss": loss, **aux}.items()}
-    sums["count"] = count
-    arrays = {"label": batch["label"], "melanoma": batch["melanoma"], "valid": batch["valid"],
-              "index": batch["index"]}
-    if "logits" in outputs:
-      arrays["logits"] = outputs["logits"].astype(jnp.float32)
-    if eval_arrays is not None:
-      extra = eval_arrays(outputs, batch, config)
-      clash = set(extra) & set(arrays)
-      if clash:
-        raise ValueError(f"{model_lib.__name__}.eval_arrays returned reserved keys {sorted(clash)}")
-      arrays.update(extra)
-    if with_outputs:
-      return sums, arrays, outputs
-    return sums, arrays
-
-  return eval_step
-
-
-def jit_steps(module, model_lib, tx, mask, config, loss_stats, mean, std, mesh):
-  """(train_step, eval_step) compiled for `mesh`: state replicated (donated to the train
-  step), batches sharded along "data". The one place the trainer and scripts/profile.py
-  get their steps from."""
-  sharding = input_pipeline.batch_sharding(mesh)
-  rep = replicated(mesh)
-  train_step = jax.jit(
-      make_train_step(module, model_lib, tx, mask, config, loss_stats, mean, std),
-      in_shardings=(rep, sharding), out_shardings=(rep, rep), donate_argnums=0)
-  eval_step = jax.jit(
-      make_eval_step(module, model_lib, config, loss_stats, mean, std),
-      in_shardings=(rep, sharding), out_shardings=(rep, sharding))
-  return train_step, eval_step
 
 
 def _flat_value(result, metric):
   """Value of "split/name" (name from losses, diagnosis or report) in {split: result}."""
   split, name = metric.split("/", 1)
-  scalars = scalar_summaries(split, result[split])
+  scalars = evaluation.scalar_summaries(split, result[split])
   if metric not in scalars:
     raise ValueError(f"config.train metric {metric!r} not found; available: {sorted(scalars)}")
   return scalars[metric]
@@ -269,7 +91,7 @@ def _train_and_evaluate(config, workdir, stop, resume_with_changed_config):
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), tracked)
   changed = config_lib.check_resume_config(config, checkpoints.latest_meta(),
                                            resume_with_changed_config)
-  mesh = create_mesh()
+  mesh = steps.create_mesh()
   datasets = input_pipeline.create_datasets(config.data, mesh=mesh, workdir=workdir)
   model_lib = models.get(config.model.name)
   module = model_lib.build(config)
@@ -280,9 +102,9 @@ def _train_and_evaluate(config, workdir, stop, resume_with_changed_config):
   if config.train.max_steps > 0:
     total_steps = min(total_steps, int(config.train.max_steps))
 
-  state, tx, mask = create_train_state(config, module, datasets.batch_shapes(), mean=datasets.mean,
-                                       std=datasets.std, steps_per_epoch=steps_per_epoch,
-                                       mesh=mesh)
+  state, tx, mask = steps.create_train_state(
+      config, module, datasets.batch_shapes(), mean=datasets.mean, std=datasets.std,
+      steps_per_epoch=steps_per_epoch, mesh=mesh)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   num_trainable = sum(x.size for x, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(mask))
                       if m)
@@ -310,8 +132,8 @@ def _train_and_evaluate(config, workdir, stop, resume_with_changed_config):
 
   writer = writers.SummaryWriter(os.path.join(workdir, "tensorboard"),
                                  enabled=jax.process_index() == 0, resume_step=start_step)
-  train_step, eval_step = jit_steps(module, model_lib, tx, mask, config, loss_stats,
-                                    datasets.mean, datasets.std, mesh)
+  train_step, eval_step = steps.jit_steps(module, model_lib, tx, mask, config, loss_stats,
+                                          datasets.mean, datasets.std, mesh)
   if config.train.save_config and jax.process_index() == 0:
     config_lib.record_config(config, workdir, start_step, changed)
 
@@ -356,10 +178,10 @@ def _train_and_evaluate(config, workdir, stop, resume_with_changed_config):
             "skipped_steps": guard.skipped, "skipped_in_a_row": guard.in_a_row}
     improved = []
     if (epoch_end and (step // steps_per_epoch) % eval_every == 0) or step == total_steps:
-      losses, arrays = run_eval(eval_step, state, datasets.eval(checkpoint_split))
-      results = {checkpoint_split: split_metrics(losses, arrays, config, model_lib,
-                                                 datasets.class_names)}
-      scalars = scalar_summaries(checkpoint_split, results[checkpoint_split])
+      losses, arrays = evaluation.run_eval(eval_step, state, datasets.eval(checkpoint_split))
+      results = {checkpoint_split: evaluation.split_metrics(losses, arrays, config, model_lib,
+                                                            datasets.class_names)}
+      scalars = evaluation.scalar_summaries(checkpoint_split, results[checkpoint_split])
       writer.write_scalars(step, scalars)
       logging.info("step %d %s: %s", step, checkpoint_split,
                    ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in sorted(scalars.items())

@@ -2,7 +2,7 @@
 
   PYTHONPATH=$PWD python scripts/benchmark_cin.py [--row cin] [--batch 4] [--steps 3] [--ablate]
 
-Times the real jitted train step (dermjax.train.make_train_step: augmentation, the frozen
+Times the real jitted train step (dermjax.steps.make_train_step: augmentation, the frozen
 stage 1, both branches, distinguish, losses, optimiser) of configs/cin.py:<row>,paper (448
 px) on random data, then the correlation block alone (two 1x1 + 3x3 branches, F' F''^T,
 eq. 2 softmax, P * F; forward + backward on ResNet-18 layer4 features [B, 14, 14, 512]) once
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dermjax import config_lib, models, optim, train
+from dermjax import config_lib, models, optim, steps
 from dermjax.data import schema
 from dermjax.models.cin.attention import LesionFeatureAttention
 
@@ -37,7 +37,7 @@ def timed(fn, *args, steps):
   return first, (time.perf_counter() - start) / steps, out
 
 
-def step_time(config, batch_size, steps):
+def step_time(config, batch_size, num_steps):
   """(compile + first step, seconds per train step) of `config` at batch `batch_size`
   (random uint8 data)."""
   model_lib = models.get(config.model.name)
@@ -50,16 +50,16 @@ def step_time(config, batch_size, steps):
                has_lesion_mask=np.ones(batch_size, np.float32))
   mean, std = np.full(3, 128.0, np.float32), np.full(3, 64.0, np.float32)
   shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
-  variables = jax.jit(lambda r: train.init_variables(module, config, shapes, r, mean, std))(
+  variables = jax.jit(lambda r: steps.init_variables(module, config, shapes, r, mean, std))(
       jax.random.PRNGKey(0))
   tx = optim.create_optimizer(config.optim, variables["params"], 100)
   mask = optim.trainable_mask(variables["params"], config.optim)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                            batch_stats=variables.get("batch_stats", {}),
                            opt_state=tx.init(variables["params"]), rng=jax.random.PRNGKey(1))
   stats = {"class_weights": np.array([0.6, 2.5], np.float32)}
-  step = jax.jit(train.make_train_step(module, model_lib, tx, mask, config, stats, mean, std))
-  first, per_step, _ = timed(lambda s, b: step(s, b)[1]["loss"].compute(), state, batch, steps=steps)
+  step = jax.jit(steps.make_train_step(module, model_lib, tx, mask, config, stats, mean, std))
+  first, per_step, _ = timed(lambda s, b: step(s, b)[1]["loss"].compute(), state, batch, steps=num_steps)
   return first, per_step
 
 

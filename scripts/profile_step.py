@@ -3,7 +3,7 @@
   python scripts/profile_step.py --config=configs/gaze.py:thesis,paper [--config.model.dtype=bfloat16]
       [--num_warmup=2] [--num_timed=5] [--xla_dump_to=DIR] [--trace_dir=DIR] [--json_out=F]
 
-The steps are the trainer's own (dermjax.train.create_train_state / make_train_step /
+The steps are the trainer's own (dermjax.steps.create_train_state / make_train_step /
 make_eval_step, jitted with the trainer's shardings and donation) on a synthetic host batch
 in the input pipeline's format (uint8 image and masks, so on-device augmentation and
 normalisation are timed too), on every device of a data-parallel mesh. Reported:
@@ -34,7 +34,7 @@ from dermjax import input_pipeline
 from dermjax import models
 from dermjax import profiling
 from dermjax.models.gaze import flops as gaze_flops
-from dermjax import train
+from dermjax import steps
 from dermjax import xla_cpu
 from dermjax.data import schema
 
@@ -83,7 +83,7 @@ def build_steps(config):
   Returns a dict: module, model_lib, state, train_step, eval_step (jax.jit-wrapped, as
   dermjax.train.train_and_evaluate jits them), batch (train batch), eval_batch.
   """
-  mesh = train.create_mesh()
+  mesh = steps.create_mesh()
   model_lib = models.get(config.model.name)
   module = model_lib.build(config)
   loss_stats_fn = getattr(model_lib, "loss_stats", None)
@@ -96,9 +96,9 @@ def build_steps(config):
   batch = jax.device_put(host, sharding)
   eval_batch = jax.device_put(eval_host, sharding)
   batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host.items()}
-  state, tx, mask = train.create_train_state(config, module, batch_shapes, mean=mean, std=std,
+  state, tx, mask = steps.create_train_state(config, module, batch_shapes, mean=mean, std=std,
                                              steps_per_epoch=100, mesh=mesh)
-  train_step, eval_step = train.jit_steps(module, model_lib, tx, mask, config, loss_stats, mean,
+  train_step, eval_step = steps.jit_steps(module, model_lib, tx, mask, config, loss_stats, mean,
                                           std, mesh)
   return {"module": module, "model_lib": model_lib, "state": state, "train_step": train_step,
           "eval_step": eval_step, "batch": batch, "eval_batch": eval_batch, "mask": mask}
@@ -151,9 +151,9 @@ def matcher_breakdown(config, train_median_s: float, *, num_warmup: int, num_tim
     if compare_steps:
       c = config.copy_and_resolve_references()
       c.loss.matcher = method
-      steps = build_steps(c)
-      compiled, _ = compile_step(steps["train_step"], steps["state"], steps["batch"])
-      _, step_times = _time_train(compiled, steps["state"], steps["batch"], num_warmup, num_timed)
+      built = build_steps(c)
+      compiled, _ = compile_step(built["train_step"], built["state"], built["batch"])
+      _, step_times = _time_train(compiled, built["state"], built["batch"], num_warmup, num_timed)
       out[method]["train_step_median_s"] = float(np.median(step_times))
   return out
 

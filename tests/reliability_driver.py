@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dermjax import checkpoint  # pylint: disable=g-import-not-at-top
 from dermjax import main
 from dermjax import models
-from dermjax import train
+from dermjax import steps
 
 models.MODELS["tiny"] = "tiny_model"
 
@@ -41,7 +41,7 @@ def _install(faults):
 
     checkpoint.Checkpoints.save_latest = save_latest_then_die
   if signals:
-    jit_steps = train.jit_steps
+    jit_steps = steps.jit_steps
 
     def jit_steps_with_signals(*args, **kwargs):
       train_step, eval_step = jit_steps(*args, **kwargs)
@@ -57,7 +57,7 @@ def _install(faults):
 
       return step_fn, eval_step
 
-    train.jit_steps = jit_steps_with_signals
+    steps.jit_steps = jit_steps_with_signals
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pytest
 from dermjax import config_lib
 from dermjax import input_pipeline
 from dermjax import optim
-from dermjax import train
+from dermjax import steps
 from dermjax.data import schema
 from dermjax.models import attnmel
 from dermjax.models.common import explain as common_explain
@@ -35,7 +35,7 @@ def test_paper_rows_see_224_in_training_and_evaluation(train_mode):
   mean = std = np.ones(3, np.float32)
 
   def forward(batch):
-    batch = train.preprocess(batch, jax.random.key(0), config, mean, std, train=train_mode)
+    batch = steps.preprocess(batch, jax.random.key(0), config, mean, std, train=train_mode)
     variables = module.init(jax.random.key(1), batch)
     return batch, module.apply(variables, batch)
 
@@ -51,7 +51,7 @@ def test_evaluation_is_the_central_window_and_explanations_match_it():
   rng = np.random.default_rng(0)
   host = {"image": rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8),
           "masks": rng.integers(0, 2, (2, 64, 64, 1 + schema.NUM_ATTRIBUTES), dtype=np.uint8)}
-  out = train.preprocess(host, jax.random.key(0), config, np.zeros(3), np.ones(3), train=False)
+  out = steps.preprocess(host, jax.random.key(0), config, np.zeros(3), np.ones(3), train=False)
   np.testing.assert_array_equal(np.asarray(out["image"]), host["image"][:, 4:60, 4:60])
   images, batch = common_explain.model_view(host["image"], host, config)
   np.testing.assert_array_equal(images, host["image"][:, 4:60, 4:60])
@@ -66,17 +66,17 @@ def test_paper_passes_per_epoch(dataset, passes):
 
 def test_passes_per_epoch_scales_steps_per_epoch_and_the_schedule(isic2017_raw, isic2017_prepared):
   prepared_dir, _ = isic2017_prepared
-  mesh = train.create_mesh()
-  steps = {}
+  mesh = steps.create_mesh()
+  steps_per_epoch = {}
   for passes in (1, 3):
     config = load_config("attnmel")
     config.data.dir, config.data.prepared_dir = isic2017_raw, prepared_dir
     config.data.batch_size = 4
     config.data.num_folds = 3         # as the fixture prepared it
     config.data.passes_per_epoch = passes
-    steps[passes] = input_pipeline.create_datasets(config.data, mesh=mesh).steps_per_epoch
-  per_pass = steps[1]
-  assert per_pass >= 1 and steps[3] == 3 * per_pass
+    steps_per_epoch[passes] = input_pipeline.create_datasets(config.data, mesh=mesh).steps_per_epoch
+  per_pass = steps_per_epoch[1]
+  assert per_pass >= 1 and steps_per_epoch[3] == 3 * per_pass
   # lr 0.01 x 0.1 every 10 epochs: the first decay comes 3x later in steps.
   for passes, spe in steps.items():
     decay_step = 10 * spe

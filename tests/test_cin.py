@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from dermjax import config_lib, input_pipeline, optim, train, weights
+from dermjax import config_lib, input_pipeline, optim, steps, weights
 from dermjax.data import loader
 from dermjax.metrics import segmentation
 from dermjax.models import cin
@@ -257,7 +257,7 @@ def test_stage1_graft_and_frozen_stage1():
 
   @jax.jit
   def update(params, batch_stats, batch):
-    prep = train.preprocess(batch, jax.random.key(3), config, mean, std, train=True)
+    prep = steps.preprocess(batch, jax.random.key(3), config, mean, std, train=True)
 
     def distinguish_loss(params):
       out, _ = module.apply({"params": params, "batch_stats": batch_stats}, prep, train=True,

@@ -23,6 +23,7 @@ import pytest
 from dermjax import config_lib
 from dermjax import models
 from dermjax import train
+from dermjax import steps
 from dermjax.data import schema
 from dermjax.models import backbones
 
@@ -82,7 +83,7 @@ def test_paper_scale_shapes(path, row, prepared_layout):
   mean = std = np.ones(3, np.float32)
 
   def forward(batch):
-    batch = train.preprocess(batch, rngs["dropout"], config, mean, std, train=True)
+    batch = steps.preprocess(batch, rngs["dropout"], config, mean, std, train=True)
     variables = module.init(rngs, batch, train=False)
     outputs, _ = module.apply(variables, batch, train=True, mutable=["batch_stats"],
                               rngs={"dropout": rngs["dropout"], "sample": rngs["sample"]})

@@ -17,6 +17,7 @@ from dermjax import evaluation
 from dermjax import input_pipeline
 from dermjax import models
 from dermjax import train
+from dermjax import steps
 from dermjax.data import schema
 from dermjax.metrics import faithfulness
 
@@ -35,7 +36,7 @@ def _tiny_hard_config(tmp_path):
 
 def test_prepared_hard_batches_carry_evidence_inside_the_lesion(tmp_path):
   config = _tiny_hard_config(tmp_path)
-  datasets = input_pipeline.create_datasets(config.data, mesh=train.create_mesh(),
+  datasets = input_pipeline.create_datasets(config.data, mesh=steps.create_mesh(),
                                             workdir=str(tmp_path))
   assert evaluation.has_evidence(datasets)
   assert datasets.stats["splits"]["test"]["num_with_evidence"] == 16
@@ -112,7 +113,7 @@ def test_saliency_hooks_trace_through_the_faithfulness_metrics(table, row, names
   mean = std = np.ones(3, np.float32)
 
   def run(host_batch):
-    batch = train.preprocess(host_batch, jax.random.key(0), config, mean, std, train=False)
+    batch = steps.preprocess(host_batch, jax.random.key(0), config, mean, std, train=False)
     variables = module.init({"params": jax.random.key(1), "dropout": jax.random.key(2),
                              "sample": jax.random.key(3)}, batch, train=False)
     apply = lambda b: module.apply(variables, b, train=False)

@@ -16,7 +16,7 @@ def _check():
   import ml_collections
   import numpy as np
 
-  from dermjax import train
+  from dermjax import steps
   import test_train
   import tiny_model
 
@@ -33,11 +33,11 @@ def _check():
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
                          axis_types=(jax.sharding.AxisType.Auto,))
-    state, tx, mask = train.create_train_state(config, module, shapes, mean=mean, std=std,
+    state, tx, mask = steps.create_train_state(config, module, shapes, mean=mean, std=std,
                                                steps_per_epoch=2, mesh=mesh)
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    rep = train.replicated(mesh)
-    step = jax.jit(train.make_train_step(module, tiny_model, tx, mask, config, {}, mean, std),
+    rep = steps.replicated(mesh)
+    step = jax.jit(steps.make_train_step(module, tiny_model, tx, mask, config, {}, mean, std),
                    in_shardings=(rep, sharding), out_shardings=(rep, rep), donate_argnums=0)
     global_batch = jax.device_put(batch, sharding)
     assert len(global_batch["image"].sharding.device_set) == len(devices)

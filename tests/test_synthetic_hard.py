@@ -246,12 +246,12 @@ def test_config_switch_evidence_ablation_removes_or_keeps_the_label():
 
 
 def test_a_bad_evidence_ablation_fails_before_any_data_is_written(tmp_path):
-  from dermjax import config_lib, input_pipeline, train  # pylint: disable=g-import-not-at-top
+  from dermjax import config_lib, input_pipeline, steps  # pylint: disable=g-import-not-at-top
   data = config_lib.data_config()
   data.evidence_ablation = "hide"
   data.synthetic_dir = str(tmp_path / "synthetic")
   with pytest.raises(ValueError, match="data.evidence_ablation must be one of"):
-    input_pipeline.create_datasets(data, mesh=train.create_mesh(), workdir=str(tmp_path))
+    input_pipeline.create_datasets(data, mesh=steps.create_mesh(), workdir=str(tmp_path))
   assert not os.listdir(tmp_path)
 
 

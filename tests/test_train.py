@@ -13,6 +13,7 @@ import batches
 from dermjax import config_lib
 from dermjax import models
 from dermjax import train
+from dermjax import steps
 from dermjax.data import schema
 
 import tiny_model  # tests/ is on sys.path (rootdir-relative import under pytest).
@@ -53,12 +54,12 @@ def _shapes(batch):
 
 
 def setup(config, batch):
-  mesh = train.create_mesh()
+  mesh = steps.create_mesh()
   module = tiny_model.build(config)
   mean, std = np.full(3, 100.0, np.float32), np.full(3, 60.0, np.float32)
-  state, tx, mask = train.create_train_state(config, module, _shapes(batch), mean=mean, std=std,
+  state, tx, mask = steps.create_train_state(config, module, _shapes(batch), mean=mean, std=std,
                                              steps_per_epoch=2, mesh=mesh)
-  step = jax.jit(train.make_train_step(module, tiny_model, tx, mask, config, {}, mean, std))
+  step = jax.jit(steps.make_train_step(module, tiny_model, tx, mask, config, {}, mean, std))
   return state, step
 
 
@@ -112,7 +113,7 @@ def test_eval_step_sums_over_valid_rows_only():
   batch = host_batch()
   state, _ = setup(config, batch)
   mean, std = np.full(3, 100.0, np.float32), np.full(3, 60.0, np.float32)
-  eval_step = jax.jit(train.make_eval_step(tiny_model.build(config), tiny_model, config, {},
+  eval_step = jax.jit(steps.make_eval_step(tiny_model.build(config), tiny_model, config, {},
                                            mean, std))
   half = dict(batch, valid=np.array([1, 1, 1, 1, 0, 0, 0, 0], np.float32))
   sums_half, arrays = eval_step(state, half)
@@ -150,9 +151,9 @@ def test_end_to_end_resume_continues_at_saved_step(tmp_path, tiny_registered):
   latest = tmp_path / "a" / "checkpoints" / "latest"
   assert sorted(os.listdir(latest)) == ["2"]
   results = run(tmp_path / "a")
-  steps = [r["step"] for r in _read_jsonl(tmp_path / "a" / "tensorboard" / "metrics.jsonl")
-           if "train/loss" in r]
-  assert steps == [1, 2, 3, 4, 5]  # The rerun started at step 3.
+  logged = [r["step"] for r in _read_jsonl(tmp_path / "a" / "tensorboard" / "metrics.jsonl")
+            if "train/loss" in r]
+  assert logged == [1, 2, 3, 4, 5]  # The rerun started at step 3.
   assert sorted(os.listdir(latest)) == ["4", "5"]  # Epoch end 4 and the last step.
   run(tmp_path / "b", full_eval=False)
 

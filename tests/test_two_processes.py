@@ -4,8 +4,8 @@ process loads only its own rows of every global batch.
 
 Each run is a subprocess of this file (XLA_FLAGS and jax.distributed must be set before JAX
 starts): the real input pipeline (dermjax.input_pipeline.create_datasets on the synthetic
-ISIC set, prepared once by the 1-process run), dermjax.train.create_train_state and the
-trainer's jitted train step (train.jit_steps), N steps. Process 0 alone writes the
+ISIC set, prepared once by the 1-process run), dermjax.steps.create_train_state and the
+trainer's jitted train step (steps.jit_steps), N steps. Process 0 alone writes the
 parameters; every process records the dataset indices its loader read and the global rows
 of the batches it holds.
 """
@@ -30,7 +30,7 @@ def _worker(mode, out_dir, data_dir, port, process_id):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2,
                                process_id=process_id)
-  from dermjax import input_pipeline, models, train
+  from dermjax import input_pipeline, models, steps
   from dermjax.data import loader
   import test_train
 
@@ -61,15 +61,15 @@ def _worker(mode, out_dir, data_dir, port, process_id):
   config.optim.update(name="sgd", momentum=0.0, learning_rate=0.1, weight_decay=0.0)
   config.optim.groups = ml_collections.ConfigDict()
   assert jax.device_count() == 4 and jax.local_device_count() == (2 if mode == "multi" else 4)
-  mesh = train.create_mesh()
+  mesh = steps.create_mesh()
   datasets = input_pipeline.create_datasets(config.data, mesh=mesh, workdir=out_dir)
   model_lib = models.get("tiny")
   module = model_lib.build(config)
   loss_stats = model_lib.loss_stats(datasets.stats, config)
-  state, tx, mask = train.create_train_state(
+  state, tx, mask = steps.create_train_state(
       config, module, datasets.batch_shapes(), mean=datasets.mean, std=datasets.std,
       steps_per_epoch=datasets.steps_per_epoch, mesh=mesh)
-  train_step, _ = train.jit_steps(module, model_lib, tx, mask, config, loss_stats,
+  train_step, _ = steps.jit_steps(module, model_lib, tx, mask, config, loss_stats,
                                   datasets.mean, datasets.std, mesh)
   held = []  # Per step: {global row: dataset index} of the rows this process holds.
   for step in range(LOOKAHEAD if mode == "single" else STEPS):
