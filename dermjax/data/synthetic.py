@@ -25,12 +25,12 @@ image's evidence mask (the pixels that decide the label) is written to
 import argparse
 import csv
 import json
-import math
 import os
 
 import numpy as np
 from PIL import Image
 
+from dermjax.data import drawing
 from dermjax.data import isic
 from dermjax.data import schema
 from dermjax.data import synthetic_hard
@@ -96,42 +96,6 @@ _SITES_2020 = ("torso", "head/neck", "upper extremity", "lower extremity", "palm
 # --- drawing ------------------------------------------------------------------------
 
 
-def superpixel_grid(rng, height, width, num_segments):
-  """Jittered-grid Voronoi partition -> int32 [H, W] indices 0..N-1 (all used).
-
-  Computed on a 2x coarser grid and upsampled, which keeps it fast.
-  """
-  h, w = (height + 1) // 2, (width + 1) // 2
-  cell = math.sqrt(h * w / num_segments)
-  rows, cols = math.ceil(h / cell), math.ceil(w / cell)
-  seeds = ((np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"), -1)
-            + rng.uniform(.15, .85, (rows, cols, 2))) * cell).astype(np.float32)
-  yy, xx = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None]
-  ci, cj = (yy // cell).astype(np.int32), (xx // cell).astype(np.int32)
-  best = np.full((h, w), np.inf, np.float32)
-  label = np.zeros((h, w), np.int32)
-  for di in (-1, 0, 1):
-    for dj in (-1, 0, 1):
-      i, j = np.clip(ci + di, 0, rows - 1), np.clip(cj + dj, 0, cols - 1)
-      dist = (yy - seeds[i, j, 0]) ** 2 + (xx - seeds[i, j, 1]) ** 2
-      closer = dist < best
-      best[closer] = dist[closer]
-      label[closer] = (i * cols + j)[closer]
-  label = label.repeat(2, 0).repeat(2, 1)[:height, :width]
-  _, label = np.unique(label, return_inverse=True)
-  return label.reshape(height, width).astype(np.int32)
-
-
-def _smooth_noise(rng, yy, xx, scale, waves=4):
-  """Sum of random plane waves -> float32 [H, W] in [-1, 1]; yy [H, 1], xx [1, W]."""
-  out = np.zeros((yy.shape[0], xx.shape[1]), np.float32)
-  for _ in range(waves):
-    k, a = rng.uniform(.5, 3.) / scale, rng.uniform(0, 2 * np.pi)
-    u, v = k * np.cos(a) * xx, k * np.sin(a) * yy + rng.uniform(0, 2 * np.pi)
-    out += np.sin(v) * np.cos(u) + np.cos(v) * np.sin(u)  # sin(u + v), separably
-  return out / waves
-
-
 def draw_lesion(rng, height, width, style, *, with_globules=True):
   """One synthetic dermoscopic image and its ground truth.
 
@@ -144,7 +108,7 @@ def draw_lesion(rng, height, width, style, *, with_globules=True):
   side = min(height, width)
   # Skin: a jittered tone, smooth shading, grain.
   skin = (np.array((222, 172, 148.)) + rng.uniform(-18, 18, 3)).astype(np.float32)
-  image = skin + 10 * _smooth_noise(rng, yy, xx, side)[..., None]
+  image = skin + 10 * drawing.smooth_noise(rng, yy, xx, side)[..., None]
   image += rng.normal(0, 3, (height, width, 1)).astype(np.float32)
 
   # Lesion shape: d < r(theta); melanomas get several lobes.
@@ -163,26 +127,26 @@ def draw_lesion(rng, height, width, style, *, with_globules=True):
 
   colour = (np.array(_COLOURS[style], np.float64) + rng.uniform(-10, 10, 3)).astype(np.float32)
   shade = (1 - np.float32(.15) * (1 - dist / radius))[..., None]  # darker centre
-  body = colour * shade + 4 * _smooth_noise(rng, yy, xx, r0)[..., None]
+  body = colour * shade + 4 * drawing.smooth_noise(rng, yy, xx, r0)[..., None]
   if style == "melanoma":  # two or three colour blobs: black and blue-grey
     for tone in ([_BLACK, _BLUE_GREY] + ([_BLACK] if rng.random() < .5 else [])):
       a = rng.uniform(0, 2 * np.pi)
       by, bx = cy + .4 * r0 * np.sin(a), cx + .4 * r0 * np.cos(a)
       blob = np.hypot(yy - by, xx - bx) < rng.uniform(.35, .55) * r0 * (
-          1 + .25 * _smooth_noise(rng, yy, xx, r0 / 3))
+          1 + .25 * drawing.smooth_noise(rng, yy, xx, r0 / 3))
       body = np.where((blob & lesion)[..., None], tone + rng.normal(0, 6, 3).astype(np.float32),
                       body)
   edge = np.clip((radius - dist) / 2.5, 0, 1)[..., None]  # soft 2-3 px border
   image = image * (1 - edge) + body * edge
 
   # Attribute regions: disjoint unions of superpixels.
-  superpixels = superpixel_grid(rng, height, width, int(rng.integers(500, 900)))
+  superpixels = drawing.superpixel_grid(rng, height, width, int(rng.integers(500, 900)))
   flat = superpixels.ravel()
   count = np.bincount(flat)
   inside = np.bincount(flat, weights=lesion.ravel()) / count
   sy = np.bincount(flat, weights=np.broadcast_to(yy, lesion.shape).ravel()) / count
   sx = np.bincount(flat, weights=np.broadcast_to(xx, lesion.shape).ravel()) / count
-  s_dist, s_theta = np.hypot(sy - cy, sx - cx), np.arctan2(sy - cy, sx - cx)
+  s_theta = np.arctan2(sy - cy, sx - cx)
   free = np.ones(len(count), bool)
   probs = _ATTRIBUTE_PROB.get(style, _DEFAULT_ATTRIBUTE_PROB)
   attributes = np.zeros((height, width, schema.NUM_ATTRIBUTES), np.uint8)

@@ -31,6 +31,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from dermjax.data import drawing
 from dermjax.data import schema
 
 _ATTR = {name: k for k, name in enumerate(schema.ATTRIBUTES)}
@@ -154,12 +155,11 @@ def draw_hard(rng, height, width, *, malignant: bool, strength: float, with_glob
   """One hard image -> the dict of synthetic.draw_lesion plus evidence_mask uint8 [H, W] 0/1
   and jpeg_quality int; with return_layers also the float images before / after the
   structures ("before_structures", "after_structures", [H, W, 3], ahead of confounders)."""
-  from dermjax.data.synthetic import _smooth_noise, superpixel_grid  # pylint: disable=g-import-not-at-top
   yy = np.arange(height, dtype=np.float32)[:, None]
   xx = np.arange(width, dtype=np.float32)[None]
   side = min(height, width)
   skin = _lerp((236, 196, 170), (150, 104, 78), rng.uniform(0, 1)) + rng.uniform(-10, 10, 3)
-  image = skin.astype(np.float32) + 10 * _smooth_noise(rng, yy, xx, side)[..., None]
+  image = skin.astype(np.float32) + 10 * drawing.smooth_noise(rng, yy, xx, side)[..., None]
   image += rng.normal(0, 3, (height, width, 1)).astype(np.float32)
 
   cy = height / 2 + rng.uniform(-.08, .08) * height
@@ -174,9 +174,9 @@ def draw_hard(rng, height, width, *, malignant: bool, strength: float, with_glob
   lesion = dist < radius
   colour = _lerp((150, 100, 72), (85, 55, 40), rng.uniform(0, 1)) + rng.uniform(-8, 8, 3)
   shade = (1 - np.float32(.15) * (1 - dist / radius))[..., None]
-  body = colour.astype(np.float32) * shade + 4 * _smooth_noise(rng, yy, xx, r0)[..., None]
+  body = colour.astype(np.float32) * shade + 4 * drawing.smooth_noise(rng, yy, xx, r0)[..., None]
 
-  superpixels = superpixel_grid(rng, height, width, int(rng.integers(500, 900)))
+  superpixels = drawing.superpixel_grid(rng, height, width, int(rng.integers(500, 900)))
   attributes = np.zeros((height, width, schema.NUM_ATTRIBUTES), np.uint8)
   chosen_all = np.zeros(int(superpixels.max()) + 1, bool)
   evidence = np.zeros((height, width), bool)
