@@ -15,6 +15,7 @@ read (so each is settable from the command line); a table adds its model's field
 
 import dataclasses
 import importlib.util
+import json
 import os
 from typing import Sequence
 
@@ -226,7 +227,6 @@ def flatten(tree, prefix=""):
 
 def config_dict(config) -> dict:
   """A ConfigDict as the plain JSON-able dict stored with checkpoints (tuples -> lists)."""
-  import json  # pylint: disable=g-import-not-at-top
   return json.loads(config.to_json_best_effort())
 
 
@@ -307,7 +307,6 @@ def _tuples(value):
 def config_from_json(text: str) -> ml_collections.ConfigDict:
   """The ConfigDict a run saved as JSON (`config.to_json_best_effort()`), rebuilt on
   base_config() so shared fields keep their types; model fields are added as saved."""
-  import json  # pylint: disable=g-import-not-at-top
   return _merge_json(base_config(), json.loads(text))
 
 

@@ -22,6 +22,7 @@ prepared dataset stores its fold assignment: --folds other than the one it was p
 with needs its own --config.data.prepared_dir.
 """
 
+import json
 import math
 import os
 
@@ -33,6 +34,8 @@ from ml_collections import config_flags
 
 from dermjax import evaluation
 from dermjax import fileio
+from dermjax import input_pipeline
+from dermjax import train
 from dermjax import writers
 
 FLAGS = flags.FLAGS
@@ -44,7 +47,6 @@ def fold_dir(workdir, fold, seed, seeds):
 
 def fold_config(config, fold, seed, folds, workdir):
   """A copy of `config` for one fold and seed of the cross-validation rooted at `workdir`."""
-  from dermjax import input_pipeline  # pylint: disable=g-import-not-at-top
   c = config.copy_and_resolve_references()
   c.data.fold, c.data.num_folds = int(fold), int(folds)
   c.seed, c.data.seed = int(config.seed) + seed, int(config.data.seed) + seed
@@ -60,7 +62,6 @@ def is_finished(run_dir, config) -> bool:
 
 def fold_row(run_dir, splits) -> dict:
   """{<split>/<metric>: float} of a finished fold (scalars of results/<split>.json)."""
-  import json  # pylint: disable=g-import-not-at-top
   row = {}
   for split in splits:
     with open(os.path.join(run_dir, "results", f"{split}.json")) as f:
@@ -122,7 +123,6 @@ def summary_markdown(summary) -> str:
 def cross_validate(config, workdir, *, folds=None, seeds=1, only_fold=None,
                    summary_only=False) -> dict:
   """Trains the unfinished folds (all, or `only_fold`) one after another, then summarises."""
-  from dermjax import train  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir)
   folds = int(folds or config.data.num_folds)
   if only_fold is not None and not 0 <= only_fold < folds:

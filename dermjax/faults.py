@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 
 from absl import logging
 
@@ -143,7 +144,6 @@ class StopSignals:
 
 
 def _main_thread() -> bool:
-  import threading  # pylint: disable=g-import-not-at-top
   return threading.current_thread() is threading.main_thread()
 
 

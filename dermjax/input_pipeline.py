@@ -16,6 +16,7 @@ decoding live in dermjax/data/loader.py.
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 from typing import Callable, Iterator
@@ -23,10 +24,14 @@ from typing import Callable, Iterator
 import grain
 import jax
 import numpy as np
+from absl import flags
 
+from dermjax.data import isic
 from dermjax.data import loader as loader_lib
+from dermjax.data import prepare
 from dermjax.data import sampling
 from dermjax.data import schema
+from dermjax.data import synthetic
 
 _ENDLESS = 2**62  # "Infinite" length of the training position stream.
 
@@ -71,7 +76,6 @@ def _finish(dataset, host_batch, *, num_threads, num_workers, prefetch):
       num_threads=max(int(num_threads), 1),
       prefetch_buffer_size=max(int(prefetch), int(num_threads), 1)))
   if num_workers:
-    from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():
       raise RuntimeError(f"data.num_workers = {num_workers} starts grain worker processes, which "
                          "need absl flags parsed: run under absl.app.run (with an "
@@ -180,7 +184,6 @@ def class_names(layout, target):
   if loader_lib.TARGETS.get(target) == "keratosis":
     return ("other", "seborrheic_keratosis")
   if target == "multiclass":
-    from dermjax.data import isic  # pylint: disable=g-import-not-at-top
     return isic.classes(layout)
   raise ValueError(f"data.target must be one of {tuple(loader_lib.TARGETS)}, got {target!r}")
 
@@ -194,8 +197,6 @@ def synthetic_dir(data_config, workdir):
 
 def ensure_synthetic(data_config, workdir) -> str:
   """Writes the synthetic dataset once (a marker file records what was written)."""
-  import json  # pylint: disable=g-import-not-at-top
-  from dermjax.data import synthetic  # pylint: disable=g-import-not-at-top
   out_dir = synthetic_dir(data_config, workdir)
   num_images = data_config.synthetic_num_images
   num_images = None if num_images is None else {k: int(v) for k, v in dict(num_images).items()}
@@ -306,7 +307,6 @@ def _take(index, positions):
 
 def create_datasets(data_config, *, mesh, workdir=None) -> Datasets:
   """config.data -> Datasets: prepares the data once (synthetic when data.dir is None)."""
-  from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
   c = data_config
   label_key = loader_lib.target_key(c.target)
   loader_lib.check_evidence_ablation(c.get("evidence_ablation", "none"))  # before any writing

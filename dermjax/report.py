@@ -25,6 +25,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from dermjax import config_lib
+from dermjax import evaluation
 from dermjax import fileio
 from dermjax import submission
 from dermjax.metrics import roc
@@ -102,8 +104,6 @@ def melanoma_scores(run_dir, split):
 
 
 def _class_names(run_dir):
-  from dermjax import config_lib  # pylint: disable=g-import-not-at-top
-  from dermjax import evaluation  # pylint: disable=g-import-not-at-top
   return evaluation.normalization(run_dir, config_lib.load_run_config(run_dir))["class_names"]
 
 

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from dermjax import checkpoint
 from dermjax.models.backbones import BACKBONES, build_backbone
 from dermjax.weight_keys import KINDS, TABLES, Field, Table  # pylint: disable=unused-import
 
@@ -337,7 +338,6 @@ def apply_pretrained(variables: Mapping[str, Any], model_config) -> dict:
     raise ValueError(f"model.pretrained={path!r} is set but model.pretrained_targets is empty; say which "
                      f"submodule loads which part of the checkpoint, e.g. {{'encoder': ''}}.")
   if os.path.isdir(os.path.join(path, "checkpoints")):
-    from dermjax import checkpoint  # pylint: disable=g-import-not-at-top
     pretrained = checkpoint.run_variables(path)
   else:
     pretrained = load_pretrained(path, model_config.pretrained_arch,

@@ -12,6 +12,7 @@ import os
 import time
 
 import numpy as np
+from absl import app
 from absl import logging
 from PIL import Image
 from tensorboard.compat.proto import event_pb2, summary_pb2
@@ -158,7 +159,6 @@ def quiet_libraries():
 def start_command(argv, flag_values, required=()):
   """The preamble of an absl command's main: no positional arguments, quiet libraries, and
   every flag named in `required` given (one UsageError naming all missing ones)."""
-  from absl import app  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   quiet_libraries()

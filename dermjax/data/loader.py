@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from dermjax.data import prepare
 from dermjax.data import schema
 from dermjax.metrics import faithfulness
 
@@ -227,7 +228,6 @@ class PreparedExampleLoader(ExampleLoader):
   def resize_masks(self, masks, box):
     """Packed codes [H, W] -> uint8 [S, S, 1+A+1] (last: evidence): nearest neighbour first,
     then unpacking (they commute, and unpacking S x S codes is far cheaper than H x W)."""
-    from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
     codes = resize_masks(masks[..., None], box, self.image_size)[..., 0]
     lesion, attributes = prepare.unpack_masks(codes)
     evidence = prepare.unpack_evidence(codes).astype(np.uint8)

@@ -31,12 +31,14 @@ import tempfile
 
 import numpy as np
 from PIL import Image
+import tensorflow_datasets as tfds
 import tqdm
 
 from dermjax.data import isic
 from dermjax.data import schema
 from dermjax.data import structures
 from dermjax.data.errors import DatasetError
+from dermjax.data.tfds_builders import isic_builder
 
 __all__ = ["DatasetError", "prepare", "load", "Prepared", "Source", "decode"]
 
@@ -236,7 +238,6 @@ class _Plan:
 
 
 def _builder(layout, data_dir):
-  from dermjax.data.tfds_builders import isic_builder  # pylint: disable=g-import-not-at-top
   return isic_builder.DermjaxIsic(config=layout, data_dir=data_dir, file_format="array_record")
 
 
@@ -313,7 +314,6 @@ def _build(layout, raw_dir, prepared_dir, plan, splits, config, num_folds, seed,
   try:
     builder = _builder(layout, os.path.join(tmp, "tfds"))
     builder.plan = plan
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     try:
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
           manual_dir=raw_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
@@ -406,7 +406,6 @@ class Prepared:
 
 def load(prepared_dir: str, layout: str) -> Prepared:
   """The dataset `prepare(layout, ..., prepared_dir)` wrote."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   path = os.path.join(prepared_dir, layout)
   if not os.path.exists(os.path.join(path, "stats.json")):
     raise FileNotFoundError(f"No prepared {layout} dataset in {path}; run "
@@ -415,7 +414,6 @@ def load(prepared_dir: str, layout: str) -> Prepared:
     stats = json.load(f)
   with open(os.path.join(path, "splits.json")) as f:
     splits = json.load(f)
-  from dermjax.data.tfds_builders import isic_builder  # pylint: disable=g-import-not-at-top
   builder_dir = os.path.join(path, "tfds", "dermjax_isic", layout, isic_builder.VERSION)
   builder = tfds.builder_from_directory(builder_dir)
   return Prepared(path, layout, stats, splits, builder)

@@ -35,9 +35,9 @@ def plot_roc_curves(curves: dict, path: str, title: str | None = None, auc_label
   """One PNG with a ROC curve per run (MASLL Fig. 3 style): labelled axes, the chance
   diagonal, a legend "name (AUC x.xxx)" (auc_labels {name: text} replaces the AUC text).
   curves: {name: {"fpr", "tpr", "auc"}}. Written atomically; returns path."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib  # lazy: matplotlib (~1 s to import) is only needed to draw this PNG
   matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt  # lazy: as above, and after matplotlib.use
   fig, ax = plt.subplots(figsize=(5.5, 5.0), dpi=120)
   for name, curve in curves.items():
     text = (auc_labels or {}).get(name, f"AUC {curve['auc']:.3f}")

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 
+from dermjax import visualize
 from dermjax.data import schema
 
 
@@ -31,7 +32,6 @@ def explain(outputs, batch, images, ids, config, out_dir) -> None:
 
   Writes <out_dir>/<id>_gaze.png and <id>_gaze.npz (attention, points, masks, classes).
   """
-  from dermjax import visualize  # Host-only drawing (PIL).
 
   del batch
   os.makedirs(out_dir, exist_ok=True)
