@@ -78,7 +78,7 @@ def test_passes_per_epoch_scales_steps_per_epoch_and_the_schedule(isic2017_raw, 
   per_pass = steps_per_epoch[1]
   assert per_pass >= 1 and steps_per_epoch[3] == 3 * per_pass
   # lr 0.01 x 0.1 every 10 epochs: the first decay comes 3x later in steps.
-  for passes, spe in steps.items():
+  for passes, spe in steps_per_epoch.items():
     decay_step = 10 * spe
     before = optim.learning_rates(config.optim, spe, decay_step - 1)
     after = optim.learning_rates(config.optim, spe, decay_step)
