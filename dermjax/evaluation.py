@@ -213,7 +213,7 @@ def explanation_split(model_lib, module, config, state, datasets, split):
   @jax.jit
   def deletion_step(state, host_batch):
     batch, apply, _, maps = model(state, host_batch)
-    score = lambda images: positive_score(apply({**batch, "image": images})["logits"],
+    score = lambda images: positive_score(apply(with_images(batch, images))["logits"],
                                           melanoma_class)
     key = jax.random.fold_in(jax.random.PRNGKey(0), jnp.max(batch["index"]))
     return faithfulness.deletion_metrics(maps, batch, score, steps=num_steps, key=key)
@@ -250,6 +250,18 @@ def explanation_split(model_lib, module, config, state, datasets, split):
     for name, entry in deletion.items():
       section["maps"].setdefault(name, {}).update(entry)
   return section
+
+
+def with_images(batch, images):
+  """The model batch with `images` [B, S, S, 3] in place of its image (deletion curves); a
+  source_image [B, R, R, 3] gets the same change, resized to R px, so a model that crops
+  from it (MASLL's crop_source "source") sees the deletion too."""
+  out = {**batch, "image": images}
+  if "source_image" in batch:
+    source = batch["source_image"]
+    out["source_image"] = source + jax.image.resize(images - batch["image"], source.shape,
+                                                    "linear")
+  return out
 
 
 def _pngs(directory, prefix):
