@@ -178,6 +178,32 @@ def test_tta_is_the_mean_over_the_dihedral_group(invariant):
     assert np.abs(np.asarray(jax.nn.sigmoid(tta["logits"]) - plain)).max() > 1e-3
 
 
+class _SourceCorner(nn.Module):
+  """Logits from one corner pixel of the image and one of the source copy (not invariant)."""
+
+  @nn.compact
+  def __call__(self, batch, train=False):
+    x, s = batch["image"], batch["source_image"]
+    return {"logits": nn.Dense(1)(jnp.concatenate([x[:, 0, 1], s[:, 2, 0]], -1))}
+
+
+def test_tta_views_transform_the_source_copy_with_the_image():
+  """The dihedral views flip / transpose a source_image (data.source_size) with the image,
+  so a model cropping from it sees one consistent view."""
+  rng = np.random.default_rng(2)
+  image = rng.normal(size=(2, 5, 5, 3)).astype(np.float32)
+  source = rng.normal(size=(2, 10, 10, 3)).astype(np.float32)
+  batch = {"image": jnp.asarray(image), "source_image": jnp.asarray(source),
+           "masks": jnp.zeros((2, 5, 5, 1), jnp.float32)}
+  module = _SourceCorner()
+  variables = module.init(jax.random.key(0), batch)
+  tta = evaluation.TTAModule(module, 8).apply(variables, batch)
+  views = [{**batch, "image": evaluation.dihedral(batch["image"], k),
+            "source_image": evaluation.dihedral(batch["source_image"], k)} for k in range(8)]
+  expected = np.mean([jax.nn.sigmoid(module.apply(variables, v)["logits"]) for v in views], 0)
+  np.testing.assert_allclose(jax.nn.sigmoid(tta["logits"]), expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("command", ["predict", "evaluate", "cv", "report"])
 def test_help(command):
   out = subprocess.run([sys.executable, "-m", f"dermjax.{command}", "--help"],
