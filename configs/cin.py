@@ -11,8 +11,9 @@
   A+F               cin         CIN(A+F)
   A+F+D, cin        cin         CIN (A+F+D), Tables 2-3
   dataset  isic2017 (default) | isic2016
-  paper    448 px, batch 32 (stage 1: 448 px, batch 16); without it CPU-sized for
-           synthetic data (64 px, batch 4, 1 epoch), same model and loss.
+  paper    the whole image resized to 448 x 448, batch 32 (stage 1: batch 16), ImageNet
+           normalisation; without it CPU-sized for synthetic data (64 px, batch 4, 1 epoch),
+           same model and loss.
 
 Two stages, chained by one flag (the rows with A need a trained stage 1):
 
@@ -40,7 +41,15 @@ Choices where the paper is silent (see also dermjax/models/cin/*.py docstrings):
   is initialised from stage 1's encoder (ImageNet ResNet-18 fine-tuned on the lesion masks;
   pretrained_targets {"branch_a/backbone": "encoder", ...}). Rows without A (baseline, F,
   D) take an ImageNet ResNet-18 checkpoint as config.model.pretrained instead.
+- Input: "The images are resized to 448 x 448" (Sec. 3.2): the whole image, squashed to
+  448 x 448 (data.resize_size = data.image_size = 448); no authors' code is public to say
+  otherwise. The centre crop used before (448 of a 512 resize, 87.5% of each side) is one
+  switch away: --config.data.resize_size=512.
 - The crop is resampled to the input size (448 px at paper scale) from the 448 px image.
+- Input normalisation (data.normalization): paper rows "imagenet" (torchvision's mean / std:
+  every ResNet-18 starts from ImageNet weights, directly or through stage 1, and the paper
+  says nothing else; both stages use the same, so the graft sees the inputs it was trained
+  on); CPU rows train from scratch and keep "dataset" (the training split's mean / std).
 - Classifier: GAP of F_A -> FC(256) -> ReLU -> FC(2) softmax; the trainer sees one logit
   log(p_1 / p_0) (model.num_classes = 1), at test time of the branches' mean probability.
   Distinguish: 1x1/3x3/3x3 convs of 256 channels with ReLU, GAP, FC(256), ReLU, dropout
@@ -137,7 +146,8 @@ def get_config(arg=None):
     epochs, batch = 60, 32
 
   if paper:
-    data.image_size, data.resize_size = 448, 512
+    data.image_size = data.resize_size = 448     # the whole image (Sec. 3.2); crop: 512.
+    data.normalization = "imagenet"              # ImageNet ResNet-18s (stage 1 and 2).
     data.batch_size, data.eval_batch_size = batch, 32
     t.num_epochs = epochs
     return config

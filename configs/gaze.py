@@ -73,6 +73,21 @@ Other choices, each with its reason:
   segmentation mAP        report "seg_map" is the thesis's class-aware eq. 20 (a mask is scored
                           against the GT of its predicted class; every unmatched mask, empty
                           ones too, is a FP); "seg_map_agnostic" the class-agnostic variant.
+  normalisation           data.normalization "dataset" in every row, paper scale included:
+                          the thesis standardises each RGB channel with the mean / std
+                          "computed over the training set" (Sec. 4.1, data pre-processing),
+                          although its encoder is ImageNet VGG-16-BN; "imagenet"
+                          (torchvision's constants) is one switch away.
+Code behaviour deliberately not reproduced:
+  structure probabilities the authors' training notebook reads the per-step class
+                          probabilities as torch.cat(out_classes, 0).view(B, T, -1): the
+                          concatenation is step-major (T blocks of B rows) and the view
+                          image-major, so for B > 1 (image b, step t) gets the row of (image
+                          (bT + t) mod B, step (bT + t) div B): another pair's probabilities
+                          (only the first and last rows are right), in its loss and metrics
+                          alike. The port reads each (image, step) pair's own row
+                          (structure_logits [B, T, S]); tests/test_gaze_model.py checks a
+                          batch against each image alone.
 
   paper: the thesis's setting: 224 px from 256, T = 5, batch 8, 20 epochs, Adam (.92, .96),
   rates encoder 0 / Attentive ConvLSTM 1e-2 / branches 1e-4, weight decay 1e-6, frozen
@@ -101,6 +116,7 @@ def thesis_config() -> ml_collections.ConfigDict:
   config.data.resize_size = 256
   config.data.batch_size = 8
   config.data.eval_batch_size = 8
+  config.data.normalization = "dataset"   # the training set's mean / std (Sec. 4.1), as text.
   aug = config.data.augment
   aug.rotation = "k90"              # thesis code: multiples of 90 degrees ("uniform": any angle).
   aug.hflip = aug.vflip = True

@@ -8,7 +8,8 @@
   masll_resnet101     Proposed method 1       masll, ResNet-101 global and local branches
   masll_densenet121   Proposed method 2       masll, DenseNet-121 global and local branches
   dataset  isic2017 (the paper's; default) | isic2016
-  paper    the paper's scale: 256 x 256 inputs (both branches), batch 15, 100 epochs, SGD.
+  paper    the paper's scale: 256 x 256 inputs (both branches), batch 15, 100 epochs, SGD;
+           ImageNet normalisation; MASLL rows crop the local branch from a 512 px copy.
   cpu      (default) the same full-width, full-depth networks on the synthetic set at 64 px,
            batch 4, 1 epoch (64 px is the smallest size whose stride-32 map is 2 x 2, so SLL
            still chooses a box).
@@ -36,7 +37,20 @@ Where the paper is silent, chosen here:
     two branches); True shares one backbone.
   - SLL: the threshold T is the mean of M (eq. 2); a constant M keeps the whole image;
     `model.min_box` (default 0: any box of at least one map cell) can enlarge tiny boxes.
-    The crop is taken from the augmented, normalised image inside the jitted step.
+  - Where the local crop comes from (`model.crop_source`): the paper crops the box "from the
+    dermoscopic image", so that a small lesion is seen at more than the 256 px input's
+    resolution (Sec. II-B). Paper rows: "source", a higher-resolution copy of the same crop
+    box shipped with every example (data.source_size = 512, uint8; augmented on device by
+    the same rotation / flips as the input, dermjax.data.augment), the box mapped onto it
+    and cropped and resized to 256 on device (one compilation). 512 is the largest side at
+    which no ISIC 2017 image is upsampled (the smallest is 540 x 722); a box covering half
+    the image side or more is then seen at full source resolution. CPU rows: "input" (crop
+    the augmented 64 px input itself: no extra detail, as before), data.source_size 0;
+    `--config.model.crop_source=source --config.data.source_size=128` runs the paper's path
+    there too. The baselines ship no copy.
+  - Input normalisation (data.normalization): paper rows "imagenet" (torchvision's mean /
+    std: both backbones are ImageNet-pretrained and the paper says nothing else); CPU rows
+    train from scratch and keep "dataset" (the training split's mean / std).
 """
 
 from dermjax import config_lib
@@ -75,6 +89,7 @@ def get_config(arg=None):
     m.fusion = "pooled"
     m.crop_size = 0                    # the input size: both branches see S x S.
     m.min_box = 0.0
+    m.crop_source = "input"            # paper rows: "source" (below).
     m.pretrained_targets = masll.pretrained_targets(share_weights=False)
   else:
     m.name = "gap_classifier"
@@ -99,6 +114,10 @@ def get_config(arg=None):
     data.image_size = data.resize_size = 256
     data.batch_size = 15
     data.eval_batch_size = 30
+    data.normalization = "imagenet"      # ImageNet-pretrained backbones.
+    if m.name == "masll":                # the local crop "from the dermoscopic image".
+      m.crop_source = "source"
+      data.source_size = 512
     t.num_epochs = 100
     return config
   return config_lib.cpu_sized(config)

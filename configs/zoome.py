@@ -41,6 +41,9 @@ Paper setting (Sec. III-IV) and the choices where it is silent or inconsistent:
   carved-out "test" split (1/5 of the set, also patient-grouped) is never trained or
   selected on. Each whole image is resized to 224 x 224 (the paper: "after augmentation
   all images are resized"; ISIC 2020's 3:2 images are squashed, nothing is cut off).
+- Input normalisation (data.normalization): paper rows "imagenet" (torchvision's mean / std:
+  every backbone starts from ImageNet weights and the paper says nothing else); CPU rows
+  train from scratch and keep "dataset" (the training split's mean / std).
 - Augmentation (on device, dermjax.data.augment): a centred crop of side 0.8-1.0 (zoom,
   zoom_centred: "randomly cropped from the central"), rotation uniform in [-30, +30] deg,
   left-right flip p = 0.5, no vertical flip; corners outside the rotated image are black
@@ -126,6 +129,7 @@ def get_config(arg=None):
 
   if parsed.paper:
     data.image_size = data.resize_size = 224
+    data.normalization = "imagenet"    # ImageNet-pretrained backbones.
     data.batch_size = 64
     data.eval_batch_size = 128
     t.num_epochs = 20

@@ -87,6 +87,16 @@ def data_config() -> ml_collections.ConfigDict:
   c.resize_size = 256
   c.crop = "resize_center_crop"   # | "center_fraction" (dermjax.data.loader.CROPS)
   c.crop_fraction = 0.8
+  # > 0: every example also carries its crop box resampled to source_size x source_size
+  # ("source_image", uint8; the same augmentation on device) for models that crop from a
+  # higher-resolution copy (MASLL's model.crop_source = "source"); 0: none.
+  c.source_size = 0
+  # Input normalisation (dermjax/data/normalization.py): "dataset" (the training split's
+  # mean/std, stats.json) | "imagenet" (torchvision's constants) | "fixed" (the two fields
+  # below, 0-1 pixel scale as torchvision's Normalize; the defaults give plain 0-1 pixels).
+  c.normalization = "dataset"
+  c.normalization_mean = (0.0, 0.0, 0.0)
+  c.normalization_std = (1.0, 1.0, 1.0)
   c.target = "melanoma"           # | "seborrheic_keratosis" ("keratosis") | "multiclass" (data/loader.py TARGETS)
   c.batch_size = 8                # global, over all processes and devices.
   c.eval_batch_size = 8

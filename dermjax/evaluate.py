@@ -8,7 +8,9 @@ prepared dataset) and the checkpoint the trainer evaluates at the end (best by
 train.checkpoint_metric), and writes what the end of training writes (dermjax.evaluation):
 DIR/results/<split>.json, DIR/predictions/<split>.npz (+ the ISIC submission CSV),
 DIR/explanations/<split>/. DIR defaults to W/evaluate, so the run's own files stay as
-they are; on the run's own data it reproduces W/results/<split>.json.
+they are; on the run's own data it reproduces W/results/<split>.json. Inputs are normalised
+as the run was trained (W/results/normalization.json: its mode, mean and std), whatever
+dataset is evaluated.
 """
 
 import os
@@ -39,8 +41,11 @@ def evaluate(workdir, out_dir=None, splits=None, config=None) -> dict:
   out_dir = os.path.abspath(out_dir or os.path.join(workdir, "evaluate"))
   splits = tuple(splits or config.eval.splits)
   mesh = steps.create_mesh()
-  # Data paths (synthetic data) resolve against the run's workdir, as in training.
-  datasets = input_pipeline.create_datasets(config.data, mesh=mesh, workdir=workdir)
+  # Data paths (synthetic data) resolve against the run's workdir, as in training; inputs
+  # are normalised as the run was trained.
+  datasets = input_pipeline.create_datasets(
+      config.data, mesh=mesh, workdir=workdir,
+      normalization={"mode": run.normalization, "mean": run.mean, "std": run.std})
   stats_fn = getattr(run.model_lib, "loss_stats", None)
   loss_stats = stats_fn(datasets.stats, config) if stats_fn else {}
   state = steps.TrainState(step=jax.numpy.asarray(run.step, jax.numpy.int32),

@@ -7,7 +7,8 @@ predictions and explanations, written under a workdir:
   workdir/predictions/<split>.npz    ids, scores, logits, labels, melanoma
   workdir/explanations/<split>/      the model's explain() output
   workdir/predictions/<split>_<format>.csv   ISIC challenge submission (dermjax.submission)
-  workdir/results/normalization.json the run's preprocessing constants (mean, std, classes)
+  workdir/results/normalization.json the run's preprocessing constants (normalisation mode,
+                                     mean, std; classes)
 
 Explanation faithfulness: where the prepared data carry evidence masks (the synthetic
 `hard` preset) and the model has the `saliency` hook, every map it returns is scored by
@@ -46,6 +47,7 @@ from dermjax import models
 from dermjax import steps
 from dermjax import submission
 from dermjax import writers
+from dermjax.data import normalization as normalization_lib
 from dermjax.data import prepare
 from dermjax.data import schema
 from dermjax.metrics import diagnosis, faithfulness, roc
@@ -211,7 +213,7 @@ def explanation_split(model_lib, module, config, state, datasets, split):
   @jax.jit
   def deletion_step(state, host_batch):
     batch, apply, _, maps = model(state, host_batch)
-    score = lambda images: positive_score(apply({**batch, "image": images})["logits"],
+    score = lambda images: positive_score(apply(with_images(batch, images))["logits"],
                                           melanoma_class)
     key = jax.random.fold_in(jax.random.PRNGKey(0), jnp.max(batch["index"]))
     return faithfulness.deletion_metrics(maps, batch, score, steps=num_steps, key=key)
@@ -236,7 +238,8 @@ def explanation_split(model_lib, module, config, state, datasets, split):
   if chosen:
     rows = {k: np.concatenate([c[k] for c in chosen]) for k in chosen[0]}
     size, n = int(config.data.eval_batch_size), len(rows["valid"])
-    pad = schema.padding_batch(int(config.data.image_size), -n % size)
+    pad = schema.padding_batch(int(config.data.image_size), -n % size,
+                               source_size=int(config.data.get("source_size", 0)))
     rows = {k: np.concatenate([v, pad[k]]) for k, v in rows.items()}
     curves = [_gather(deletion_step(state, {k: v[i:i + size] for k, v in rows.items()}))
               for i in range(0, len(rows["valid"]), size)]
@@ -247,6 +250,18 @@ def explanation_split(model_lib, module, config, state, datasets, split):
     for name, entry in deletion.items():
       section["maps"].setdefault(name, {}).update(entry)
   return section
+
+
+def with_images(batch, images):
+  """The model batch with `images` [B, S, S, 3] in place of its image (deletion curves); a
+  source_image [B, R, R, 3] gets the same change, resized to R px, so a model that crops
+  from it (MASLL's crop_source "source") sees the deletion too."""
+  out = {**batch, "image": images}
+  if "source_image" in batch:
+    source = batch["source_image"]
+    out["source_image"] = source + jax.image.resize(images - batch["image"], source.shape,
+                                                    "linear")
+  return out
 
 
 def _pngs(directory, prefix):
@@ -267,7 +282,8 @@ def evaluate_splits(config, workdir, state, datasets, model_lib, module, loss_st
                                              config, loss_stats, datasets.mean, datasets.std))
   if jax.process_index() == 0:
     fileio.write_json(os.path.join(workdir, NORMALIZATION), {
-        "mean": datasets.mean, "std": datasets.std, "class_names": list(datasets.class_names),
+        "mode": datasets.normalization["mode"], "mean": datasets.mean, "std": datasets.std,
+        "class_names": list(datasets.class_names),
         "layout": datasets.layout, "target": config.data.target})
   fmt = submission.format_for(config.eval.get("submission", ""), config.data.layout)
   results = {}
@@ -345,8 +361,8 @@ def mean_probability_logits(logits):
 class TTAModule:
   """A flax module's `apply` with test-time augmentation: outputs of the untransformed batch,
   "logits" replaced by mean_probability_logits over the first `n` dihedral views of image
-  and masks. The views run one after another (jax.lax.map: one compiled model body), so
-  the batch the model sees is unchanged."""
+  and masks (and source_image, where the batch has one). The views run one after another
+  (jax.lax.map: one compiled model body), so the batch the model sees is unchanged."""
 
   def __init__(self, module, n: int = 8):
     if not 1 <= n <= 8:
@@ -358,7 +374,7 @@ class TTAModule:
     if self.n == 1 or "logits" not in outputs:
       return outputs
     views = {k: jnp.stack([dihedral(batch[k], i) for i in range(1, self.n)])
-             for k in ("image", "masks")}
+             for k in ("image", "masks", "source_image") if k in batch}
     logits = jax.lax.map(
         lambda v: self.module.apply(variables, {**batch, **v}, train=train, **kwargs)["logits"],
         views)
@@ -373,7 +389,8 @@ class TTAModule:
 @dataclasses.dataclass
 class Run:
   """A finished run, ready for inference. variables: {"params", "batch_stats"} (numpy);
-  mean, std: float32 [3] (0-255); step / meta: of the restored checkpoint."""
+  mean, std: float32 [3] (0-255) of its normalisation `normalization` (mode: "dataset" |
+  "imagenet" | "fixed"); step / meta: of the restored checkpoint."""
   workdir: str
   config: object
   model_lib: object
@@ -384,19 +401,24 @@ class Run:
   class_names: tuple
   step: int
   meta: dict
+  normalization: str = "dataset"
 
 
 def normalization(workdir, config) -> dict:
-  """{"mean", "std", "class_names"} of a run: results/normalization.json, or (runs written
-  before it existed) the stats of the prepared dataset its config names."""
+  """{"mode", "mean", "std", "class_names"} of a run: results/normalization.json (a record
+  without "mode" is "dataset"), or (runs written before it existed) config.data.normalization
+  with the stats of the prepared dataset its config names."""
   path = os.path.join(workdir, NORMALIZATION)
   if os.path.isfile(path):
     with open(path) as f:
-      return json.load(f)
+      record = json.load(f)
+    return {**record, **normalization_lib.from_record(record)}
   c = config.data
-  raw = c.dir or input_pipeline.synthetic_dir(c, workdir)
-  stats = prepare.load(c.prepared_dir or os.path.join(raw, "prepared"), c.layout).stats
-  return {"mean": stats["mean"], "std": stats["std"],
+  stats = None
+  if c.get("normalization", "dataset") == "dataset":
+    raw = c.dir or input_pipeline.synthetic_dir(c, workdir)
+    stats = prepare.load(c.prepared_dir or os.path.join(raw, "prepared"), c.layout).stats
+  return {**normalization_lib.normalization(c, stats),
           "class_names": list(input_pipeline.class_names(c.layout, c.target))}
 
 
@@ -415,4 +437,4 @@ def load_run(workdir: str, config=None) -> Run:
              variables=variables, mean=np.asarray(norm["mean"], np.float32).reshape(3),
              std=np.asarray(norm["std"], np.float32).reshape(3),
              class_names=tuple(norm["class_names"]), step=int(meta.get("step", state["step"])),
-             meta=meta)
+             meta=meta, normalization=norm["mode"])

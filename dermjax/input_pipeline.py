@@ -28,6 +28,7 @@ from absl import flags
 
 from dermjax.data import isic
 from dermjax.data import loader as loader_lib
+from dermjax.data import normalization as normalization_lib
 from dermjax.data import prepare
 from dermjax.data import sampling
 from dermjax.data import schema
@@ -227,19 +228,21 @@ class Datasets:
   source(split)    random-access records at original resolution, in ids[split] order
   ids              {split: [id, ...]}; a batch's `index` points into it
   num_examples, steps_per_epoch (data.passes_per_epoch x batches per pass), stats
-  (stats.json), mean, std (float32 [3], 0-255), layout, class_names, sharding (of every
-  batch array)
+  (stats.json), normalization ({"mode", "mean", "std"}: data.normalization's, or the one
+  given, e.g. a finished run's), mean, std (its float32 [3], 0-255), layout, class_names,
+  sharding (of every batch array)
   """
 
   def __init__(self, *, data_config, mesh, loaders, sources, ids, stats, train_classes,
-               train_melanoma):
+               train_melanoma, normalization=None):
     c = data_config
     self.config = c
     self.layout = c.layout
     self.class_names = class_names(c.layout, c.target)
     self.stats = stats
-    self.mean = np.asarray(stats["mean"], np.float32).reshape(3)
-    self.std = np.asarray(stats["std"], np.float32).reshape(3)
+    self.normalization = (normalization_lib.normalization(c, stats) if normalization is None
+                          else normalization_lib.from_record(normalization))
+    self.mean, self.std = self.normalization["mean"], self.normalization["std"]
     self.ids = {split: list(v) for split, v in ids.items()}
     self.num_examples = {split: len(v) for split, v in self.ids.items()}
     self.sharding = batch_sharding(mesh)
@@ -275,7 +278,8 @@ class Datasets:
   def batch_shapes(self, train=True) -> dict:
     """jax.ShapeDtypeStruct per batch entry (global shapes), e.g. for model init."""
     size = self.config.batch_size if train else self.config.eval_batch_size
-    spec = schema.batch_spec(self.config.image_size, size)
+    spec = schema.batch_spec(self.config.image_size, size,
+                             source_size=self.config.get("source_size", 0))
     return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=self.sharding)
             for k, (shape, dtype) in spec.items()}
 
@@ -305,11 +309,17 @@ def _take(index, positions):
   return {k: [v[i] for i in positions] if k == "ids" else v[positions] for k, v in index.items()}
 
 
-def create_datasets(data_config, *, mesh, workdir=None) -> Datasets:
-  """config.data -> Datasets: prepares the data once (synthetic when data.dir is None)."""
+def create_datasets(data_config, *, mesh, workdir=None, normalization=None) -> Datasets:
+  """config.data -> Datasets: prepares the data once (synthetic when data.dir is None).
+
+  normalization: {"mode", "mean", "std"} to use instead of data.normalization's (a finished
+  run's record: dermjax.evaluate normalises as the run was trained)."""
   c = data_config
   label_key = loader_lib.target_key(c.target)
-  loader_lib.check_evidence_ablation(c.get("evidence_ablation", "none"))  # before any writing
+  # Bad values fail before any writing.
+  loader_lib.check_evidence_ablation(c.get("evidence_ablation", "none"))
+  normalization_lib.check(c)
+  loader_lib.check_source_size(c)
   if c.dir is None:
     raw_dir = ensure_synthetic(c, workdir)
     logging.warning("no dataset path given (config.data.dir); using synthetic %s data in %s",
@@ -345,4 +355,4 @@ def create_datasets(data_config, *, mesh, workdir=None) -> Datasets:
   return Datasets(data_config=c, mesh=mesh, loaders=loaders, sources=records,
                   ids={s: v["ids"] for s, v in index.items()}, stats=prepared.stats,
                   train_classes=index["train"][label_key],
-                  train_melanoma=index["train"]["melanoma"])
+                  train_melanoma=index["train"]["melanoma"], normalization=normalization)

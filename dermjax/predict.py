@@ -4,8 +4,8 @@
       [--tta=8] [--format=isic2017|auto] [--batch_size=32] [--explain=true]
 
 PATH: JPEG/PNG files or folders (searched recursively), any number, size and aspect. The
-run's best checkpoint and its own preprocessing (config.json's crop/resize, the training
-split's mean/std) are used, in fixed-size batches (the last one padded: one compilation).
+run's best checkpoint and its own preprocessing (config.json's crop/resize and source copy,
+the normalisation recorded in results/normalization.json) are used, in fixed-size batches (the last one padded: one compilation).
 Writes:
 
   DIR/predictions.csv          image, melanoma (when the model has a melanoma class), the
@@ -68,18 +68,19 @@ def image_ids(paths) -> list[str]:
           for s, p in zip(stems, paths)]
 
 
-def load_image(path, data_config):
-  """An image file -> uint8 [S, S, 3], cropped and resized as the input pipeline does for
-  the prepared dataset (loader.decode_jpeg_for + resize_image). Raises on a bad file."""
+def load_image(path, data_config) -> dict:
+  """An image file -> {"image": uint8 [S, S, 3]} (+ "source_image" [R, R, 3] with
+  data.source_size R), cropped and resized as the input pipeline does for the prepared
+  dataset (loader.decode_jpeg_for + host_images). Raises on a bad file."""
   c = data_config
-  size = int(c.image_size)
+  size, source_size = int(c.image_size), loader.check_source_size(c)
   box_fn = lambda h, w: loader.crop_box(h, w, image_size=size,
                                                 resize_size=int(c.resize_size), crop=c.crop,
                                                 crop_fraction=float(c.crop_fraction))
   with open(path, "rb") as f:
     data = f.read()
-  image, box = loader.decode_jpeg_for(data, box_fn, size)
-  return loader.resize_image(image, box, size)
+  image, box = loader.decode_jpeg_for(data, box_fn, max(size, source_size))
+  return loader.host_images(image, box, size, source_size)
 
 
 def _read(path, data_config):
@@ -143,16 +144,19 @@ def predict(workdir, images, out_dir, *, tta=None, fmt="", batch_size=None, expl
   for b in range(num_batches):
     read = [f.result() for f in pending]
     pending = submit(b + 1) if b + 1 < num_batches else []
-    batch = schema.padding_batch(int(config.data.image_size), batch_size)
+    batch = schema.padding_batch(int(config.data.image_size), batch_size,
+                                 source_size=int(config.data.get("source_size", 0)))
     rows = []
-    for j, (image, error) in enumerate(read):
+    for j, (images, error) in enumerate(read):
       i = b * batch_size + j
       if error is not None:
         errors.append((paths[i], error))
         logging.warning("cannot read %s: %s", paths[i], error)
         continue
       r = len(rows)
-      batch["image"][r], batch["valid"][r], batch["index"][r] = image, 1.0, i
+      for name, image in images.items():
+        batch[name][r] = image
+      batch["valid"][r], batch["index"][r] = 1.0, i
       rows.append(i)
     if rows:
       outputs = jax.tree.map(np.asarray, step(variables, batch))

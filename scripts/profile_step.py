@@ -55,7 +55,7 @@ def synthetic_host_batch(config, batch_size: int, seed: int = 0) -> dict:
   random labels and metadata, valid 1."""
   rng = np.random.default_rng(seed)
   s = int(config.data.image_size)
-  batch = schema.padding_batch(s, batch_size)
+  batch = schema.padding_batch(s, batch_size, source_size=int(config.data.get("source_size", 0)))
   num_classes = max(int(config.model.num_classes), 2)
   masks = batch["masks"]
   for b in range(batch_size):
@@ -73,6 +73,8 @@ def synthetic_host_batch(config, batch_size: int, seed: int = 0) -> dict:
       "site": rng.integers(0, len(schema.SITES), batch_size),
       "valid": np.ones(batch_size), "index": np.arange(batch_size),
   }
+  if "source_image" in batch:   # the higher-resolution copy (data.source_size)
+    random["source_image"] = rng.integers(0, 256, batch["source_image"].shape)
   batch.update({k: v.astype(batch[k].dtype) for k, v in random.items()})
   return batch
 

@@ -238,3 +238,79 @@ def test_rotation_modes_and_crop_errors():
     _run(batch, jax.random.key(0), dict(OFF, rotation="k45"))
   with pytest.raises(ValueError, match="crop_size"):
     _run(batch, jax.random.key(0), dict(OFF, crop_size=64))
+
+
+# --- the source copy (data.source_size: MASLL's crop "from the dermoscopic image") ----------
+
+
+def _blob(size, centre, sigma):
+  yy, xx = np.mgrid[:size, :size].astype(np.float64)
+  return np.exp(-((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / (2 * sigma ** 2))
+
+
+def _centroid(weights):
+  yy, xx = np.mgrid[:weights.shape[0], :weights.shape[1]]
+  return np.array([(weights * yy).sum(), (weights * xx).sum()]) / weights.sum()
+
+
+@pytest.mark.parametrize("aug,source", [
+    (dict(FULL, zoom=(0.7, 1.0), fill="constant"), 24),     # any angle, zoom: 1.5 x the image
+    (dict(OFF, rotation="k90", hflip=True, vflip=True, crop_size=12), 32),  # exact, 2 x
+])
+def test_a_marked_pixel_lands_in_the_same_place_in_image_and_source(aug, source):
+  """One marked spot per example (a small Gaussian, off-centre), drawn in the 16 px image and
+  at the same place in the source copy: after the random transform its centroid in the
+  source is the image's centroid at the source's scale (y' = k (y + 1/2) - 1/2)."""
+  size, batch = 16, 8
+  k = source / size
+  spots = [(4.0, 10.0), (11.0, 5.0), (5.0, 5.0), (10.0, 11.0)] * 2
+  image = np.stack([_blob(size, c, 1.2) for c in spots])
+  big = np.stack([_blob(source, (k * (y + 0.5) - 0.5, k * (x + 0.5) - 0.5), 1.2 * k)
+                  for y, x in spots])
+  data = {"image": np.repeat((image * 250)[..., None], 3, -1).astype(np.uint8),
+          "source_image": np.repeat((big * 250)[..., None], 3, -1).astype(np.uint8),
+          "masks": np.zeros((batch, size, size, 1), np.uint8)}
+  out = _run(data, jax.random.key(3), aug)
+  side = aug.get("crop_size") or size
+  assert out["source_image"].shape == (batch, side * k, side * k, 3)
+  moved = 0
+  for b in range(batch):
+    at_image = _centroid(out["image"][b, ..., 0])
+    at_source = _centroid(out["source_image"][b, ..., 0])
+    np.testing.assert_allclose(at_source, k * (at_image + 0.5) - 0.5, atol=0.15 * k)
+    moved += not np.allclose(at_image, spots[b], atol=0.5)
+  assert moved >= 3, "the transforms should move the spots"
+
+
+def test_source_of_the_image_size_is_the_image_exactly():
+  """source_size == image_size: the source comes out equal to the image, in training (any
+  transform) and at evaluation (the central crop)."""
+  batch = _batch(batch=4, size=16)
+  batch["source_image"] = batch["image"].copy()
+  for aug, train in ((FULL, True), (dict(OFF, rotation="k90", crop_size=12), True),
+                     (dict(OFF, crop_size=12), False)):
+    out = _run(batch, jax.random.key(5), aug, train=train, mean=(1.0, 2.0, 3.0), std=(2.0, 2.0, 2.0))
+    np.testing.assert_allclose(out["source_image"], out["image"], atol=1e-4)
+
+
+def test_evaluation_centre_crop_of_a_double_size_source():
+  size, crop = 16, 12
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+  data = {"image": image, "masks": np.zeros((2, size, size, 1), np.uint8),
+          "source_image": image.repeat(2, 1).repeat(2, 2)}
+  out = _run(data, jax.random.key(0), dict(OFF, crop_size=crop), train=False)
+  np.testing.assert_array_equal(out["source_image"],
+                                out["image"].repeat(2, 1).repeat(2, 2))
+  with pytest.raises(ValueError, match="source_size"):
+    _run({**data, "source_image": image.repeat(2, 1).repeat(2, 2)[:, :18, :18]},  # 13.5 px
+         jax.random.key(0), dict(OFF, crop_size=crop), train=False)
+
+
+def test_rescaled_maps_send_pixel_centres_to_pixel_centres():
+  matrix = np.asarray(augment.random_affine(jax.random.key(1), FULL, 16, 16))
+  big = np.asarray(augment.rescale(jnp.asarray(matrix), 2.5))
+  for y, x in ((0.0, 0.0), (3.0, 7.0), (15.0, 2.0)):
+    here = matrix @ np.array([y, x, 1.0])
+    there = big @ np.array([2.5 * (y + 0.5) - 0.5, 2.5 * (x + 0.5) - 0.5, 1.0])
+    np.testing.assert_allclose(there[:2], 2.5 * (here[:2] + 0.5) - 0.5, atol=1e-4)

@@ -77,7 +77,7 @@ def test_paper_scale_shapes(path, row, prepared_layout):
   stats = stats_fn(prepare.load(prepared_layout(config.data.layout)[1], config.data.layout).stats,
                    config) if stats_fn else {}
   module = model_lib.build(config)
-  spec = schema.batch_spec(config.data.image_size, 2)
+  spec = schema.batch_spec(config.data.image_size, 2, source_size=config.data.source_size)
   batch = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
   rngs = {name: jax.random.key(i) for i, name in enumerate(("params", "dropout", "sample"))}
   mean = std = np.ones(3, np.float32)

@@ -128,3 +128,21 @@ def test_saliency_hooks_trace_through_the_faithfulness_metrics(table, row, names
     assert len(m.shape) == 3 and m.shape[0] == 2, (name, m.shape)
     assert metrics[f"{name}/pointing"].shape == (2,)
     assert metrics[f"{name}/deletion"].shape == (2, 3)
+
+
+def test_deletion_reaches_the_source_copy():
+  """Deletion curves change the model input; a source_image (MASLL crop_source "source")
+  gets the same change at its resolution, and is untouched where the input is."""
+  rng = np.random.default_rng(0)
+  image = rng.normal(size=(1, 8, 8, 3)).astype(np.float32)
+  source = rng.normal(size=(1, 16, 16, 3)).astype(np.float32)
+  batch = {"image": image, "source_image": source, "valid": np.ones(1, np.float32)}
+  same = evaluation.with_images(batch, image)
+  np.testing.assert_allclose(same["source_image"], source, atol=1e-6)
+  deleted = image.copy()
+  deleted[:, :4, :4] = 0.0                   # the top-left quarter painted over
+  out = evaluation.with_images(batch, deleted)
+  assert out["image"] is deleted and out["valid"] is batch["valid"]
+  changed = np.abs(np.asarray(out["source_image"]) - source).max(-1)[0] > 1e-6
+  assert changed[:6, :6].all() and not changed[10:, :].any() and not changed[:, 10:].any()
+  assert "source_image" not in evaluation.with_images({"image": image}, deleted)

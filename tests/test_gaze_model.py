@@ -135,6 +135,20 @@ def test_small_forward(small):
     np.testing.assert_allclose(u.T @ u, np.eye(1024), atol=1e-4)  # orthogonal recurrent kernel
 
 
+def test_structure_probabilities_of_each_image_and_step_are_its_own(small):
+  """structure_logits[b, t] is image b's step t, as running image b alone gives: the batch
+  never reorders (image, step) pairs (the authors' notebook's
+  torch.cat(out_classes, 0).view(B, T, -1) would hand (0, 1) and (1, 0) each other's rows;
+  configs/gaze.py: not reproduced)."""
+  config, net, variables, batch, out = small
+  alone = jax.jit(lambda b: net.apply(variables, b, train=False)["structure_logits"])
+  for b in range(2):
+    one = alone(jax.tree.map(lambda x: x[b:b + 1], batch))
+    np.testing.assert_allclose(out["structure_logits"][b], one[0], rtol=1e-4, atol=1e-5)
+  # The check can tell a reordering apart: the swapped pairs differ.
+  assert np.abs(out["structure_logits"][0, 1] - out["structure_logits"][1, 0]).max() > 1e-4
+
+
 def test_loss_and_gradients_frozen_encoder(small):
   config, net, variables, batch, _ = small
   config = config.copy_and_resolve_references()

@@ -283,10 +283,11 @@ def test_jpeg_draft_decodes_small_and_close(tmp_path):
   assert np.abs(fast - full)[..., :2].mean() < 3.0
 
 
-def test_prepared_loader_matches_the_record_loader(isic2017_prepared):
+@pytest.mark.parametrize("source_size", [0, 48])
+def test_prepared_loader_matches_the_record_loader(isic2017_prepared, source_size):
   from dermjax.data import prepare
   prepared = prepare.load(*isic2017_prepared)
-  c = _config()
+  c = _config(source_size=source_size)
   fast = loader.loader_from_config(prepared.builder.as_data_source(split="train"), c,
                                loader.PreparedExampleLoader)
   plain = loader.loader_from_config(prepared.source("train"), c)
@@ -322,6 +323,55 @@ def test_create_datasets_on_prepared_data(isic2017_prepared, isic2017_raw):
   assert seen == data.ids["validation"] and n_batches == -(-len(seen) // 5)
   shapes = data.batch_shapes(train=False)
   assert shapes["masks"].shape == (5, 32, 32, 6) and shapes["image"].dtype == np.uint8
+
+
+def test_normalization_and_source_copy_through_create_datasets(isic2017_prepared, isic2017_raw):
+  """data.normalization picks the constants the step gets (Datasets.mean / std); a given
+  record (a finished run's) wins; data.source_size adds source_image to every batch."""
+  from dermjax.data import normalization
+  prepared_dir, _ = isic2017_prepared
+  c = _config(dir=isic2017_raw, prepared_dir=prepared_dir, num_folds=3, normalization="imagenet",
+              source_size=48)
+  data = ip.create_datasets(c, mesh=_mesh())
+  assert data.normalization["mode"] == "imagenet"
+  np.testing.assert_allclose(data.mean, [123.675, 116.28, 103.53], rtol=1e-6)
+  np.testing.assert_allclose(data.std, [58.395, 57.12, 57.375], rtol=1e-6)
+  batch = next(data.train)
+  assert batch["source_image"].shape == (4, 48, 48, 3) and batch["source_image"].dtype == np.uint8
+  assert batch["source_image"].sharding == data.sharding
+  assert data.batch_shapes()["source_image"].shape == (4, 48, 48, 3)
+  padded = list(data.eval("validation"))[-1]
+  assert padded["source_image"].shape == (5, 48, 48, 3)
+  recorded = {"mode": "fixed", "mean": [1.0, 2.0, 3.0], "std": [4.0, 5.0, 6.0]}
+  data = ip.create_datasets(_config(dir=isic2017_raw, prepared_dir=prepared_dir, num_folds=3),
+                            mesh=_mesh(), normalization=recorded)
+  assert data.normalization["mode"] == "fixed" and list(data.std) == [4.0, 5.0, 6.0]
+  with pytest.raises(ValueError, match="data.normalization must be one of"):
+    ip.create_datasets(_config(dir=isic2017_raw, prepared_dir=prepared_dir, num_folds=3,
+                               normalization="imagenet21k"), mesh=_mesh())
+  assert normalization.MODES == ("dataset", "imagenet", "fixed")
+
+
+def test_source_image_is_the_same_box_at_the_source_size(records):
+  """The host ships the example's crop box a second time at data.source_size (uint8);
+  at source_size == image_size it is the image itself."""
+  big = loader.ExampleLoader(records, 16, 20, "resize_center_crop", 0.8, "melanoma",
+                             source_size=40)
+  example = big(3)
+  image = records[3]["image"]
+  box = big.box(*image.shape[:2])
+  np.testing.assert_array_equal(example["source_image"], loader.resize_image(image, box, 40))
+  np.testing.assert_array_equal(example["image"], _loader(records)(3)["image"])
+  same = loader.ExampleLoader(records, 16, 20, "resize_center_crop", 0.8, "melanoma",
+                              source_size=16)(3)
+  np.testing.assert_array_equal(same["source_image"], same["image"])
+  assert {k: v.shape for k, v in big.padding().items()} == {k: v.shape for k, v in example.items()}
+  assert schema.batch_spec(16, 2, source_size=40)["source_image"] == ((2, 40, 40, 3), np.uint8)
+  assert "source_image" not in schema.batch_spec(16, 2)
+  with pytest.raises(ValueError, match="source_size"):
+    loader.check_source_size(_config(source_size=24))          # below image_size 32
+  with pytest.raises(ValueError, match="evidence_ablation"):
+    loader.check_source_size(_config(source_size=64, evidence_ablation="blank"))
 
 
 def test_folds_split_the_training_set(isic2017_prepared, isic2017_raw):

@@ -43,10 +43,12 @@ def tiny_backbone(monkeypatch):
   monkeypatch.setitem(BACKBONES, "tiny_resnet", TINY)
 
 
-def small_model(**fields):
+def small_model(source_size=None, **fields):
   config = load_config("masll_resnet101")
   config.model.backbone = "tiny_resnet"
   config.model.update(fields)
+  if source_size or fields.get("crop_source") == "source":
+    config.data.source_size = source_size or 256
   return masll.build(config)
 
 
@@ -77,7 +79,9 @@ def test_full_size_eval_shape_of_both_branches_at_256(backbone, channels, backbo
   config = load_config(f"masll_{backbone},paper")
   assert config.data.image_size == 256 and config.data.batch_size == 15
   module = masll.build(config)
-  batch = {"image": jax.ShapeDtypeStruct((15, 256, 256, 3), jnp.float32)}
+  assert config.model.crop_source == "source" and config.data.source_size == 512
+  batch = {"image": jax.ShapeDtypeStruct((15, 256, 256, 3), jnp.float32),
+           "source_image": jax.ShapeDtypeStruct((15, 512, 512, 3), jnp.float32)}
   variables = jax.eval_shape(lambda b: module.init(jax.random.key(0), b), batch)
   outputs = jax.eval_shape(lambda v, b: module.apply(v, b), variables, batch)
   assert outputs["logits"].shape == (15, 1)
@@ -135,6 +139,76 @@ def test_forward_compiles_once_for_different_boxes():
   boxes = [np.asarray(forward(variables, images(seed=s))["box"]) for s in range(3)]
   assert len(traces) == 1
   assert len({tuple(b) for bs in boxes for b in bs}) > 1, "boxes should differ between images"
+
+
+# ----------------------------------------------------------------------------- crop source
+
+
+def lesion_with_fine_texture(source=256, size=64, seed=0):
+  """(image [1, size, size, 3], source [1, source, source, 3], box): a smooth random image
+  at `source` px with a small lesion (1/8 of the side) carrying a checkerboard of 2-px
+  squares, and the same image resized to `size` px (antialiased), where the pattern is finer
+  than a pixel and averages out."""
+  rng = np.random.default_rng(seed)
+  coarse = rng.normal(size=(1, 8, 8, 3)).astype(np.float32)
+  big = np.array(jax.image.resize(coarse, (1, source, source, 3), "linear"))
+  top, side = source // 2, source // 8
+  yy, xx = np.mgrid[:side, :side]
+  big[0, top:top + side, top:top + side] += 2.0 * (((yy // 2 + xx // 2) % 2)[..., None] - 0.5)
+  small = jax.image.resize(big, (1, size, size, 3), "linear", antialias=True)
+  box = np.array([[0.5, 0.5, 0.625, 0.625]], np.float32)
+  return small, jnp.asarray(big), box
+
+
+def fine_detail(x):
+  """Mean absolute difference of horizontally adjacent pixels (high-frequency energy)."""
+  return float(np.abs(np.diff(np.asarray(x), axis=2)).mean())
+
+
+def test_crop_from_the_source_keeps_detail_the_input_has_lost(monkeypatch):
+  """crop_source "source": the local branch crops the SLL box from the higher-resolution
+  copy; for a small lesion with fine texture the crop keeps the texture that the 64 px
+  input (and so the "input" crop) has averaged away."""
+  image, source, box = lesion_with_fine_texture()
+  monkeypatch.setattr(crop, "map_box", lambda maps, min_size=0.0: jnp.asarray(box))
+  batch = {"image": image, "source_image": source}
+  crops = {}
+  for crop_source in masll.CROP_SOURCES:
+    module = small_model(crop_source=crop_source)
+    variables = variables_for(module, batch)
+    out = jax.jit(module.apply)(variables, batch)
+    np.testing.assert_allclose(out["box"], box)
+    crops[crop_source] = out["crop"]
+  np.testing.assert_allclose(crops["source"], crop.crop_and_resize(source, box, 64), atol=1e-5)
+  np.testing.assert_allclose(crops["input"], crop.crop_and_resize(image, box, 64), atol=1e-5)
+  assert fine_detail(crops["source"]) > 5 * fine_detail(crops["input"])
+
+
+def test_source_of_the_input_size_gives_the_input_path():
+  """source_size == image_size (source_image = image): both crop sources give the same box,
+  crop and logits."""
+  x = images(size=64)
+  batch = {"image": x, "source_image": x}
+  outs = {}
+  for crop_source in masll.CROP_SOURCES:
+    module = small_model(crop_source=crop_source)
+    variables = variables_for(module, batch)
+    outs[crop_source] = jax.jit(module.apply)(variables, batch)
+  for key in ("box", "crop", "logits"):
+    np.testing.assert_allclose(outs["source"][key], outs["input"][key], atol=1e-6)
+
+
+def test_crop_source_errors():
+  with pytest.raises(ValueError, match="crop_source"):
+    small_model(crop_source="original")
+  config = load_config("masll_resnet101")
+  config.model.crop_source = "source"
+  with pytest.raises(ValueError, match="source_size"):
+    masll.build(config)
+  module = small_model(crop_source="source", source_size=64)
+  with pytest.raises(ValueError, match="source_image"):
+    jax.eval_shape(lambda b: module.init(jax.random.key(0), b),
+                   {"image": jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)})
 
 
 # ----------------------------------------------------------------------------- WFI
@@ -281,6 +355,10 @@ def test_explain_and_report(tmp_path):
   for name in ("a.png", "a_activation_map.npy", "a_box.npy", "b.png"):
     assert (tmp_path / name).exists(), name
   assert np.load(tmp_path / "a_activation_map.npy").shape == (size, size)
+  # With a source copy (crop_source "source") the crop panel comes from it.
+  source = imgs.repeat(2, 1).repeat(2, 2)
+  masll.explain(outputs, {"source_image": source}, imgs, ["a"], None, str(tmp_path / "src"))
+  assert (tmp_path / "src" / "a.png").exists()
   report = masll.report({"box": outputs["box"]}, None)
   assert report["box_area_mean"] == pytest.approx((0.25 + 1.0) / 2)
   assert report["box_whole_image_fraction"] == pytest.approx(0.5)

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -81,6 +82,54 @@ def test_evaluate_reproduces_the_runs_results(run, tmp_path):
   assert (tmp_path / "predictions" / "test_isic2017.csv").exists()
 
 
+def test_predict_and_evaluate_follow_the_runs_normalization(tmp_path_factory, tmp_path):
+  """A run trained with ImageNet normalisation records it (results/normalization.json: mode,
+  mean, std); predict and evaluate normalise the same way and reproduce its test scores.
+  A record without a mode (older runs) loads as "dataset": its scores then differ, so the
+  check can tell the two apart."""
+  from dermjax import evaluate
+  from dermjax.data import normalization
+  with trained_run.registered():
+    run = trained_run.tiny_run(tmp_path_factory, normalization="imagenet")
+    with open(os.path.join(run, "results", "normalization.json")) as f:
+      record = json.load(f)
+    assert record["mode"] == "imagenet"
+    np.testing.assert_allclose(record["mean"], np.multiply(normalization.IMAGENET_MEAN, 255),
+                               rtol=1e-6)
+    np.testing.assert_allclose(record["std"], np.multiply(normalization.IMAGENET_STD, 255),
+                               rtol=1e-6)
+    assert evaluation.load_run(run).normalization == "imagenet"
+    config = config_lib.load_run_config(run)
+    images = os.path.join(config.data.synthetic_dir, "ISIC-2017_Test_v2_Data")
+    saved = np.load(os.path.join(run, "predictions", "test.npz"))
+
+    def scores(workdir, out):
+      result = predict.predict(workdir, [images], str(tmp_path / out), explain=False)
+      by_id = dict(zip(result["ids"], result["probabilities"]["melanoma"]))
+      return np.array([by_id[i] for i in saved["ids"]])
+
+    np.testing.assert_allclose(scores(run, "predict"), saved["scores"], rtol=1e-5, atol=1e-6)
+    evaluate.evaluate(run, str(tmp_path / "evaluate"), splits=["test"])
+    with open(os.path.join(run, "results", "test.json")) as f:
+      expected = json.load(f)
+    with open(tmp_path / "evaluate" / "results" / "test.json") as f:
+      assert json.load(f) == expected
+    with open(tmp_path / "evaluate" / "results" / "normalization.json") as f:
+      assert json.load(f)["mode"] == "imagenet"
+
+    old = tmp_path / "old_run"
+    shutil.copytree(run, old)
+    (old / "results" / "normalization.json").unlink()     # runs from before the record:
+    assert evaluation.load_run(str(old)).normalization == "imagenet"   # config.json's choice
+    config.data.normalization = "dataset"
+    stats = evaluation.normalization(str(old), config)    # stats.json of the run's data
+    del record["mode"]
+    record.update(mean=stats["mean"].tolist(), std=stats["std"].tolist())
+    (old / "results" / "normalization.json").write_text(json.dumps(record))
+    assert evaluation.load_run(str(old)).normalization == "dataset"
+    assert np.abs(scores(str(old), "old") - saved["scores"]).max() > 1e-4
+
+
 def test_run_config_round_trips_for_the_tables():
   for table in ("gaze", "attnmel"):
     config = config_lib.load_config(f"configs/{table}.py")
@@ -127,6 +176,32 @@ def test_tta_is_the_mean_over_the_dihedral_group(invariant):
     np.testing.assert_allclose(jax.nn.sigmoid(tta["logits"]), plain, rtol=1e-5, atol=1e-6)
   else:
     assert np.abs(np.asarray(jax.nn.sigmoid(tta["logits"]) - plain)).max() > 1e-3
+
+
+class _SourceCorner(nn.Module):
+  """Logits from one corner pixel of the image and one of the source copy (not invariant)."""
+
+  @nn.compact
+  def __call__(self, batch, train=False):
+    x, s = batch["image"], batch["source_image"]
+    return {"logits": nn.Dense(1)(jnp.concatenate([x[:, 0, 1], s[:, 2, 0]], -1))}
+
+
+def test_tta_views_transform_the_source_copy_with_the_image():
+  """The dihedral views flip / transpose a source_image (data.source_size) with the image,
+  so a model cropping from it sees one consistent view."""
+  rng = np.random.default_rng(2)
+  image = rng.normal(size=(2, 5, 5, 3)).astype(np.float32)
+  source = rng.normal(size=(2, 10, 10, 3)).astype(np.float32)
+  batch = {"image": jnp.asarray(image), "source_image": jnp.asarray(source),
+           "masks": jnp.zeros((2, 5, 5, 1), jnp.float32)}
+  module = _SourceCorner()
+  variables = module.init(jax.random.key(0), batch)
+  tta = evaluation.TTAModule(module, 8).apply(variables, batch)
+  views = [{**batch, "image": evaluation.dihedral(batch["image"], k),
+            "source_image": evaluation.dihedral(batch["source_image"], k)} for k in range(8)]
+  expected = np.mean([jax.nn.sigmoid(module.apply(variables, v)["logits"]) for v in views], 0)
+  np.testing.assert_allclose(jax.nn.sigmoid(tta["logits"]), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("command", ["predict", "evaluate", "cv", "report"])

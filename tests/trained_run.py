@@ -3,7 +3,8 @@
   get_config(arg=None)    tests/tiny_model.py ("tiny") at 16 px on 16/8/8 synthetic ISIC
                           2017 images, 2 steps; also a config file: --config=tests/trained_run.py
   registered()            context: "tiny" in dermjax.models.MODELS
-  tiny_run(tmp_path_factory, seed=0) -> workdir of a finished run, trained once per session
+  tiny_run(tmp_path_factory, seed=0, normalization="dataset") -> workdir of a finished run,
+                          trained once per session (per seed and data.normalization)
   TESTS_DIR               add to PYTHONPATH of subprocesses that load the tiny model
 """
 
@@ -48,16 +49,19 @@ def registered():
     yield
 
 
-def tiny_run(tmp_path_factory, seed=0) -> str:
-  """Workdir of a finished tiny run (trained at the first call of the session per seed)."""
-  if seed not in _RUNS:
+def tiny_run(tmp_path_factory, seed=0, normalization="dataset") -> str:
+  """Workdir of a finished tiny run (trained at the first call of the session per seed and
+  data.normalization)."""
+  key = seed if normalization == "dataset" else (seed, normalization)
+  if key not in _RUNS:
     from dermjax import train  # pylint: disable=g-import-not-at-top
-    root = tmp_path_factory.mktemp(f"tiny_run_{seed}")
+    root = tmp_path_factory.mktemp(f"tiny_run_{seed}" + ("" if key == seed else f"_{normalization}"))
     config = get_config()
     config.seed = seed
+    config.data.normalization = normalization
     # Runs share one synthetic set, so their predictions are on the same images.
     config.data.synthetic_dir = str(tmp_path_factory.getbasetemp() / "tiny_synthetic")
     with registered():
       train.train_and_evaluate(config, str(root))
-    _RUNS[seed] = str(root)
-  return _RUNS[seed]
+    _RUNS[key] = str(root)
+  return _RUNS[key]

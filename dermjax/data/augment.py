@@ -6,7 +6,9 @@ gather per example, so the random geometric transform is identical for both:
 
   random affine (rotation, h/v flips, random crop/zoom) in output->input pixel coordinates
   -> bilinear resampling of the stacked [H, W, 3 + M] image+masks
-  -> masks thresholded at 0.5 (binary again), image normalised with the train mean/std.
+  -> masks thresholded at 0.5 (binary again), image normalised (config.data.normalization).
+An optional source_image (the same crop at a higher resolution, config.data.source_size)
+gets the same transform at its own scale (`rescale`), so a pixel lands at the same place.
 
 aug_config fields (config.data.augment; missing ones are off):
   rotation   "uniform" (angle uniform in +-max_rotation_deg) | "k90" (k x 90 degrees, k
@@ -167,11 +169,46 @@ def warp(stack, matrix, *, fill="reflect", out_shape=None):
   return out
 
 
-def augment(image, masks, rng, aug_config):
-  """Random geometric transform, identical for image and masks, independent per example.
+def rescale(matrices, scale: float):
+  """Output->input maps [..., 3, 3] between the pixel grids of an image -> the same maps
+  between the grids of that image at `scale` times the resolution (a source copy).
+
+  With pixel centres at integer coordinates, y there = scale * (y + 1/2) - 1/2 here; the
+  linear part stays, the offset becomes scale * offset + (scale - 1) / 2 * (1 - row sums).
+  Elementwise only (exact on every backend, as random_affine).
+  """
+  linear, offset = matrices[..., :2, :2], matrices[..., :2, 2]
+  offset = scale * offset + (scale - 1.0) / 2 * (1.0 - linear[..., 0] - linear[..., 1])
+  top = jnp.concatenate([linear, offset[..., None]], axis=-1)
+  bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 1.0], matrices.dtype), top.shape[:-2] + (1, 3))
+  return jnp.concatenate([top, bottom], axis=-2)
+
+
+def _source_side(side, height, source):
+  """The side at a source's scale (source / height) of `side` image pixels; must be whole."""
+  if (side * source) % height:
+    raise ValueError(f"a {source} px source_image of {height} px images has no whole-pixel "
+                     f"counterpart of a {side} px output: choose data.source_size so that "
+                     f"{side} * source_size / {height} is an integer")
+  return side * source // height
+
+
+def _warp_source(source, matrices, height, out_shape, fill):
+  """source [B, R, R, C] under image-scale maps [B, 3, 3] (images H px) -> [B, r, r, C]."""
+  scale = source.shape[1] / height
+  out = tuple(_source_side(side, height, source.shape[1]) for side in out_shape)
+  return jax.vmap(lambda s, m: warp(s, m, fill=fill, out_shape=out))(
+      source, rescale(matrices, scale))
+
+
+def augment(image, masks, rng, aug_config, source=None):
+  """Random geometric transform, identical for image, masks and source, independent per
+  example.
 
   image [B, H, W, 3] float, masks [B, H, W, M] float 0/1 -> [B, h, w, 3], [B, h, w, M] with
-  h = w = augment.crop_size if set, else (H, W); masks stay 0/1.
+  h = w = augment.crop_size if set, else (H, W); masks stay 0/1. source (optional) [B, R, R, C]
+  float: the same images at R / H times the resolution, transformed by the same maps at its
+  own scale -> [B, h R / H, w R / H, C] (None stays None). Returns (image, masks, source).
   """
   batch, height, width = image.shape[:3]
   crop = _crop_size(aug_config, height, width)
@@ -182,7 +219,14 @@ def augment(image, masks, rng, aug_config):
   stack = jnp.concatenate([image, masks.astype(image.dtype)], axis=-1)
   stack = jax.vmap(lambda s, m: warp(s, m, fill=fill, out_shape=(out_h, out_w)))(stack, matrices)
   image, masks = stack[..., :image.shape[-1]], stack[..., image.shape[-1]:]
-  return image, (masks > 0.5).astype(jnp.float32)
+  if source is not None:
+    source = _warp_source(source, matrices, height, (out_h, out_w), fill)
+  return image, (masks > 0.5).astype(jnp.float32), source
+
+
+def _centre_offsets(height, width, size):
+  """(top, left) of the central size x size window, rounded as torchvision's center_crop."""
+  return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
 
 
 def center_crop(x, size):
@@ -190,9 +234,18 @@ def center_crop(x, size):
   torchvision's center_crop; size None -> x unchanged."""
   if size is None:
     return x
-  height, width = x.shape[1:3]
-  top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+  top, left = _centre_offsets(*x.shape[1:3], size)
   return x[:, top:top + size, left:left + size]
+
+
+def _center_crop_source(source, height, width, size):
+  """The window of center_crop(images, size) in a source copy of the H x W images."""
+  if size is None:
+    return source
+  top, left = _centre_offsets(height, width, size)
+  window = jnp.array([[1.0, 0.0, top], [0.0, 1.0, left], [0.0, 0.0, 1.0]], jnp.float32)
+  matrices = jnp.broadcast_to(window, (source.shape[0], 3, 3))
+  return _warp_source(source, matrices, height, (size, size), "reflect")
 
 
 def device_preprocess(batch, rng, *, mean, std, aug_config, train: bool):
@@ -203,21 +256,30 @@ def device_preprocess(batch, rng, *, mean, std, aug_config, train: bool):
   example. aug_config: config.data.augment (ConfigDict or dict; missing fields are off).
   With augment.crop_size C, evaluation (train=False) takes the central C x C window and
   training a random one (see augment). An optional evidence_mask uint8 [B, H, W] becomes
-  float32 0/1 transformed like the masks. Other entries pass through unchanged. rng is
-  unused when train=False.
+  float32 0/1 transformed like the masks; an optional source_image uint8 [B, R, R, 3] (the
+  same crop at R px, data.source_size) is transformed by the same maps at its own scale and
+  normalised like the image. Other entries pass through unchanged. rng is unused when
+  train=False.
   """
   image = batch["image"].astype(jnp.float32)
   masks = batch["masks"].astype(jnp.float32)
+  source = batch.get("source_image")
+  source = None if source is None else source.astype(jnp.float32)
   channels = masks.shape[-1]
   if "evidence_mask" in batch:  # optional: transformed with the masks, as one more channel
     masks = jnp.concatenate([masks, batch["evidence_mask"][..., None].astype(jnp.float32)], -1)
   if train and aug_config is not None:
-    image, masks = augment(image, masks, rng, aug_config)
+    image, masks, source = augment(image, masks, rng, aug_config, source)
   elif aug_config is not None:
     crop = _crop_size(aug_config, *image.shape[1:3])
+    if source is not None:
+      source = _center_crop_source(source, *image.shape[1:3], crop)
     image, masks = center_crop(image, crop), center_crop(masks, crop)
+  mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
   out = dict(batch)
-  out["image"] = (image - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  out["image"] = (image - mean) / std
+  if source is not None:
+    out["source_image"] = (source - mean) / std
   out["masks"] = masks[..., :channels]
   if "evidence_mask" in batch:
     out["evidence_mask"] = masks[..., channels]

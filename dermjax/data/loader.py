@@ -9,6 +9,8 @@ Geometry (data.crop), with S = image_size, R = resize_size:
                         R = 256, S = 224).
   "center_fraction"     keep the central square of side crop_fraction * min(H, W), resize it
                         to R x R, keep the central S x S (AttnMel: fraction 0.8, R = S).
+With data.source_size R > 0 the same box is also resampled to R x R ("source_image", a
+higher-resolution copy for models that crop from it, e.g. MASLL's crop_source "source").
 Stored JPEGs are decoded at reduced size when the crop allows (PIL draft mode), so
 multi-megapixel images cost little more than small ones. dermjax.input_pipeline batches
 these examples with grain.
@@ -57,6 +59,31 @@ def resize_image(image, box, size):
   if isinstance(image, np.ndarray):
     image = Image.fromarray(image)
   return np.asarray(image.resize((size, size), Image.BILINEAR, box=box))
+
+
+def host_images(image, box, image_size, source_size=0) -> dict:
+  """uint8 [H, W, 3] (or PIL) and its crop box -> {"image": uint8 [S, S, 3]} plus, when
+  source_size R > 0, "source_image": uint8 [R, R, 3], the same box at R x R."""
+  if isinstance(image, np.ndarray):
+    image = Image.fromarray(image)
+  out = {"image": resize_image(image, box, image_size)}
+  if source_size:
+    out["source_image"] = resize_image(image, box, source_size)
+  return out
+
+
+def check_source_size(data_config) -> int:
+  """config.data.source_size (0: none); raises when it is below data.image_size or set
+  together with an evidence ablation (which paints the model input only)."""
+  c = data_config
+  size = int(c.get("source_size", 0) or 0)
+  if size and size < int(c.image_size):
+    raise ValueError(f"data.source_size ({size}) must be 0 (none) or >= data.image_size "
+                     f"({c.image_size})")
+  if size and c.get("evidence_ablation", "none") != "none":
+    raise ValueError("data.source_size > 0 cannot be combined with data.evidence_ablation "
+                     "(the ablation paints the model input only)")
+  return size
 
 
 def resize_masks(masks, box, size):
@@ -153,13 +180,14 @@ class ExampleLoader:
   crop_fraction: float
   target: str
   evidence_ablation: str = "none"   # | "blank" | "only" (ablate_evidence)
+  source_size: int = 0              # > 0: also "source_image" [R, R, 3] (host_images)
 
   def box(self, height, width):
     return crop_box(height, width, image_size=self.image_size, resize_size=self.resize_size,
                     crop=self.crop, crop_fraction=self.crop_fraction)
 
   def padding(self):
-    return schema.padding_batch(self.image_size)
+    return schema.padding_batch(self.image_size, source_size=self.source_size)
 
   def resize_masks(self, masks, box):
     """masks as `read` returns them -> uint8 [S, S, 1+A]."""
@@ -193,11 +221,11 @@ class ExampleLoader:
       raise ValueError(f"record {record.get('id', index)}: {masks.shape[-1]} mask channels, "
                        f"expected 1 + {schema.NUM_ATTRIBUTES}")
     has_evidence = record.get("has_evidence_mask", False)
-    image = ablate_evidence(resize_image(image, image_box, self.image_size), masks[..., 0],
-                            record["has_lesion_mask"], evidence, has_evidence,
-                            self.evidence_ablation)
+    images = host_images(image, image_box, self.image_size, self.source_size)
+    images["image"] = ablate_evidence(images["image"], masks[..., 0], record["has_lesion_mask"],
+                                      evidence, has_evidence, self.evidence_ablation)
     return {
-        "image": image,
+        **images,
         "masks": masks,
         "has_lesion_mask": np.float32(record["has_lesion_mask"]),
         "has_attributes": np.float32(record["has_attributes"]),
@@ -221,7 +249,8 @@ class PreparedExampleLoader(ExampleLoader):
   def read(self, index):
     """Like ExampleLoader.read, but the masks stay bit-packed codes [H, W] (see resize_masks)."""
     example = self.source[index]
-    image, image_box = decode_jpeg_for(example["image"], self.box, self.image_size)
+    image, image_box = decode_jpeg_for(example["image"], self.box,
+                                       max(self.image_size, self.source_size))
     codes = np.asarray(Image.open(io.BytesIO(example["masks"])))
     return example, image, image_box, codes, self.box(*codes.shape[:2])
 
@@ -237,4 +266,5 @@ class PreparedExampleLoader(ExampleLoader):
 def loader_from_config(source, data_config, loader_class=ExampleLoader) -> ExampleLoader:
   c = data_config
   return loader_class(source, int(c.image_size), int(c.resize_size), c.crop,
-                      float(c.crop_fraction), c.target, c.get("evidence_ablation", "none"))
+                      float(c.crop_fraction), c.target, c.get("evidence_ablation", "none"),
+                      check_source_size(c))

@@ -37,13 +37,17 @@ kept uint8 where possible so host->device transfer stays small:
   site           int32   [B]             index into SITES, -1 if missing   data/metadata.py)
   valid          float32 [B]             0 for padding rows of the last eval batch
   index          int32   [B]             position in the split (-1 for padding)
+  source_image   uint8   [B, R, R, 3]    only with config.data.source_size R > 0: the same
+                                         crop box at R x R (a higher-resolution copy)
 
-`batch_spec(image_size, batch_size)` is that table as data: the input pipeline's padding
-example, scripts/profile_step.py's synthetic batch and the tests' batches are made from it.
+`batch_spec(image_size, batch_size, source_size=0)` is that table as data: the input
+pipeline's padding example, scripts/profile_step.py's synthetic batch and the tests'
+batches are made from it.
 
 On device, inside the jitted step, `dermjax.data.augment` turns that into the model's
-batch: image float [B, H, W, 3] normalised with the training split's mean/std (and
-augmented when training), masks float32 [B, H, W, 1+A] transformed identically.
+batch: image float [B, H, W, 3] normalised (config.data.normalization:
+dermjax/data/normalization.py) and augmented when training, masks float32 [B, H, W, 1+A]
+and source_image float [B, R, R, 3] transformed identically.
 
 Gaze structure masks (the thesis's eqs. 17-19) are derived from `masks` on device by
 `dermjax.data.structures.structure_masks`, so augmentation touches one mask stack only.
@@ -110,14 +114,24 @@ _BATCH = {
 }
 
 
-def batch_spec(image_size: int, batch_size: int | None = None) -> dict:
-  """{name: (shape, numpy dtype)} of a host batch; batch_size None: one example, no batch axis."""
+_SOURCE = {"source_image": (("R", "R", 3), "uint8", 0)}
+
+
+def _entries(source_size):
+  return {**_BATCH, **_SOURCE} if source_size else _BATCH
+
+
+def batch_spec(image_size: int, batch_size: int | None = None, source_size: int = 0) -> dict:
+  """{name: (shape, numpy dtype)} of a host batch; batch_size None: one example, no batch
+  axis; source_size R > 0 adds "source_image" [R, R, 3]."""
   lead = () if batch_size is None else (int(batch_size),)
-  return {name: (lead + tuple(int(image_size) if d == "S" else d for d in shape), np.dtype(dtype))
-          for name, (shape, dtype, _) in _BATCH.items()}
+  sides = {"S": int(image_size), "R": int(source_size)}
+  return {name: (lead + tuple(sides.get(d, d) for d in shape), np.dtype(dtype))
+          for name, (shape, dtype, _) in _entries(source_size).items()}
 
 
-def padding_batch(image_size: int, batch_size: int | None = None) -> dict:
+def padding_batch(image_size: int, batch_size: int | None = None, source_size: int = 0) -> dict:
   """A host batch (or example) of padding rows: valid 0, labels/index -1, age NaN, zeros."""
-  return {name: np.full(shape, _BATCH[name][2], dtype)
-          for name, (shape, dtype) in batch_spec(image_size, batch_size).items()}
+  entries = _entries(source_size)
+  return {name: np.full(shape, entries[name][2], dtype)
+          for name, (shape, dtype) in batch_spec(image_size, batch_size, source_size).items()}

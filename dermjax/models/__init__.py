@@ -13,7 +13,9 @@ is uint8 images/masks plus labels, metadata and bookkeeping; inside the jitted s
   has_lesion_mask [B] / has_attributes [B] float32, label [B] int32 (config.data.target),
   melanoma [B] int32, age [B] float32 (NaN missing), sex [B] / site [B] int32 (-1 missing),
   valid [B] float32 (0 for padding rows), index [B] int32, evidence_mask [B, S, S] /
-  has_evidence_mask [B] float32 (synthetic hard preset; for evaluation only, models ignore them).
+  has_evidence_mask [B] float32 (synthetic hard preset; for evaluation only, models ignore them),
+  and with config.data.source_size R > 0 source_image [B, R, R, 3] float (the same crop at R
+  px, normalised and augmented like image; MASLL's crop_source "source").
 
 Hooks (ModelModule below spells out the signatures):
 

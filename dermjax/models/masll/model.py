@@ -5,7 +5,10 @@
   M' = M >= mean_ij M                   [B, h, w]      eq. 2 (T = the map's mean)
   box = smallest rectangle holding M'   [B, 4]         fractions of the side; map cell (i, j)
                                                        covers image rows [i/h, (i+1)/h) S.
-  x^ = crop_and_resize(x, box, S)       [B, S, S, 3]   bilinear, on device, no box gradient
+  x^ = crop_and_resize(x, box, S)       [B, S, S, 3]   bilinear, on device, no box gradient;
+                                                       `crop_source` "source": from the
+                                                       batch's source_image [B, R, R, 3] (the
+                                                       same image at R >= S px), same box
   l = local_backbone(x^)                [B, h, w, K]
   WFI (eqs. 3-6), `fusion`:
     "pooled"  F = [GAP(g), GAP(l)] [B, 2K]; mu = F W_q + b_q; F' = sigmoid(mu) F + F
@@ -35,6 +38,9 @@ from dermjax.models.backbones import BACKBONES, build_backbone
 from dermjax.models.common import compute_dtype, crop
 
 FUSIONS = ("pooled", "maps")
+# Where the local branch's crop comes from: the model input, or the batch's higher-resolution
+# source_image (config.data.source_size; the paper crops "from the dermoscopic image").
+CROP_SOURCES = ("input", "source")
 
 
 class WFI(nn.Module):
@@ -66,7 +72,8 @@ class WFI(nn.Module):
 
 
 class MASLL(nn.Module):
-  """Batch {"image": [B, S, S, 3]} -> {"logits": [B, K], "activation_map": M [B, h, w],
+  """Batch {"image": [B, S, S, 3] (+ "source_image" [B, R, R, 3] for crop_source "source")}
+  -> {"logits": [B, K], "activation_map": M [B, h, w],
   "box": [B, 4] (top, left, bottom, right fractions), "crop": [B, S', S', 3] (S' = crop_size
   or S)}, all float32."""
 
@@ -76,6 +83,7 @@ class MASLL(nn.Module):
   fusion: str = "pooled"
   crop_size: int = 0            # 0: the input size (the paper: both branches at 256 px).
   min_box: float = 0.0          # smallest box side, a fraction of the image (crop.mask_box).
+  crop_source: str = "input"    # | "source": crop batch["source_image"] (CROP_SOURCES).
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -87,13 +95,26 @@ class MASLL(nn.Module):
     activation = jnp.mean(g.astype(jnp.float32), axis=-1)                       # eq. 1
     box = crop.map_box(jax.lax.stop_gradient(activation), min_size=self.min_box)  # eq. 2
     size = self.crop_size or image.shape[1]
-    local_image = crop.crop_and_resize(image.astype(jnp.float32), box, size)
+    local_image = crop.crop_and_resize(self._crop_source(batch).astype(jnp.float32), box, size)
     local_net = global_net if self.share_weights else build_backbone(
         self.backbone, dtype=self.dtype, name="local_backbone")
     l = local_net(local_image.astype(self.dtype), train=train)[tap]
     fused = WFI(self.fusion, name="wfi")(g, l)
     logits = nn.Dense(self.num_classes, name="classifier")(fused)
     return {"logits": logits, "activation_map": activation, "box": box, "crop": local_image}
+
+
+  def _crop_source(self, batch):
+    """The image the SLL box is cropped from: the input, or batch["source_image"]."""
+    if self.crop_source == "input":
+      return batch["image"]
+    if self.crop_source != "source":
+      raise ValueError(f"config.model.crop_source must be one of {CROP_SOURCES}, "
+                       f"got {self.crop_source!r}")
+    if "source_image" not in batch:
+      raise ValueError("config.model.crop_source = 'source' needs batch['source_image']: set "
+                       "config.data.source_size > 0")
+    return batch["source_image"]
 
 
 def build(config) -> nn.Module:
@@ -103,6 +124,12 @@ def build(config) -> nn.Module:
                      f"got {m.backbone!r}")
   if m.fusion not in FUSIONS:
     raise ValueError(f"config.model.fusion must be one of {FUSIONS}, got {m.fusion!r}")
+  crop_source = m.get("crop_source", "input")
+  if crop_source not in CROP_SOURCES:
+    raise ValueError(f"config.model.crop_source must be one of {CROP_SOURCES}, got {crop_source!r}")
+  if crop_source == "source" and not config.data.get("source_size", 0):
+    raise ValueError("config.model.crop_source = 'source' needs config.data.source_size > 0 "
+                     "(the side of the higher-resolution copy the box is cropped from)")
   targets = m.get("pretrained_targets") or {}
   if m.share_weights and m.get("pretrained") and "local_backbone" in targets:
     raise ValueError("config.model.share_weights=True has no local_backbone; set "
@@ -110,7 +137,7 @@ def build(config) -> nn.Module:
                      "(masll.pretrained_targets(share_weights=True))")
   return MASLL(backbone=m.backbone, num_classes=m.num_classes, share_weights=m.share_weights,
                fusion=m.fusion, crop_size=m.get("crop_size", 0), min_box=m.get("min_box", 0.0),
-               dtype=compute_dtype(config))
+               crop_source=crop_source, dtype=compute_dtype(config))
 
 
 def pretrained_targets(share_weights: bool) -> dict:
@@ -147,7 +174,7 @@ def saliency(outputs, batch, config):
 def explain(outputs, batch, images, ids, config, out_dir):
   """Per example: `<id>.png` = image with the SLL box | M overlay | the local crop, and
   `<id>_activation_map.npy` (M upsampled to the image), `<id>_box.npy` (fractions)."""
-  del batch, config
+  del config
   os.makedirs(out_dir, exist_ok=True)
   for i, example_id in enumerate(ids):
     image = np.asarray(images[i], np.uint8)
@@ -156,10 +183,13 @@ def explain(outputs, batch, images, ids, config, out_dir):
     big = visualize.upscale(image)
     boxed = visualize.draw_box(big, (top, left, bottom, right))
     heat = visualize.overlay_heatmap(big, outputs["activation_map"][i])
-    # The crop the local branch saw, taken from the uint8 image (the device crop is normalised).
-    local = np.asarray(Image.fromarray(image).resize(
+    # The crop the local branch saw, from the uint8 image or source (the device crop is
+    # normalised).
+    source = np.asarray(batch["source_image"][i] if "source_image" in batch else image, np.uint8)
+    src_h, src_w = source.shape[:2]
+    local = np.asarray(Image.fromarray(source).resize(
         (big.shape[1], big.shape[0]), Image.BILINEAR,
-        box=(left * width, top * height, right * width, bottom * height)))
+        box=(left * src_w, top * src_h, right * src_w, bottom * src_h)))
     panels = [visualize.draw_label(boxed, "SLL box"), visualize.draw_label(heat, "M"),
               visualize.draw_label(local, "crop")]
     visualize.save_png(visualize.hstack(panels), os.path.join(out_dir, f"{example_id}.png"))
