@@ -19,7 +19,8 @@ from dermjax import models
 from dermjax import train
 from dermjax.data import isic
 from dermjax.data import schema
-from dermjax.data import synthetic
+from dermjax.models.backbones import vgg
+from dermjax.models.gaze import model as gaze_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, SIZE, STEPS = 4, 8, 3
@@ -100,6 +101,18 @@ def test_focal_loss_masks_unlabelled_rows_and_gaze_keeps_their_masks():
   assert float(after["loss_seg"]) != pytest.approx(float(before["loss_seg"]))
 
 
+@pytest.fixture
+def thin_gaze(monkeypatch):
+  """The gaze model's VGG-16 blocks and decoder at 1/8 of their widths (same layers, skips
+  and heads): this test is about the data and the losses; tests/test_contract.py trains
+  the full-width rows."""
+  monkeypatch.setattr(vgg, "VGG16_BLOCKS", tuple((c // 8, n) for c, n in vgg.VGG16_BLOCKS))
+  monkeypatch.setattr(gaze_model, "DECODER_BLOCKS",
+                      tuple(tuple(max(c // 8, 1) for c in b) for b in gaze_model.DECODER_BLOCKS))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("thin_gaze")
 def test_gaze_trains_on_the_official_isic2018_task12_layout(synthetic_isic, tmp_path):
   """ISIC 2018 Task 1-2 without Task 3 labels (as published: no Task 1-2 image has one):
   every record has label -1; the gaze model trains (segmentation + structures) to the
@@ -117,7 +130,7 @@ def test_gaze_trains_on_the_official_isic2018_task12_layout(synthetic_isic, tmp_
   config.data.image_size, config.data.resize_size = 32, 37   # VGG-16 pools 32 px to 1 x 1
   config.data.batch_size = config.data.eval_batch_size = 4
   config.data.num_threads = 1
-  config.model.timesteps = 1
+  config.model.timesteps = 2
   config.train.keep_best = ()
   config.train.num_epochs, config.train.max_steps, config.train.log_every_steps = 1, 2, 1
   config.eval.num_visualizations = 0
