@@ -76,7 +76,8 @@ def test_cross_validation_tests_each_fold_once_with_validation_thresholds(tmp_pa
   tested = []
   for k in range(FOLDS):
     run = tmp_path / f"fold_{k}"
-    ids = {s: list(np.load(run / "predictions" / f"{s}.npz")["ids"]) for s in ("validation", "test")}
+    ids = {s: list(np.load(run / "predictions" / f"{s}.npz")["ids"])
+           for s in ("validation", "test")}
     assert {fold_of[i] for i in ids["test"]} == {k}
     assert {fold_of[i] for i in ids["validation"]} == {(k + 1) % FOLDS}
     tested += ids["test"]
