@@ -13,7 +13,8 @@
   paper            the paper's scale (below); without it CPU-sized for synthetic data
                    (64 px, the smallest AlexNet takes; batch 8, 2 epochs), same models.
 
-e.g. `configs/zoome.py:zoome,paper --config.data.fold=3` (fold 3 of 10 held out).
+e.g. `python -m dermjax.cv --config=configs/zoome.py:zoome,paper --workdir=W` (the 10 folds;
+one: `python -m dermjax.main ... --config.data.fold=3`).
 ImageNet weights: --config.model.pretrained=<torchvision .pth/.safetensors of
 model.pretrained_arch>; every torchvision layer of the backbone (and AlexNet's fc6/fc7) is
 grafted, Zoom-SE, the metadata branch and the final FC start random.
@@ -34,13 +35,24 @@ Paper setting (Sec. III-IV) and the choices where it is silent or inconsistent:
 - Classifier: adaptive average pool + one FC + sigmoid (ResNet family); AlexNet keeps
   torchvision's classifier with a new one-output fc8. Focal loss alpha_t 0.25, gamma 2 on the
   sigmoid output (eq. 5); no oversampling (the focal loss is the paper's imbalance remedy).
-- Data: ISIC 2020 training set, 10 folds stratified by melanoma AND grouped by patient (the
-  data layer never puts one patient's images on both sides: stricter than the paper's split
-  "following the distribution", so expect somewhat lower numbers). data.fold=k holds fold k
-  out as "validation", the split the CV table reports (mean +- std over k = 0..9); the
-  carved-out "test" split (1/5 of the set, also patient-grouped) is never trained or
-  selected on. Each whole image is resized to 224 x 224 (the paper: "after augmentation
-  all images are resized"; ISIC 2020's 3:2 images are squashed, nothing is cut off).
+- Data: ISIC 2020 training set, all 33,126 images, 10 folds stratified by melanoma AND
+  grouped by patient (and by duplicate pair, ISIC_2020_Training_Duplicates.csv where present:
+  both images stay, in one fold). The data layer never puts one patient's images on both
+  sides: stricter than the paper's split "following the distribution", so expect somewhat
+  lower numbers. Protocol (data.protocol):
+    "cv" (paper rows): the 10 folds cover the whole set; data.fold=k makes fold k the test
+      split, fold k+1 (mod 10) the validation split and trains on the other 8 (80% of the
+      set; the paper trains on 9). `dermjax.cv` runs k = 0..9 and reports mean +- std of
+      test/* over the 10 held-out folds, so every image is scored once, by a model that
+      neither trained nor chose anything on it.
+    "carved_test" (CPU rows; --config.data.protocol=carved_test at paper scale): a
+      patient-grouped test split (1/5) and a validation split (1/8 of the rest) are carved
+      first; data.fold=k then holds fold k of the remaining training set out as validation
+      (the carved validation split is not used), i.e. trains on ~63% of the set.
+  The training split's mean/std (stats.json) are those of every image not carved out
+  (under "cv" the held-out folds' pixels count too; no label does).
+  Each whole image is resized to 224 x 224 (the paper: "after augmentation all images are
+  resized"; ISIC 2020's 3:2 images are squashed, nothing is cut off).
 - Input normalisation (data.normalization): paper rows "imagenet" (torchvision's mean / std:
   every backbone starts from ImageNet weights and the paper says nothing else); CPU rows
   train from scratch and keep "dataset" (the training split's mean / std).
@@ -49,17 +61,20 @@ Paper setting (Sec. III-IV) and the choices where it is silent or inconsistent:
   left-right flip p = 0.5, no vertical flip; corners outside the rotated image are black
   (torchvision's RandomRotation fill, the paper's framework).
 - Adam, lr 1e-4, batch 64; no weight decay or schedule (none given). Epochs are not given:
-  20, keeping the checkpoint of the best validation AUC (the paper "carefully adjusted"
-  its hyperparameters on its folds, so choosing by validation matches it; the reported
-  fold is then also the one the epoch is chosen on, as in the paper's CV).
+  20, keeping the checkpoint of the best validation AUC. The paper "carefully adjusted" its
+  hyperparameters on its folds, i.e. chose on the folds it reports; here the epoch is
+  chosen on the validation fold (fold k+1 under "cv"), never on the reported test fold,
+  which costs one fold of training data and makes the numbers honest held-out ones.
 - Thresholds: with ~1.8% melanoma, accuracy / sensitivity / specificity depend entirely on
   the threshold, which the paper does not state. results/<split>.json gives them at 0.5
-  ("diagnosis": positive when the score is > 0.5) and at the split's own Youden threshold
-  ("report": youden_threshold, accuracy / sensitivity / specificity_at_youden, which
-  dermjax.cv averages over the folds); on the validation fold that is the
-  validation-chosen threshold, and dermjax.metrics.diagnosis.at_threshold applies it to the
-  test split's predictions. The paper's sensitivity ~ specificity ~ 85% points to a
-  threshold chosen so, not 0.5.
+  ("diagnosis": positive when the score is > 0.5); validation.json records two thresholds
+  chosen on the validation fold ("thresholds": Youden's J, and the highest with
+  sensitivity >= .80), and test.json reports accuracy / sensitivity / specificity at them
+  ("diagnosis_at_validation_threshold": {youden, sensitivity_80}; dermjax.cv averages them
+  over the folds, dermjax.report shows them as ACC/SEN/SPE@valJ and @valSEN80). The
+  model's "report" (youden_threshold, *_at_youden) is each split's own Youden point, an
+  oracle on test, kept for comparison only. The paper's sensitivity ~ specificity ~ 85%
+  points to a threshold chosen so, not 0.5.
 - Explanations: Grad-CAM of the logit on the last (metadata-weighted) feature map per
   example (for the GAP + FC head it is the CAM through a ReLU), and each example's score with
   and without its metadata (all fields missing) in explanations/<split>/metadata_contribution.csv
@@ -94,6 +109,7 @@ def get_config(arg=None):
   data.crop = "resize_center_crop"   # with resize_size = image_size: the whole image.
   data.sampling = "none"
   data.num_folds = 10
+  data.protocol = "cv" if parsed.paper else "carved_test"   # docstring, "Data".
   data.augment.rotation = "uniform"
   data.augment.max_rotation_deg = 30.0
   data.augment.hflip = True

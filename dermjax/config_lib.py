@@ -118,6 +118,11 @@ def data_config() -> ml_collections.ConfigDict:
   c.fold = ml_collections.FieldReference(None, field_type=int)  # None: official validation.
   c.num_folds = 5
   c.split_seed = 0                # carves derived validation/test splits and folds.
+  # "carved_test" | "cv" (folds cover the whole training set, fold k is the test split);
+  # validation split carved out of training (2016/2019/2020): None = the layout's 1/8, or
+  # 1/k. Both are recorded with the prepared dataset (dermjax.data.isic.splits).
+  c.protocol = "carved_test"
+  c.validation_fraction = ml_collections.FieldReference(None, field_type=float)
   c.seed = 0                      # training order (sampling).
   return c
 

@@ -3,9 +3,13 @@
   python -m dermjax.cv --config=configs/gaze.py --workdir=W --folds=10 [--seeds=3]
       [--fold=k] [--summary_only] [--config.<field>=...]
 
-Fold k trains with data.fold = k (the k-th stratified fold of the training split is the
-validation split; dermjax.input_pipeline) under W/fold_k/ (W/fold_k_seed_s/ with
---seeds > 1, seed s adding s to config.seed and config.data.seed). A fold is finished
+Fold k trains with data.fold = k under W/fold_k/ (W/fold_k_seed_s/ with --seeds > 1, seed s
+adding s to config.seed and config.data.seed). Which split fold k becomes follows
+config.data.protocol (dermjax.input_pipeline.fold_roles): "carved_test" holds fold k out
+of the training split as the validation split (a carved or official test split stays
+as it is); "cv" (folds over the whole set) makes fold k the test split, fold k + 1 the
+validation split that picks the checkpoint and the thresholds, and trains on the rest,
+so the test/* rows of the summary are the held-out folds' mean ± std. A fold is finished
 when results/<split>.json exists for every split of config.eval.splits; a rerun skips
 finished folds and resumes an unfinished one from its latest checkpoint (as
 dermjax.main does), so a killed cv continues where it stopped.
@@ -15,7 +19,9 @@ every process writes the summary of the folds finished so far, and
 `--summary_only` rewrites it once all are done.
 
   W/summary.json   {"folds": [{fold, seed, workdir, <split>/<metric>: value}], "mean": ...,
-                    "std": ..., "count": ...} over the finished folds
+                    "std": ..., "count": ..., "held_out": the split of the held-out fold}
+                    over the finished folds (every scalar of results/<split>.json, the
+                    diagnosis_at_validation_threshold/<rule>/* numbers of test included)
   W/summary.md     the same as tables: mean ± std per metric, then one row per fold
 Synthetic data (no data.dir) is written once, to W/synthetic_<layout>, for all folds. A
 prepared dataset stores its fold assignment: --folds other than the one it was prepared
@@ -93,10 +99,16 @@ def summarize(workdir, config, folds, seeds) -> dict:
     mean[name] = float(values.mean()) if values.size else math.nan
     std[name] = float(values.std(ddof=1)) if values.size > 1 else (0.0 if values.size else math.nan)
   summary = {"folds_expected": folds * seeds, "folds_finished": len(rows), "num_folds": folds,
-             "seeds": seeds, "mean": mean, "std": std, "count": count, "folds": rows}
+             "seeds": seeds, "held_out": held_out_split(config), "mean": mean, "std": std,
+             "count": count, "folds": rows}
   fileio.write_json(os.path.join(workdir, "summary.json"), summary)
   fileio.write_text(os.path.join(workdir, "summary.md"), summary_markdown(summary))
   return summary
+
+
+def held_out_split(config) -> str:
+  """The split each fold's held-out fold becomes (config.data.protocol)."""
+  return "test" if config.data.get("protocol", "carved_test") == "cv" else "validation"
 
 
 def _fmt(value):
@@ -107,6 +119,8 @@ def summary_markdown(summary) -> str:
   """The summary as Markdown: metric | mean ± std | n, then one row per fold."""
   lines = [f"# Cross-validation: {summary['folds_finished']} of {summary['folds_expected']} "
            f"folds finished ({summary['num_folds']} folds x {summary['seeds']} seeds)", "",
+           f"The held-out fold is each run's `{summary.get('held_out', 'validation')}` split.",
+           "",
            "| metric | mean ± std | folds |", "|---|---|---|"]
   for name, mean in summary["mean"].items():
     lines.append(f"| {name} | {_fmt(mean)} ± {_fmt(summary['std'][name])} | "

@@ -10,7 +10,10 @@ DIR/results/<split>.json, DIR/predictions/<split>.npz (+ the ISIC submission CSV
 DIR/explanations/<split>/. DIR defaults to W/evaluate, so the run's own files stay as
 they are; on the run's own data it reproduces W/results/<split>.json. Inputs are normalised
 as the run was trained (W/results/normalization.json: its mode, mean and std), whatever
-dataset is evaluated.
+dataset is evaluated. The thresholds applied to test ("diagnosis_at_validation_threshold")
+are chosen on the validation split: evaluated in the same call when --split names it, else
+the run's own (W/results/validation.json, written at the end of training; they are part of
+the trained run).
 """
 
 import os
@@ -59,7 +62,8 @@ def evaluate(workdir, out_dir=None, splits=None, config=None) -> dict:
       in_shardings=(steps.replicated(mesh), input_pipeline.batch_sharding(mesh)))
   logging.info("evaluating %s (step %d) on %s -> %s", workdir, run.step, list(splits), out_dir)
   return evaluation.evaluate_splits(config, out_dir, state, datasets, run.model_lib, run.module,
-                                    loss_stats, eval_step, splits, step=run.step)
+                                    loss_stats, eval_step, splits, step=run.step,
+                                    thresholds=evaluation.run_thresholds(workdir))
 
 
 def define_config_flag(argv):

@@ -2,7 +2,9 @@
 predictions and explanations, written under a workdir:
 
   workdir/results/<split>.json       final metrics (losses, diagnosis, report, step, and
-                                     "explanation" where the split has evidence masks)
+                                     "explanation" where the split has evidence masks;
+                                     validation: "thresholds" chosen on it; every other
+                                     split: "diagnosis_at_validation_threshold")
   workdir/results/roc_<split>.{csv,png}  the ROC curve of the diagnosis score (metrics.roc)
   workdir/predictions/<split>.npz    ids, scores, logits, labels, melanoma
   workdir/explanations/<split>/      the model's explain() output
@@ -18,6 +20,14 @@ level, and deletion-curve AUC of the melanoma probability (config.eval.
 explanation_deletion_steps steps, 0 skips the curves; on the first
 explanation_deletion_images such images) against a random-order curve; for the splits in
 config.eval.explanation_splits (default test only: the curves cost a forward per step).
+
+Validation-chosen thresholds: the validation split is evaluated first; on its melanoma
+score (diagnosis.choose_thresholds) it picks the Youden threshold and the highest one with
+sensitivity >= .80 ("thresholds" in validation.json), and every other split reports its
+accuracy / sensitivity / specificity / balanced accuracy at those under
+"diagnosis_at_validation_threshold": {rule: {threshold, ...}}, so no test number is chosen on
+test. Without a validation split in the call, `thresholds` (e.g. the run's own
+results/validation.json, run_thresholds) are applied.
 
 Test-time augmentation (config.eval.tta = 8): the model runs on the 8 flips/transposes of
 each image (the dihedral group) and its "logits" become those of the mean probability.
@@ -114,8 +124,28 @@ def scalar_summaries(prefix, result):
     for k, v in result.get(section, {}).items():
       if _is_number(v):
         out[f"{prefix}/{k}" if section == "diagnosis" else f"{prefix}/{section}/{k}"] = float(v)
-  out.update(_numeric_leaves(f"{prefix}/explanation", result.get("explanation", {})))
+  for section in ("explanation", "thresholds", diagnosis.AT_VALIDATION):
+    out.update(_numeric_leaves(f"{prefix}/{section}", result.get(section, {})))
   return out
+
+
+def threshold_sections(arrays, class_names, split, thresholds) -> dict:
+  """diagnosis.threshold_sections of an evaluated split's melanoma score ({} without one)."""
+  if "logits" not in arrays:
+    return {}
+  scored = roc.curve_inputs(arrays["logits"], arrays["label"], arrays["melanoma"],
+                            _melanoma_class(class_names))
+  return {} if scored is None else diagnosis.threshold_sections(*scored, split, thresholds)
+
+
+def run_thresholds(workdir) -> dict | None:
+  """The validation-chosen thresholds of a finished run (its results/validation.json), or
+  None when it has none."""
+  path = os.path.join(workdir, "results", "validation.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f).get("thresholds")
 
 
 def _numeric_leaves(prefix, tree):
@@ -273,10 +303,11 @@ def _pngs(directory, prefix):
 
 
 def evaluate_splits(config, workdir, state, datasets, model_lib, module, loss_stats, eval_step,
-                    splits, *, step, writer=None) -> dict:
-  """Evaluates `state` on each of `splits`; writes results, predictions and explanations
-  under `workdir` (layout above) and, with a writer, final_<split>/* summaries at `step`.
-  Returns {split: result}."""
+                    splits, *, step, writer=None, thresholds=None) -> dict:
+  """Evaluates `state` on each of `splits` (validation first); writes results, predictions
+  and explanations under `workdir` (layout above) and, with a writer, final_<split>/*
+  summaries at `step`. thresholds: {rule: value} applied to the non-validation splits when
+  `splits` has no validation split. Returns {split: result}."""
   if int(config.eval.get("tta", 1)) > 1:
     eval_step = jax.jit(steps.make_eval_step(TTAModule(module, int(config.eval.tta)), model_lib,
                                              config, loss_stats, datasets.mean, datasets.std))
@@ -287,11 +318,13 @@ def evaluate_splits(config, workdir, state, datasets, model_lib, module, loss_st
         "layout": datasets.layout, "target": config.data.target})
   fmt = submission.format_for(config.eval.get("submission", ""), config.data.layout)
   results = {}
-  for split in splits:
+  for split in sorted(splits, key=lambda s: s != "validation"):  # its thresholds go first
     num_batches = -(-datasets.num_examples[split] // int(config.data.eval_batch_size))
     losses, arrays = run_eval(eval_step, state,
                               _progress(datasets.eval(split), num_batches, f"evaluating {split}"))
     result = split_metrics(losses, arrays, config, model_lib, datasets.class_names)
+    result.update(threshold_sections(arrays, datasets.class_names, split, thresholds))
+    thresholds = result.get("thresholds", thresholds)
     result.update(step=step, checkpoint_metric=config.train.checkpoint_metric)
     if int(config.eval.get("tta", 1)) > 1:
       result["tta"] = int(config.eval.tta)

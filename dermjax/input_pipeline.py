@@ -309,6 +309,31 @@ def _take(index, positions):
   return {k: [v[i] for i in positions] if k == "ids" else v[positions] for k, v in index.items()}
 
 
+def fold_roles(split_file: dict, train_ids, fold: int, protocol: str = "carved_test") -> dict:
+  """{split: positions in the prepared training split} of `fold` (splits.json's folds).
+
+  "carved_test": fold k is the validation split, the other folds train (the carved test
+  split stays as prepared). "cv": fold k is the test split, fold k + 1 (mod K) the
+  validation split that chooses the checkpoint and the thresholds, the other K - 2 folds
+  train; over k = 0 .. K-1 every image is tested once.
+  """
+  folds, num_folds = split_file.get("folds", {}), int(split_file.get("num_folds", 0))
+  if not 0 <= fold < num_folds or not folds:
+    raise ValueError(f"data.fold = {fold} but the prepared splits.json has {num_folds} folds "
+                     f"over {len(folds)} training images")
+  if protocol == "cv" and num_folds < 3:
+    raise ValueError(f"data.protocol = 'cv' needs data.num_folds >= 3 (test, validation and "
+                     f"training folds), got {num_folds}")
+  fold_of = np.array([folds[i] for i in train_ids])
+  if protocol != "cv":
+    return {"validation": np.flatnonzero(fold_of == fold),
+            "train": np.flatnonzero(fold_of != fold)}
+  inner = (fold + 1) % num_folds
+  return {"test": np.flatnonzero(fold_of == fold),
+          "validation": np.flatnonzero(fold_of == inner),
+          "train": np.flatnonzero((fold_of != fold) & (fold_of != inner))}
+
+
 def create_datasets(data_config, *, mesh, workdir=None, normalization=None) -> Datasets:
   """config.data -> Datasets: prepares the data once (synthetic when data.dir is None).
 
@@ -320,6 +345,10 @@ def create_datasets(data_config, *, mesh, workdir=None, normalization=None) -> D
   loader_lib.check_evidence_ablation(c.get("evidence_ablation", "none"))
   normalization_lib.check(c)
   loader_lib.check_source_size(c)
+  protocol = c.get("protocol", "carved_test")
+  if protocol == "cv" and c.fold is None:
+    raise ValueError("data.protocol = 'cv' needs data.fold (the held-out fold, 0 .. "
+                     f"{int(c.num_folds) - 1}); run the folds with dermjax.cv")
   if c.dir is None:
     raw_dir = ensure_synthetic(c, workdir)
     logging.warning("no dataset path given (config.data.dir); using synthetic %s data in %s",
@@ -329,7 +358,8 @@ def create_datasets(data_config, *, mesh, workdir=None, normalization=None) -> D
     raw_dir = c.dir
   prepared_dir = c.prepared_dir or os.path.join(raw_dir, "prepared")
   prepare.prepare(c.layout, raw_dir, prepared_dir, seed=int(c.split_seed),
-                  num_folds=int(c.num_folds))
+                  num_folds=int(c.num_folds), protocol=protocol,
+                  validation_fraction=c.get("validation_fraction", None))
   prepared = prepare.load(prepared_dir, c.layout)
   splits = [s for s in schema.SPLITS if s in prepared.stats["splits"]]
   if "train" not in splits:
@@ -339,17 +369,11 @@ def create_datasets(data_config, *, mesh, workdir=None, normalization=None) -> D
   index = {s: split_index(raw[s]) for s in splits}
 
   if c.fold is not None:
-    folds = prepared.splits.get("folds", {})
-    if not 0 <= c.fold < int(prepared.splits.get("num_folds", 0)) or not folds:
-      raise ValueError(f"data.fold = {c.fold} but {prepared.path}/splits.json has "
-                       f"{prepared.splits.get('num_folds')} folds over "
-                       f"{len(folds)} training images")
-    fold_of = np.array([folds[i] for i in index["train"]["ids"]])
-    held, kept = np.flatnonzero(fold_of == c.fold), np.flatnonzero(fold_of != c.fold)
+    roles = fold_roles(prepared.splits, index["train"]["ids"], int(c.fold), protocol)
     train_raw, train_records = raw["train"], records["train"]
-    raw["validation"], records["validation"] = Subset(train_raw, held), Subset(train_records, held)
-    raw["train"], records["train"] = Subset(train_raw, kept), Subset(train_records, kept)
-    index["validation"], index["train"] = _take(index["train"], held), _take(index["train"], kept)
+    for split, rows in roles.items():
+      raw[split], records[split] = Subset(train_raw, rows), Subset(train_records, rows)
+    index.update({split: _take(index["train"], rows) for split, rows in roles.items()})
 
   loaders = {s: loader_lib.loader_from_config(raw[s], c, loader_lib.PreparedExampleLoader) for s in raw}
   return Datasets(data_config=c, mesh=mesh, loaders=loaders, sources=records,

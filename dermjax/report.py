@@ -5,8 +5,10 @@
 Rows = runs (a run folder of dermjax.main, or a dermjax.cv folder: its mean ± std over
 folds); columns = AUC, AP, ACC, SEN, SPE, SEN@SPE95/90/85 of the melanoma score (the
 papers' tables; a multiclass model's melanoma-vs-rest numbers, else its mean AUC and
-accuracy) and every scalar of each model's own report (seg mAP, structure accuracy,
-attention Jaccard, ...). Writes
+accuracy; ACC / SEN / SPE at score > 0.5), then ACC / SEN / SPE at the thresholds chosen
+on the validation split (`@valJ`: Youden's J, `@valSEN80`: sensitivity >= .80; the
+"diagnosis_at_validation_threshold" of results/<split>.json), then every scalar of each
+model's own report (seg mAP, structure accuracy, attention Jaccard, ...). Writes
 
   DIR/report.md        the table (mean ± std for cross-validations)
   DIR/report.csv       the same, one column per metric (+ <metric>_std for CV rows)
@@ -29,6 +31,7 @@ from dermjax import config_lib
 from dermjax import evaluation
 from dermjax import fileio
 from dermjax import submission
+from dermjax.metrics import diagnosis
 from dermjax.metrics import roc
 
 FLAGS = flags.FLAGS
@@ -38,6 +41,13 @@ COLUMNS = (("AUC", "auc"), ("AP", "ap"), ("ACC", "accuracy"), ("SEN", "sensitivi
            ("SPE", "specificity"), ("SEN@SPE95", "sensitivity_at_specificity_95"),
            ("SEN@SPE90", "sensitivity_at_specificity_90"),
            ("SEN@SPE85", "sensitivity_at_specificity_85"))
+
+# (column, (threshold rule, key)) of the "diagnosis_at_validation_threshold" section.
+THRESHOLD_COLUMNS = tuple((f"{col}@{tag}", (rule, key))
+                          for rule, tag in (("youden", "valJ"), ("sensitivity_80", "valSEN80"))
+                          for col, key in (("ACC", "accuracy"), ("SEN", "sensitivity"),
+                                           ("SPE", "specificity")))
+FIXED_COLUMNS = tuple(c for c, _ in COLUMNS) + tuple(c for c, _ in THRESHOLD_COLUMNS)
 
 
 def _load_json(path):
@@ -64,6 +74,10 @@ def run_row(run_dir, split) -> dict:
   result = _load_json(os.path.join(run_dir, "results", f"{split}.json"))
   diag = result.get("diagnosis", {})
   row = {col: _number(diag.get(key)) for col, key in diagnosis_columns(diag).items()}
+  at_validation = result.get(diagnosis.AT_VALIDATION, {})
+  for col, (rule, key) in THRESHOLD_COLUMNS:
+    if key in at_validation.get(rule, {}):
+      row[col] = _number(at_validation[rule][key])
   for key, value in result.get("report", {}).items():
     if _number(value) is not None:
       row[key] = _number(value)
@@ -79,6 +93,10 @@ def cv_row(cv_dir, split) -> tuple[dict, dict]:
   means, stds = {}, {}
   for col, key in diagnosis_columns(diag).items():
     means[col], stds[col] = mean.get(f"{split}/{key}"), std.get(f"{split}/{key}")
+  for col, (rule, key) in THRESHOLD_COLUMNS:
+    name = f"{split}/{diagnosis.AT_VALIDATION}/{rule}/{key}"
+    if name in mean:
+      means[col], stds[col] = mean[name], std[name]
   for k in mean:
     if k.startswith(f"{split}/report/"):
       name = k.split("/", 2)[2]
@@ -137,7 +155,7 @@ def build_report(dirs, out_dir, *, split="test", names=None) -> dict:
       scores = melanoma_scores(path, split)
     if scores is not None and len(np.unique(scores[1])) == 2:
       curves[name] = roc.roc_points(*scores)
-  columns = [c for c, _ in COLUMNS if any(c in r for r in rows.values())]
+  columns = [c for c in FIXED_COLUMNS if any(c in r for r in rows.values())]
   columns += sorted({k for r in rows.values() for k in r} - set(columns))
   fileio.write_text(os.path.join(out_dir, "report.md"), markdown(rows, stds, columns, split))
   fileio.write_text(os.path.join(out_dir, "report.csv"), csv_text(rows, stds, columns))

@@ -1,8 +1,10 @@
 """ISIC challenge submission files: one CSV, header `image` + the task's class columns, one
 row per image, float probabilities in [0, 1] (the format the official scorer,
-PyPI isic-challenge-scoring, reads).
+PyPI isic-challenge-scoring, reads); ISIC 2016 Part 3 has no header row: two columns,
+image id and malignancy confidence (the 2016 task page's "Test Results" format, read by
+the 2016 scorer with fixed field names, so a header row would be scored as an image).
 
-  isic2016   2016 Part 3 (lesion classification)         image, malignant
+  isic2016   2016 Part 3 (lesion classification)         (no header) image id, malignant
   isic2017   2017 Part 3 (disease classification)        image, melanoma, seborrheic_keratosis
   isic2018   2018 Task 3 (7 diagnoses)                   image, MEL, NV, BCC, AKIEC, BKL, DF, VASC
   isic2019   2019 Task 1 (9 diagnoses incl. unknown)     image, MEL, NV, BCC, AK, BKL, DF, VASC, SCC, UNK
@@ -28,6 +30,7 @@ FORMATS = {
     "isic2018": ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"),
     "isic2019": ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"),
 }
+HEADERLESS = ("isic2016",)   # formats written without a header row
 # data.layout -> its challenge's submission format.
 LAYOUT_FORMATS = {"isic2016": "isic2016", "isic2017": "isic2017", "isic2018": "isic2018",
                   "isic2018_task3": "isic2018", "isic2019": "isic2019"}
@@ -78,11 +81,13 @@ def columns(fmt: str, probabilities: dict) -> dict:
           for c in wanted}
 
 
-def csv_text(ids, table: dict) -> str:
-  """ids [N] + {column: [N]} -> CSV text with header `image`, one row per id."""
+def csv_text(ids, table: dict, *, header: bool = True) -> str:
+  """ids [N] + {column: [N]} -> CSV text, one row per id, after a header `image`, <columns>
+  (unless `header` is False)."""
   out = io.StringIO()
   writer = csv.writer(out, lineterminator="\n")
-  writer.writerow(["image", *table])
+  if header:
+    writer.writerow(["image", *table])
   values = [np.asarray(v, np.float64) for v in table.values()]
   for i, image_id in enumerate(ids):
     writer.writerow([str(image_id), *(repr(float(v[i])) for v in values)])
@@ -93,5 +98,5 @@ def write(path: str, fmt: str, ids, probs, class_names) -> str:
   """Writes the `fmt` submission CSV of model probabilities (see class_probabilities) to
   `path` atomically; returns path."""
   table = columns(fmt, class_probabilities(probs, class_names))
-  fileio.write_text(path, csv_text(ids, table))
+  fileio.write_text(path, csv_text(ids, table, header=fmt not in HEADERLESS))
   return path

@@ -113,7 +113,7 @@ def test_youden_threshold_hand_computed_and_brute_force():
   assert diagnosis.youden_threshold(scores, labels) == pytest.approx(0.35)
   at = diagnosis.at_threshold(scores, labels, 0.35)
   assert at == pytest.approx({"threshold": 0.35, "accuracy": 6 / 7, "sensitivity": 1.0,
-                              "specificity": 0.75})
+                              "specificity": 0.75, "balanced_accuracy": 0.875})
   rng = np.random.default_rng(0)
   labels = (rng.random(300) < 0.1).astype(int)
   scores = rng.random(300) + 0.3 * labels
@@ -128,3 +128,56 @@ def test_youden_threshold_hand_computed_and_brute_force():
   assert worse == 0.9
   assert diagnosis.at_threshold(np.array([0.1, 0.2, 0.8, 0.9]), np.array([1, 1, 0, 0]), worse)[
       "specificity"] == 1.0
+
+
+def test_threshold_at_sensitivity_hand_computed_and_brute_force():
+  """The highest threshold with sensitivity >= .80: with 3 positives (.9, .6, .4) that is
+  all three, so the cut lies between .4 and the next lower score .3."""
+  scores = np.array([0.9, 0.6, 0.4, 0.7, 0.3, 0.2, 0.1])
+  labels = np.array([1, 1, 1, 0, 0, 0, 0])
+  assert diagnosis.threshold_at_sensitivity(scores, labels, 0.8) == pytest.approx(0.35)
+  assert diagnosis.threshold_at_sensitivity(scores, labels, 0.6) == pytest.approx(0.5)
+  rng = np.random.default_rng(1)
+  labels = (rng.random(200) < 0.2).astype(int)
+  scores = rng.random(200) + 0.3 * labels
+  t = diagnosis.threshold_at_sensitivity(scores, labels, 0.8)
+  sens = lambda t: np.mean(scores[labels == 1] > t)
+  assert sens(t) >= 0.8
+  higher = np.unique(scores[scores > t])
+  assert sens(higher.min()) < 0.8        # the next score up loses sensitivity .80
+  assert diagnosis.choose_thresholds(scores, labels) == pytest.approx(
+      {"youden": diagnosis.youden_threshold(scores, labels), "sensitivity_80": t})
+
+
+def test_threshold_sections_apply_the_validation_threshold_to_test():
+  """validation chooses, test only applies: test's numbers are those at validation's cut,
+  not at test's own best cut."""
+  val_scores = np.array([0.9, 0.6, 0.4, 0.7, 0.3, 0.2, 0.1])
+  val_labels = np.array([1, 1, 1, 0, 0, 0, 0])
+  chosen = diagnosis.threshold_sections(val_scores, val_labels, "validation", None)
+  assert chosen == {"thresholds": pytest.approx({"youden": 0.35, "sensitivity_80": 0.35})}
+  test_scores, test_labels = np.array([0.8, 0.3, 0.2, 0.1]), np.array([1, 1, 0, 0])
+  section = diagnosis.threshold_sections(test_scores, test_labels, "test",
+                                         {**chosen["thresholds"], "sensitivity_80": None})
+  assert list(section) == [diagnosis.AT_VALIDATION]
+  assert section[diagnosis.AT_VALIDATION] == {"youden": pytest.approx(
+      {"threshold": 0.35, "accuracy": 0.75, "sensitivity": 0.5, "specificity": 1.0,
+       "balanced_accuracy": 0.75})}   # test's own Youden cut (0.25) would give 1.0 each
+  assert diagnosis.threshold_sections(test_scores, test_labels, "test", None) == {}
+
+
+def test_rows_without_a_label_do_not_count():
+  """label -1 (no diagnosis, e.g. ISIC 2018 Task 1-2 images) is left out of every metric."""
+  logits = np.array([[2.0], [-1.0], [0.5], [3.0], [-2.0]])
+  labels = np.array([1, 0, 1, -1, 0])
+  keep = labels >= 0
+  with_unlabelled = diagnosis.diagnosis_metrics(logits, labels)
+  assert with_unlabelled == pytest.approx(diagnosis.diagnosis_metrics(logits[keep], labels[keep]))
+  assert with_unlabelled["num_examples"] == 4
+  probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.3, 0.3, 0.4]])
+  labels, melanoma = np.array([0, 1, 2, -1]), np.array([1, 0, 0, -1])
+  multi = diagnosis.diagnosis_metrics(np.log(probs), labels, melanoma=melanoma, melanoma_class=0)
+  assert multi == pytest.approx(diagnosis.diagnosis_metrics(
+      np.log(probs[:3]), labels[:3], melanoma=melanoma[:3], melanoma_class=0))
+  assert diagnosis.at_threshold(np.array([0.9, 0.1, 0.5]), np.array([1, 0, -1]), 0.5)[
+      "accuracy"] == 1.0

@@ -311,3 +311,134 @@ def test_missing_directory_and_unknown_layout(tmp_path):
                        "missing image directory")]
   with pytest.raises(ValueError, match="Unknown ISIC layout"):
     isic.list_examples("isic2021", str(tmp_path))
+
+
+# --- groups, official test sets, protocols --------------------------------------------
+
+
+def _example_list(n, **columns):
+  """n isic.Examples (alternating labels) with per-example column values (lists)."""
+  return [isic.Example(f"ISIC_{i:07d}", "train", "", label=i % 2,
+                       **{k: v[i] for k, v in columns.items()}) for i in range(n)]
+
+
+def _together(assignment, examples, key):
+  """Whether every value of `key` has one assignment (split / fold)."""
+  seen = collections.defaultdict(set)
+  for e in examples:
+    if key(e):
+      seen[key(e)].add(assignment[e.id])
+  return all(len(s) == 1 for s in seen.values())
+
+
+def test_lesions_patients_and_duplicates_stay_in_one_split_and_fold():
+  """Lesion ids (ISIC 2019), patient ids (2020), duplicate pairs (2020's Duplicates CSV) and
+  their chains form one group; an image with none is alone."""
+  n = 60
+  lesion = [f"IL_{i // 3}" if i < 30 else "" for i in range(n)]
+  patient = [f"IP_{i // 4}" if i >= 40 else "" for i in range(n)]
+  examples = _example_list(n, lesion_id=lesion, patient_id=patient)
+  for a, b in ((30, 59), (31, 2), (32, 33)):   # duplicates across patients and lesions
+    examples[a].duplicates += (examples[b].id,)
+    examples[b].duplicates += (examples[a].id,)
+  group = isic.groups(examples)
+  assert group[0] == group[1] == group[2] != group[3]       # lesion IL_0
+  assert group[31] == group[2] and group[30] == group[59] == group[56]   # duplicates chain on
+  assert group[34] != group[35]                             # neither lesion nor patient
+  for seed in range(3):
+    folds = isic.assign_folds(examples, 5, seed=seed)
+    splits = isic.assign_splits("isic2019", examples, seed=seed)
+    for assignment in (folds, splits):
+      assert _together(assignment, examples, lambda e: e.lesion_id)
+      assert _together(assignment, examples, lambda e: e.patient_id)
+      assert all(assignment[e.id] == assignment[d] for e in examples for d in e.duplicates)
+
+
+def test_isic2019_lesion_ids_are_read_and_kept_together(synthetic_isic):
+  root = synthetic_isic("isic2019", {"train": 60, "validation": 0, "test": 0})
+  examples, problems = isic.list_examples("isic2019", root)
+  assert not problems
+  assert [e.lesion_id for e in examples[:6]] == ["IL_0000000"] * 3 + ["IL_0000003"] * 2 + [
+      "IL_0000005"]
+  splits = isic.assign_splits("isic2019", examples, seed=0)
+  assert _together(splits, examples, lambda e: e.lesion_id)
+  train = [e for e in examples if splits[e.id] == "train"]
+  assert _together(isic.assign_folds(train, 5, seed=0), train, lambda e: e.lesion_id)
+
+
+def test_isic2019_official_test_split_replaces_the_carved_one(synthetic_isic, tmp_path):
+  root = _copy(synthetic_isic("isic2019", NUM), tmp_path)
+  official = _truth("isic2019")
+  test_ids = sorted(i for i, (token, *_) in official.items() if token == "Test")
+  assert len(test_ids) == NUM["test"]
+  records = _all_records("isic2019", root)
+  assert sorted(i for i, r in records.items() if r["split"] == "test") == test_ids
+  for i in test_ids:   # labels from ISIC_2019_Test_GroundTruth.csv, metadata from Test_Metadata
+    assert records[i]["label"] == official[i][2]
+  assert collections.Counter(r["split"] for r in records.values())["validation"] > 0
+  # Without the published ground truth the test images are not read; a test split is carved.
+  os.remove(os.path.join(root, "ISIC_2019_Test_GroundTruth.csv"))
+  examples, problems = isic.list_examples("isic2019", root)
+  assert not problems and not set(test_ids) & {e.id for e in examples}
+  carved = isic.assign_splits("isic2019", examples, seed=0)
+  assert collections.Counter(carved.values())["test"] >= 4
+
+
+def test_isic2020_unzipped_in_place_and_duplicates(synthetic_isic, tmp_path):
+  """ISIC_2020_Training_JPEG.zip unzipped in place gives train/; the Duplicates CSV keeps
+  each pair in one split and fold (both images stay); unknown ids in it are named."""
+  root = _copy(synthetic_isic("isic2020", {"train": 80, "validation": 0, "test": 0}), tmp_path)
+  os.rename(os.path.join(root, "train.csv"),
+            os.path.join(root, "ISIC_2020_Training_GroundTruth_v2.csv"))
+  os.rename(os.path.join(root, "jpeg", "train"), os.path.join(root, "train"))
+  os.rmdir(os.path.join(root, "jpeg"))
+  examples, problems = isic.list_examples("isic2020", root)
+  assert not problems and len(examples) == 80
+  pairs = [(examples[i].id, examples[79 - i].id) for i in range(0, 40, 3)]  # other patients
+  path = os.path.join(root, "ISIC_2020_Training_Duplicates.csv")
+  with open(path, "w") as f:
+    f.write("image_name_1,image_name_2\n" + "".join(f"{a},{b}\n" for a, b in pairs))
+  examples, problems = isic.list_examples("isic2020", root)
+  assert not problems and len(examples) == 80
+  for seed in range(2):
+    splits = isic.assign_splits("isic2020", examples, seed=seed)
+    assert all(splits[a] == splits[b] for a, b in pairs)
+    train = [e for e in examples if splits[e.id] == "train"]
+    folds = isic.assign_folds(train, 3, seed=seed)
+    assert all(folds[a] == folds[b] for a, b in pairs if a in folds)
+  with open(path, "a") as f:
+    f.write("ISIC_9999999,ISIC_0000001\nISIC_0000002,\n")
+  _, text = _problems("isic2020", root)
+  assert f"{path}: 1 id(s) match no image: ISIC_9999999" in text
+  assert f"{path}: 1 bad row(s): line {len(pairs) + 3}: ISIC_0000002: too few fields" in text
+
+
+def test_a_short_csv_row_names_its_id(raw2017):
+  path = os.path.join(raw2017, "ISIC-2017_Validation_Part3_GroundTruth.csv")
+  with open(path) as f:
+    lines = f.read().splitlines()
+  short_id = lines[3].split(",")[0]
+  lines[3] = short_id + ",0.0"
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  _, text = _problems("isic2017", raw2017)
+  assert f"{path}: 1 bad row(s): line 4: {short_id}: too few fields" in text
+
+
+def test_validation_fraction_and_protocol_settings(synthetic_isic):
+  """The derived validation fraction is a setting (1/k); "cv" carves nothing."""
+  root = synthetic_isic("isic2016", {"train": 80, "validation": 0, "test": 10})
+  examples, problems = isic.list_examples("isic2016", root)
+  assert not problems
+  count = lambda **kw: collections.Counter(isic.assign_splits("isic2016", examples, **kw).values())
+  assert count()["validation"] == 10                           # the layout's 1/8
+  assert count(validation_fraction=0.2)["validation"] == 16    # CIN's 20%
+  assert count(protocol="cv") == {"train": 80, "test": 10}
+  assert isic.split_settings("isic2016", validation_fraction=0.2) == {
+      "protocol": "carved_test", "derived": {"validation": 0.2}}
+  with pytest.raises(ValueError, match="1/k"):
+    isic.derived_splits("isic2016", validation_fraction=0.15)
+  with pytest.raises(ValueError, match="official validation split"):
+    isic.derived_splits("isic2017", validation_fraction=0.2)
+  with pytest.raises(ValueError, match="data.protocol"):
+    isic.derived_splits("isic2020", protocol="nested")

@@ -207,3 +207,27 @@ def test_overwrite_replaces_and_derived_splits_are_written(synthetic_isic, tmp_p
 def test_load_without_prepare_says_what_to_run(tmp_path):
   with pytest.raises(FileNotFoundError, match="prepare"):
     prepare.load(str(tmp_path), "isic2017")
+
+
+def test_split_settings_are_recorded_and_never_silently_reused(synthetic_isic, tmp_path):
+  """CIN's 20% validation carve of ISIC 2016 is a setting recorded with the dataset: a
+  dataset prepared with the layout's 1/8 is not reused for it (nor for protocol "cv")."""
+  raw = synthetic_isic("isic2016", {"train": 40, "validation": 0, "test": 6})
+  prepared_dir = str(tmp_path / "prepared")
+  prepare.prepare("isic2016", raw, prepared_dir, num_folds=2)
+  default = prepare.load(prepared_dir, "isic2016")
+  assert default.stats["config"]["splits"] == {"protocol": "carved_test",
+                                               "derived": {"validation": 0.125}}
+  assert default.stats["splits"]["validation"]["num_images"] == 5
+  for settings in ({"validation_fraction": 0.2}, {"protocol": "cv"}):
+    with pytest.raises(ValueError, match="was prepared with .*delete it"):
+      prepare.prepare("isic2016", raw, prepared_dir, num_folds=2, **settings)
+  prepare.prepare("isic2016", raw, prepared_dir, num_folds=2, validation_fraction=0.2,
+                  overwrite=True)
+  fifth = prepare.load(prepared_dir, "isic2016")
+  assert fifth.stats["splits"]["validation"]["num_images"] == 8
+  assert fifth.splits["settings"] == {"protocol": "carved_test", "derived": {"validation": 0.2}}
+  prepare.prepare("isic2016", raw, prepared_dir, num_folds=2, protocol="cv", overwrite=True)
+  cv = prepare.load(prepared_dir, "isic2016")
+  assert sorted(cv.stats["splits"]) == ["test", "train"]    # the official test stays
+  assert len(cv.splits["folds"]) == 40 and set(cv.splits["folds"].values()) == {0, 1}

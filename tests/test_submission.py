@@ -38,8 +38,7 @@ def test_binary_metrics_equal_the_scorers(tmp_path):
   scores[:4] = 0.5          # the threshold itself: negative for both
   scores[4:8] = scores[8]   # ties
   ids = [f"ISIC_{i:07d}" for i in range(60)]
-  path = submission.write(str(tmp_path / "s.csv"), "isic2016", ids, scores,
-                          ("benign", "malignant"))
+  path = _write(tmp_path / "s.csv", ids, {"malignant": scores})
   score = _score(_truth(ids, {"malignant": labels}), path)
   _assert_binary_agrees(diagnosis.binary_metrics(scores, labels),
                         score.per_category.loc["malignant"])
@@ -57,6 +56,27 @@ def test_binary_metrics_equal_the_scorers(tmp_path):
 def _write(path, ids, table):
   path.write_text(submission.csv_text(ids, table))
   return str(path)
+
+
+def test_isic2016_submission_has_no_header_and_reads_as_the_2016_scorer_reads_it(tmp_path):
+  """ISIC 2016 Part 3 "Test Results": two columns (image id, malignancy confidence), no
+  header row. The 2016 scorer (ImageMarkup's scoreP3 of 2016) reads rows with fixed field
+  names ['image', 'confidence'] and fails on a value that is not a float in [0, 1], so a
+  header row would fail it; the modern scorer needs the header the other years have."""
+  ids = ["ISIC_0000000", "ISIC_0000001", "ISIC_0000002"]
+  scores = np.array([0.25, 0.5, 1.5])
+  path = submission.write(str(tmp_path / "s.csv"), "isic2016", ids, scores,
+                          ("benign", "malignant"))
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f, fieldnames=["image", "confidence"]))
+  assert [r["image"] for r in rows] == ids and all(None not in r for r in rows)
+  assert [float(r["confidence"]) for r in rows] == [0.25, 0.5, 1.0]   # clipped to [0, 1]
+  assert all(len(r) == 2 for r in rows)
+  with open(path) as f:
+    assert not f.readline().startswith("image,")
+  with open(submission.write(str(tmp_path / "t.csv"), "isic2017", ids[:1], np.array([0.5]),
+                             ("other", "melanoma"))) as f:
+    assert f.readline().startswith("image,melanoma")   # the other years keep the header
 
 
 def test_multiclass_metrics_equal_the_scorers(tmp_path):

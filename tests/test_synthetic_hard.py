@@ -19,13 +19,16 @@ from dermjax.data import synthetic_hard
 
 SMALL = {"train": 3, "validation": 1, "test": 2}
 # sha256 of the easy preset's drawn arrays and metadata (seed 7, SMALL, 32-48 px), computed
-# with the generator as it was before the difficulty dial existed (main at b67b164).
+# with the generator as it was before the difficulty dial existed (main at b67b164). ISIC
+# 2019's test images are now written as its official test split (token "Test", the drawn
+# arrays unchanged: mapping "Test" back to "Training" gives b67b164's digest) and its
+# training metadata share lesion ids (synthetic.shared_lesion), so its two digests are new.
 EASY_ARRAYS = {
     "isic2016": "dcae949b228724f078a778a3802c9234758f70044487b7ef46981e337e304b1e",
     "isic2017": "58db4802983f40aa210defb2679fbc57d1167da453a9b379079a54319616f3da",
     "isic2018": "3e33b9356b41e81ae5b962691aaa2251984abb9cd24ef4b2473a4f16f6db45a0",
     "isic2018_task3": "5ff1f8629987af166aa1d0ca31c2582e4ba0fc9b0a0d28dd19d987e487688f82",
-    "isic2019": "db3dedda242ea377669564bdd39b938943f6b8208146c46b266be2d399ce73cb",
+    "isic2019": "5f48121c2c7ab895eb542c574c5ce462ed4310f5611dea11c786aa864827895c",
     "isic2020": "3342318bc6034d27f96cf870880e2638fc50b87c04a311a35168c43cbf92a3aa",
 }
 # ... and of the written files (names + bytes; JPEG bytes only for isic2017, the rest
@@ -35,7 +38,7 @@ EASY_FILES_WITH_JPEG = {
 EASY_FILES = {
     "isic2016": "d85ec1a1e5697a9a35199d6683837e98c1aa287976d84fb3d161c16d8c468bf9",
     "isic2018": "59d44a541947cebe4dcf47aa3571732d3be36cc6d41467844315c77bc16ccb02",
-    "isic2019": "fa7ac1e02a034b164f68967dc72832ffd81dac23d6aa1e009c95bf3265299713",
+    "isic2019": "e32d1d9b5ae0f62c1b87fb7f70949c4834c935f8fd709c683f1833f716631109",
     "isic2020": "b1ff6253f356eda903161a1f1ee532bd437cb3a3180eb4e230b854ed1e22b622",
 }
 

@@ -5,7 +5,9 @@
                     and pixel shares (thesis Table 1, via dermjax.data.structures; logged
                     for the training split), image sizes, and the training split's RGB
                     mean/std (0-255)
-      splits.json   ids per split and a stratified fold index per training id
+      splits.json   ids per split and a stratified fold index per training id (grouped
+                    by lesion / patient / duplicate pair, dermjax.data.isic.splits), and
+                    the split settings (protocol, derived fractions) they were made with
       tfds/         the `dermjax_isic/<layout>` builder's array_record files
 
 Every file is decoded and checked in one pass; all problems are reported together in
@@ -241,33 +243,37 @@ def _builder(layout, data_dir):
   return isic_builder.DermjaxIsic(config=layout, data_dir=data_dir, file_format="array_record")
 
 
-def _config(layout, seed, num_folds):
-  return {"layout": layout, "seed": seed, "num_folds": num_folds, "format": FORMAT_VERSION}
+def _config(layout, seed, num_folds, split_settings):
+  return {"layout": layout, "seed": seed, "num_folds": num_folds, "format": FORMAT_VERSION,
+          "splits": split_settings}
 
 
 def prepare(layout: str, raw_dir: str, prepared_dir: str, *, seed: int = 0,
-            num_folds: int = 5, overwrite: bool = False) -> str:
+            num_folds: int = 5, overwrite: bool = False, validation_fraction=None,
+            protocol: str = "carved_test") -> str:
   """Checks and converts the raw `layout` dataset at `raw_dir`; returns the dataset dir
   (`prepared_dir/<layout>`). Returns at once if a complete one with the same layout,
-  seed and folds is there; rebuilds it only with `overwrite`. Raises DatasetError
-  listing every bad file."""
+  seed, folds and split settings (validation_fraction, protocol: dermjax.data.isic.splits)
+  is there; rebuilds it only with `overwrite`. Raises DatasetError listing every bad file."""
   isic.layout_spec(layout)
+  settings = dict(validation_fraction=validation_fraction, protocol=protocol)
   target = os.path.join(prepared_dir, layout)
-  config = _config(layout, seed, num_folds)
+  config = _config(layout, seed, num_folds, isic.split_settings(layout, **settings))
   stats_path = os.path.join(target, "stats.json")
   if os.path.exists(stats_path) and not overwrite:
     with open(stats_path) as f:
       found = json.load(f).get("config")
     if found == config:
       return target
-    raise ValueError(f"{target} was prepared with {found}, not {config}; "
-                     "pass overwrite=True to rebuild it.")
+    raise ValueError(f"{target} was prepared with {found}, not {config}; rebuild it "
+                     "(prepare(..., overwrite=True)), delete it, or set data.prepared_dir "
+                     "to another folder")
 
   if not os.path.isdir(raw_dir):  # Checked before anything is created.
     raise DatasetError([(raw_dir, "dataset directory does not exist")],
                        header=f"cannot prepare {layout} from {raw_dir}")
   examples, problems = isic.list_examples(layout, raw_dir)
-  splits = isic.assign_splits(layout, examples, seed) if examples else {}
+  splits = isic.assign_splits(layout, examples, seed, **settings) if examples else {}
   plan = _Plan(layout, examples, splits, problems)
   if problems or not examples:  # bad listing: still decode everything, to report it all
     for split in plan.splits:
@@ -278,7 +284,7 @@ def prepare(layout: str, raw_dir: str, prepared_dir: str, *, seed: int = 0,
                        header=f"cannot prepare {layout} from {raw_dir}")
   with _PrepareLock(prepared_dir, layout):
     if os.path.exists(stats_path) and not overwrite:  # Another process prepared it meanwhile.
-      return prepare(layout, raw_dir, prepared_dir, seed=seed, num_folds=num_folds)
+      return prepare(layout, raw_dir, prepared_dir, seed=seed, num_folds=num_folds, **settings)
     return _build(layout, raw_dir, prepared_dir, plan, splits, config, num_folds, seed, target)
 
 
@@ -348,6 +354,7 @@ def _write_metadata(tmp, layout, plan, splits, config, num_folds, seed, raw_dir)
       "splits": {s: plan.stats[s].summary() for s in plan.splits}, "mean": mean, "std": std,
   }
   split_file = {"layout": layout, "seed": seed, "num_folds": num_folds,
+                "settings": config["splits"],
                 "splits": {s: sorted(e.id for e in plan.by_split[s]) for s in plan.splits},
                 "folds": dict(sorted(folds.items()))}
   with open(os.path.join(tmp, "splits.json"), "w") as f:

@@ -45,13 +45,14 @@ EVIDENCE_DIR = isic.EVIDENCE_DIR
 DEFAULT_NUM_IMAGES = {"train": 240, "validation": 60, "test": 120}
 
 # File-name split tokens of each layout, in order; splits a layout lacks are folded into
-# the training set (their images are carved out again by isic.assign_splits).
+# the training set (their images are carved out again by isic.assign_splits). ISIC 2019's
+# test split is written as the official one (Test_Input + the published Test_GroundTruth).
 _TOKENS = {
     "isic2016": {"train": "Training", "validation": "Training", "test": "Test"},
     "isic2017": {"train": "Training", "validation": "Validation", "test": "Test_v2"},
     "isic2018": {"train": "Training", "validation": "Validation", "test": "Test"},
     "isic2018_task3": {"train": "Training", "validation": "Validation", "test": "Test"},
-    "isic2019": {"train": "Training", "validation": "Training", "test": "Training"},
+    "isic2019": {"train": "Training", "validation": "Training", "test": "Test"},
     "isic2020": {"train": "Training", "validation": "Training", "test": "Training"},
 }
 LAYOUTS = tuple(_TOKENS)
@@ -271,6 +272,13 @@ def iter_examples(layout, num_images=None, *, seed=0, min_side=240, max_side=400
       index += 1
 
 
+def shared_lesion(image_id: str) -> str:
+  """ISIC 2019's lesion_id of a synthetic image: of every six consecutive images, the first
+  three show one lesion, the next two another, the last its own (ISIC_0000007 -> IL_0000006)."""
+  index = int(image_id.rsplit("_", 1)[1])
+  return f"IL_{index - index % 6 + (0, 0, 0, 3, 3, 5)[index % 6]:07d}"
+
+
 class _Csvs:
   """Open CSV writers keyed by path (header written on first use)."""
 
@@ -357,9 +365,10 @@ def write_synthetic(layout: str, out_dir: str, *, num_images: dict | None = None
         _save(drawn["image"], o(f"ISIC_2019_{s}_Input", i + ".jpg"), quality=quality)
         csvs.row(o(f"ISIC_2019_{s}_GroundTruth.csv"), ["image"] + names,
                  [i] + [float(k == diagnosis) for k in range(len(names))])
+        lesion = s == "Training"   # the test metadata have no lesion_id column
         csvs.row(o(f"ISIC_2019_{s}_Metadata.csv"),
-                 ["image", "age_approx", "anatom_site_general", "lesion_id", "sex"],
-                 [i, meta["age"], meta["site"], meta["lesion"], meta["sex"]])
+                 ["image", "age_approx", "anatom_site_general"] + ["lesion_id"] * lesion + ["sex"],
+                 [i, meta["age"], meta["site"]] + [shared_lesion(i)] * lesion + [meta["sex"]])
       elif layout == "isic2020":
         _save(drawn["image"], o("jpeg", "train", i + ".jpg"), quality=quality)
         csvs.row(o("train.csv"), ["image_name", "patient_id", "sex", "age_approx",

@@ -7,10 +7,12 @@ AUC above sensitivity 0.8, balanced accuracy is the mean per-class recall.
 
 Binary (melanoma vs rest): AUC, AP, auc_sens_80, accuracy / sensitivity / specificity /
 balanced accuracy at the threshold, and sensitivity at specificity .95 / .90 / .85 (the
-papers' tables; not a challenge metric); `youden_threshold` chooses a threshold on one split
-(e.g. validation) and `at_threshold` applies it to another. Multiclass (K > 1): per-class one-vs-rest AUC
-and their mean, accuracy and balanced accuracy of the argmax. A split where a metric is
-undefined (one class only) gives NaN and a warning, never an exception.
+papers' tables; not a challenge metric); `choose_thresholds` picks thresholds on one split
+(validation: Youden's J, and the highest with sensitivity >= .80) and `at_threshold`
+applies one to another split. Multiclass (K > 1): per-class one-vs-rest AUC and their
+mean, accuracy and balanced accuracy of the argmax. Rows with label -1 (no diagnosis)
+never count. A split where a metric is undefined (one class only) gives NaN and a
+warning, never an exception.
 """
 
 import warnings
@@ -92,6 +94,15 @@ def binary_metrics(scores, labels, *, threshold: float = 0.5, prefix: str = "") 
   return {prefix + k: v for k, v in out.items()}
 
 
+def _strict_threshold(scores, roc_threshold) -> float:
+  """A threshold t with "score > t" positive exactly where "score >= roc_threshold" is
+  (roc_curve's rule): the midpoint to the next lower score (just below when none is)."""
+  lower = scores[scores < roc_threshold]
+  if lower.size == 0:
+    return float(np.nextafter(roc_threshold, -np.inf))
+  return float((roc_threshold + lower.max()) / 2)
+
+
 def youden_threshold(scores, labels) -> float:
   """The threshold of the ROC point maximising Youden's J = sensitivity + specificity - 1
   (ties: the higher one), for binary_metrics' rule "positive where score > threshold": the
@@ -104,17 +115,61 @@ def youden_threshold(scores, labels) -> float:
   best = int(np.argmax(tpr - fpr))
   if not np.isfinite(thresholds[best]):                 # roc_curve's first point: none positive.
     return float(np.max(scores))
-  lower = scores[scores < thresholds[best]]
-  if lower.size == 0:
-    return float(np.nextafter(thresholds[best], -np.inf))
-  return float((thresholds[best] + lower.max()) / 2)
+  return _strict_threshold(scores, thresholds[best])
+
+
+def threshold_at_sensitivity(scores, labels, sensitivity: float = 0.8) -> float:
+  """The highest threshold whose sensitivity ("positive where score > threshold") is at
+  least `sensitivity` (the fewest false positives at that sensitivity). scores, labels:
+  [N]; NaN without a positive example."""
+  scores, labels = _check(scores, labels, 1)
+  if not np.any(labels == 1):
+    return _nan(f"threshold at sensitivity {sensitivity} needs a positive example")
+  if not np.any(labels == 0):  # roc_curve needs both classes; every positive score counts
+    positives = np.sort(scores[labels == 1])[::-1]
+    return _strict_threshold(scores, positives[int(np.ceil(sensitivity * len(positives))) - 1])
+  _, tpr, thresholds = skm.roc_curve(labels, scores, drop_intermediate=False)
+  first = int(np.argmax(tpr >= sensitivity - 1e-12))
+  return _strict_threshold(scores, thresholds[first])
+
+
+# Thresholds chosen on one split (validation) and applied to the others: rule -> chooser.
+THRESHOLD_RULES = {"youden": youden_threshold, "sensitivity_80": threshold_at_sensitivity}
+
+
+def choose_thresholds(scores, labels) -> dict:
+  """{rule: threshold} of THRESHOLD_RULES on scores [N] against 0/1 labels [N] (rows with
+  label -1 dropped); NaN where a rule is undefined."""
+  scores, labels = _check(scores, labels, 1)
+  known = labels >= 0
+  return {rule: choose(scores[known], labels[known]) for rule, choose in THRESHOLD_RULES.items()}
 
 
 def at_threshold(scores, labels, threshold: float) -> dict:
-  """{threshold, accuracy, sensitivity, specificity} of scores [N] against 0/1 labels [N]."""
-  out = binary_metrics(scores, labels, threshold=threshold)
-  return {"threshold": float(threshold),
-          **{k: out[k] for k in ("accuracy", "sensitivity", "specificity")}}
+  """{threshold, accuracy, sensitivity, specificity, balanced_accuracy} of scores [N]
+  against 0/1 labels [N] (rows with label -1 dropped), positive where score > threshold."""
+  scores, labels = _check(scores, labels, 1)
+  known = labels >= 0
+  out = binary_metrics(scores[known], labels[known], threshold=threshold)
+  return {"threshold": float(threshold), **{k: out[k] for k in (
+      "accuracy", "sensitivity", "specificity", "balanced_accuracy")}}
+
+
+AT_VALIDATION = "diagnosis_at_validation_threshold"
+
+
+def threshold_sections(scores, labels, split: str, thresholds: dict | None) -> dict:
+  """A split's threshold sections of results/<split>.json from its binary scores [N] and
+  0/1 labels [N]: {"thresholds": choose_thresholds} on "validation"; on any other split
+  {AT_VALIDATION: {rule: at_threshold at the validation's threshold}} when `thresholds`
+  ({rule: value}) are given; else {}."""
+  if split == "validation":
+    return {"thresholds": choose_thresholds(scores, labels)}
+  defined = {rule: float(t) for rule, t in (thresholds or {}).items()
+             if t is not None and np.isfinite(t)}   # NaN (JSON null): undefined there
+  if not defined:
+    return {}
+  return {AT_VALIDATION: {rule: at_threshold(scores, labels, t) for rule, t in defined.items()}}
 
 
 def multiclass_metrics(probs, labels, class_names=None) -> dict:
@@ -182,9 +237,14 @@ def diagnosis_metrics(logits, labels, *, melanoma=None, melanoma_class=None, cla
   logits [N, K]. K == 1: sigmoid scores against `labels` (0/1). K > 1: softmax; multiclass
   metrics against `labels`, plus the binary metrics of the melanoma score (the probability
   of class `melanoma_class`) against `melanoma` (0/1; rows with -1 dropped) when given.
+  Rows whose label is -1 (no diagnosis) are left out of every metric.
   """
   check_finite(logits)
   probs = probabilities(logits)
+  labels = np.asarray(labels)
+  known = labels >= 0       # rows without a label (-1) do not count
+  probs, labels = probs[known], labels[known]
+  melanoma = None if melanoma is None else np.asarray(melanoma)[known]
   if probs.ndim == 1:
     return binary_metrics(probs, labels, threshold=threshold)
   out = multiclass_metrics(probs, labels, class_names)

@@ -1,7 +1,14 @@
 """The label and metadata CSVs of the ISIC layouts: their columns, row parsers, and reading.
 
-`read_csv(path, fmt, problems)` -> {id: parsed values}; every bad row is named (with its
-id where the row has one) in `problems`, so a whole dataset is checked in one pass.
+`read_csv(path, fmt, problems)` -> {id: parsed values}; every bad row is named by its line
+and its id (a short row too: its first field) in `problems`, so a whole dataset is checked
+in one pass.
+
+Metadata rows parse to (age, sex, site, patient_id, lesion_id); lesion_id is the optional
+`lesion_id` column of ISIC 2019's Training_Metadata.csv (its Test_Metadata.csv has none)
+and of ISIC 2020's ISIC-hosted CSVs ("" where absent): the splits keep a lesion's images
+together. ISIC 2020's ISIC_2020_Training_Duplicates.csv (image_name_1, image_name_2) lists
+pairs of duplicate images (`read_pairs`).
 """
 
 import csv
@@ -95,11 +102,13 @@ _sex = _index(schema.SEXES, "sex")
 _site = _index(schema.SITES, "anatomic site")
 
 
-def _meta(age=None, sex=None, site=None, patient=None):
-  """Row parser -> (age, sex, site, patient_id) from the named columns."""
+def _meta(age=None, sex=None, site=None, patient=None, lesion=None):
+  """Row parser -> (age, sex, site, patient_id, lesion_id) from the named columns (`lesion`
+  optional: "" where the CSV has no such column)."""
   def parse(row):
     return (_age(row[age]) if age else math.nan, _sex(row[sex]) if sex else -1,
-            _site(row[site]) if site else -1, row[patient].strip() if patient else "")
+            _site(row[site]) if site else -1, row[patient].strip() if patient else "",
+            (row.get(lesion) or "").strip() if lesion else "")
   return parse
 
 
@@ -107,42 +116,74 @@ META_FORMATS = {
     "isic2017": CsvFormat("image_id", ("image_id", "age_approximate", "sex"),
                           _meta("age_approximate", "sex")),
     "isic2019": CsvFormat("image", ("image", "age_approx", "anatom_site_general", "sex"),
-                          _meta("age_approx", "sex", "anatom_site_general")),
+                          _meta("age_approx", "sex", "anatom_site_general", lesion="lesion_id")),
     "isic2020": CsvFormat("image_name", ("image_name", "patient_id", "sex", "age_approx",
                                          "anatom_site_general_challenge"),
                           _meta("age_approx", "sex", "anatom_site_general_challenge",
-                                "patient_id")),
+                                "patient_id", "lesion_id")),
 }
 
+DUPLICATES_COLUMNS = ("image_name_1", "image_name_2")   # ISIC_2020_Training_Duplicates.csv
 
 
-def read_csv(path, fmt: CsvFormat, problems):
-  """CSV -> {id: parsed values, None for a bad row}; problems are added to `problems`."""
+def _rows(path, columns, fieldnames, problems):
+  """CSV -> (row dicts, number of the first data line), or None after naming the problem."""
   try:
     with open(path, newline="", encoding="utf-8-sig") as f:
-      reader = csv.DictReader(f, fieldnames=fmt.fieldnames)
+      reader = csv.DictReader(f, fieldnames=fieldnames)
       rows = list(reader)
       header = reader.fieldnames or []
   except (OSError, UnicodeDecodeError, csv.Error) as e:
     problems.append((path, f"cannot read CSV: {e}"))
-    return {}
-  missing = [c for c in fmt.columns if c not in header]
+    return None
+  missing = [c for c in columns if c not in header]
   if missing:
     problems.append((path, f"missing column(s) {missing}; found {list(header)}"))
-    return {}
-  out, bad = {}, []
-  for line, row in enumerate(rows, start=1 if fmt.fieldnames else 2):
-    if any(row.get(c) is None for c in fmt.columns):
-      bad.append(f"line {line}: too few fields")
-      continue
-    try:
-      out[row[fmt.id_column].strip()] = fmt.parse(row)
-    except ValueError as e:
-      out[row[fmt.id_column].strip()] = None
-      bad.append(f"line {line}: {e}")
+    return None
+  return rows, 1 if fieldnames else 2
+
+
+def _report(path, bad, problems):
   if bad:
     problems.append((path, f"{len(bad)} bad row(s): " + "; ".join(bad[:5])))
+
+
+def read_csv(path, fmt: CsvFormat, problems):
+  """CSV -> {id: parsed values, None for a bad row}; problems are added to `problems`."""
+  read = _rows(path, fmt.columns, fmt.fieldnames, problems)
+  if read is None:
+    return {}
+  out, bad = {}, []
+  for line, row in enumerate(read[0], start=read[1]):
+    row_id = (row.get(fmt.id_column) or "").strip()
+    named = f"line {line}: {row_id or '(no id)'}"
+    if any(row.get(c) is None for c in fmt.columns):
+      bad.append(f"{named}: too few fields")
+      continue
+    try:
+      out[row_id] = fmt.parse(row)
+    except ValueError as e:
+      out[row_id] = None
+      bad.append(f"{named}: {e}")
+  _report(path, bad, problems)
   return out
+
+
+def read_pairs(path, columns, problems) -> list:
+  """A two-column id CSV (e.g. DUPLICATES_COLUMNS) -> [(id_1, id_2)]; short or empty rows
+  are named in `problems`."""
+  read = _rows(path, columns, None, problems)
+  if read is None:
+    return []
+  pairs, bad = [], []
+  for line, row in enumerate(read[0], start=read[1]):
+    pair = tuple((row.get(c) or "").strip() for c in columns)
+    if not all(pair):
+      bad.append(f"line {line}: {pair[0] or '(no id)'}: too few fields")
+    else:
+      pairs.append(pair)
+  _report(path, bad, problems)
+  return pairs
 
 
 def unmatched(path, ids, problems):

@@ -21,6 +21,8 @@ class Layout:
   classes: str                      # key into schema.CLASSES
   tokens: dict                      # official split -> file-name token
   derived: tuple = ()               # splits carved out of "train": (split, 1/fraction)
+  optional: tuple = ()              # official splits read only where their label CSV is
+                                    # (then not carved out of "train")
   images: tuple = ()                # image directories
   labels: tuple = ()                # label CSVs (required when given)
   label_format: str = ""
@@ -32,6 +34,7 @@ class Layout:
   attribute_masks: tuple = ()       # 2018 attribute-PNG directories (optional)
   merged_labels: tuple = ()         # extra label CSVs merged in by id, any split (2018)
   merged_format: str = ""
+  duplicates: tuple = ()            # CSVs of duplicate image pairs, kept in one split (2020)
 
 
 _2018_TASK3_CSVS = ("ISIC2018_Task3_{s}_GroundTruth*/ISIC2018_Task3_{s}_GroundTruth.csv",
@@ -69,17 +72,18 @@ _LAYOUTS = {
         images=("ISIC2018_Task3_{s}_Input",),
         labels=_2018_TASK3_CSVS, label_format="isic2018"),
     "isic2019": Layout(
-        "isic2019", "isic2019", {"train": "Training"},
-        derived=(("test", 5), ("validation", 8)),
+        "isic2019", "isic2019", {"train": "Training", "test": "Test"},
+        derived=(("test", 5), ("validation", 8)), optional=("test",),
         images=("ISIC_2019_{s}_Input",),
         labels=("ISIC_2019_{s}_GroundTruth.csv",), label_format="isic2019",
         metadata=("ISIC_2019_{s}_Metadata.csv",), meta_format="isic2019"),
     "isic2020": Layout(
         "isic2020", "isic2020", {"train": "Training"},
         derived=(("test", 5), ("validation", 8)),
-        images=("jpeg/train", "ISIC_2020_{s}_JPEG/train", "ISIC_2020_{s}_JPEG"),
+        images=("jpeg/train", "ISIC_2020_{s}_JPEG/train", "ISIC_2020_{s}_JPEG", "train"),
         labels=("train.csv", "ISIC_2020_{s}_GroundTruth*.csv"), label_format="isic2020",
-        metadata=("train.csv", "ISIC_2020_{s}_GroundTruth*.csv"), meta_format="isic2020"),
+        metadata=("train.csv", "ISIC_2020_{s}_GroundTruth*.csv"), meta_format="isic2020",
+        duplicates=("ISIC_2020_{s}_Duplicates.csv",)),
 }
 
 

@@ -27,10 +27,14 @@ class Example:
   sex: int = -1
   site: int = -1
   patient_id: str = ""
+  lesion_id: str = ""               # images of one lesion (ISIC 2019 / 2020 metadata)
+  duplicates: tuple = ()            # ids of images listed as its duplicates (ISIC 2020)
 
 
 def _list_split(spec: layouts.Layout, root, split, merged, problems):
   token = spec.tokens[split]
+  if split in spec.optional and layouts.find(root, spec.labels, token) is None:
+    return []  # e.g. ISIC 2019's test split before its ground truth was published
   image_dir = layouts.find(root, spec.images, token)
   if image_dir is None or not os.path.isdir(image_dir):
     problems.append((layouts.expected(root, spec.images, token), "missing image directory"))
@@ -73,7 +77,7 @@ def _list_split(spec: layouts.Layout, root, split, merged, problems):
       for i, values in meta.items():
         if i in examples and values:
           e = examples[i]
-          e.age, e.sex, e.site, e.patient_id = values
+          e.age, e.sex, e.site, e.patient_id, e.lesion_id = values
 
   def require(path, what, example_id):
     if os.path.exists(path):
@@ -121,4 +125,20 @@ def list_examples(layout: str, root: str):
   examples = []
   for split in spec.tokens:
     examples += _list_split(spec, root, split, merged, problems)
+  _mark_duplicates(spec, root, examples, problems)
   return examples, list(dict.fromkeys(problems))  # 2020 reads one CSV twice
+
+
+def _mark_duplicates(spec, root, examples, problems):
+  """Sets Example.duplicates from the layout's duplicate-pair CSVs, where present."""
+  by_id = {e.id: e for e in examples}
+  for pattern in spec.duplicates:
+    path = layouts.find(root, (pattern,), spec.tokens["train"])
+    if path is None:
+      continue
+    pairs = csv_formats.read_pairs(path, csv_formats.DUPLICATES_COLUMNS, problems)
+    csv_formats.unmatched(path, {i for pair in pairs for i in pair} - by_id.keys(), problems)
+    for a, b in pairs:
+      if a in by_id and b in by_id:
+        by_id[a].duplicates += (b,)
+        by_id[b].duplicates += (a,)
