@@ -227,30 +227,43 @@ class Checkpoints:
 
 def run_checkpoint_dir(workdir: str) -> str:
   """The checkpoint folder of a finished dermjax run: best by its config's
-  train.checkpoint_metric when there is one, else latest."""
+  train.checkpoint_metric when there is one, else latest. FileNotFoundError if none."""
   root = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(root):
-    raise FileNotFoundError(f"{workdir}: not a dermjax run (no checkpoints/ folder)")
+    raise FileNotFoundError(f"{workdir} is not a dermjax run (no checkpoints/ folder)")
   metric = None
   config_path = os.path.join(workdir, "config.json")
   if os.path.isfile(config_path):
-    with open(config_path) as f:
-      metric = json.load(f).get("train", {}).get("checkpoint_metric")
+    try:
+      with open(config_path) as f:
+        metric = json.load(f).get("train", {}).get("checkpoint_metric")
+    except (ValueError, AttributeError):
+      metric = None  # An unreadable config.json is reported by whoever reads the config.
   for name in ([best_dirname(metric)] if metric else []) + [LATEST]:
     path = os.path.join(root, name)
     if os.path.isdir(path) and _manager(path).latest_step() is not None:
       return path
-  raise FileNotFoundError(f"{workdir}: no saved checkpoint under {root}")
+  raise FileNotFoundError(f"{workdir} holds no saved checkpoint under {root} (not a finished "
+                          "run: rerun its training command to resume it)")
+
+
+def _restore_run(workdir: str, **items):
+  """{item: restored} of the newest step in run_checkpoint_dir(workdir)."""
+  manager = _manager(run_checkpoint_dir(workdir))
+  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(**items))
+  manager.close()
+  return restored
+
+
+def run_meta(workdir: str) -> dict:
+  """The meta JSON of the checkpoint run_checkpoint_dir picks ("step", "config", ...)."""
+  return decode_json(_restore_run(workdir, meta=ocp.args.JsonRestore())["meta"])
 
 
 def run_variables(workdir: str) -> dict:
   """{"params": tree, "batch_stats": tree} (numpy) of a dermjax run's best checkpoint, e.g.
   to graft a trained stage into another model (dermjax.weights.apply_pretrained)."""
-  manager = _manager(run_checkpoint_dir(workdir))
-  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))
-  manager.close()
-  state = restored["state"]
+  state = _restore_run(workdir, state=ocp.args.StandardRestore())["state"]
   to_numpy = lambda tree: jax.tree.map(np.asarray, tree or {})
   return {"params": to_numpy(state["params"]), "batch_stats": to_numpy(state.get("batch_stats"))}
 
@@ -258,8 +271,6 @@ def run_variables(workdir: str) -> dict:
 def run_checkpoint(workdir: str) -> tuple[dict, dict]:
   """(state, meta) of the checkpoint run_checkpoint_dir picks: state {"step", "params",
   "batch_stats", ...} as numpy trees, meta the JSON saved with it ("step", "metrics", ...)."""
-  manager = _manager(run_checkpoint_dir(workdir))
-  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-  manager.close()
+  restored = _restore_run(workdir, state=ocp.args.StandardRestore(),
+                          meta=ocp.args.JsonRestore())
   return jax.tree.map(np.asarray, dict(restored["state"])), decode_json(restored["meta"])

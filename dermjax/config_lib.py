@@ -11,17 +11,24 @@ table's default row, CPU-sized: the embedded default of `python -m dermjax.main`
 
 `base_config()` holds every field the trainer, data layer, optimiser and checkpointing
 read (so each is settable from the command line); a table adds its model's fields.
+
+`parse_flags` is the absl flags parser of every command that takes --config: a bad table
+argument, an unknown field or a value of the wrong type ends in one `dermjax: error:`
+line with exit status 2.
 """
 
 import dataclasses
+import difflib
 import importlib.util
 import json
 import os
 from typing import Sequence
 
 import ml_collections
+from absl import flags
 from absl import logging
 
+from dermjax import checkpoint
 from dermjax import faults
 from dermjax import fileio
 
@@ -49,7 +56,9 @@ def parse_arg(arg, *, table: str, rows: Sequence[str], datasets: Sequence[str] =
   scales = [t for t in tokens if t in SCALES]
   unknown = [t for t in tokens if t not in (*rows, *datasets, *SCALES)]
   if unknown or len(found_rows) > 1 or len(found_datasets) > 1 or len(scales) > 1:
-    problem = (f"unknown {unknown}" if unknown else "more than one row, dataset or scale")
+    nearest = [n for t in unknown for n in difflib.get_close_matches(t, rows, n=1)]
+    problem = (f"unknown {unknown}" + (f"; did you mean {nearest[0]!r}?" if nearest else "")
+               if unknown else "more than one row, dataset or scale")
     raise ValueError(
         f"{table}: bad argument {arg!r} ({problem}); expected <row>[,<dataset>][,cpu|paper] "
         f"with row in {list(rows)}" + (f", dataset in {list(datasets)}" if datasets else ""))
@@ -128,6 +137,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.pretrained_arch = "vgg16_bn"
   config.model.pretrained_format = "auto"   # "auto" | "torchvision" | "timm" key names.
   config.model.pretrained_targets = ml_collections.ConfigDict()  # submodule -> path in checkpoint.
+  # A row with pretrained_targets grafts weights and stops at start-up when model.pretrained
+  # is unset (dermjax.weights.check_pretrained), unless from_scratch (the CPU rows' default:
+  # cpu_sized) says that training from a random initialisation is meant.
+  config.model.from_scratch = False
+  # Rows that graft a trained dermjax run instead of ImageNet weights: the table argument
+  # of that run's row (e.g. "configs/cin.py:lesion_attention"); None: ImageNet weights.
+  config.model.pretrained_run = ml_collections.FieldReference(None, field_type=str)
 
   config.loss = ml_collections.ConfigDict()
   config.loss.focal_gamma = 2.0
@@ -206,7 +222,9 @@ RUN_LENGTH_FIELDS = (
 def cpu_sized(config: ml_collections.ConfigDict, *, image_size: int = 64, batch_size: int = 4,
               num_epochs: int = 1) -> ml_collections.ConfigDict:
   """The `cpu` scale the tables share: the whole image at image_size (resize_size equal),
-  one batch size for training and evaluation, few epochs, a log line every step."""
+  one batch size for training and evaluation, few epochs, a log line every step, and no
+  ImageNet weights needed (model.from_scratch)."""
+  config.model.from_scratch = True
   config.data.image_size = config.data.resize_size = image_size
   config.data.batch_size = config.data.eval_batch_size = batch_size
   config.train.num_epochs = num_epochs
@@ -285,7 +303,8 @@ def load_config(path: str, arg=None) -> ml_collections.ConfigDict:
 
 def _merge_json(node: ml_collections.ConfigDict, values: dict, path: str = ""):
   """Sets JSON `values` on `node` in place: fields the node has keep their declared types
-  (FieldReferences stay references), JSON lists become tuples, new fields are added."""
+  (FieldReferences stay references) unless the saved value has another type, JSON lists
+  become tuples, new fields are added."""
   for key, value in values.items():
     if isinstance(value, dict):
       if key in node and isinstance(node[key], ml_collections.ConfigDict):
@@ -296,7 +315,11 @@ def _merge_json(node: ml_collections.ConfigDict, values: dict, path: str = ""):
         continue
     if isinstance(value, list):
       value = _tuples(value)
-    node[key] = value
+    try:
+      node[key] = value
+    except TypeError:  # Saved before the field got its type (e.g. a bool become a mode name):
+      del node[key]    # the value the run was trained with wins.
+      node[key] = value
   return node
 
 
@@ -311,10 +334,121 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config of a dermjax run: <workdir>/config.json (written by the trainer)."""
+  """The config of a dermjax run: <workdir>/config.json (written by the trainer), else the
+  one its checkpoint stores. Raises RunError (exit status 2) saying what the folder lacks."""
+  if not os.path.isdir(workdir):
+    raise faults.RunError(f"--workdir {workdir} does not exist (give the folder of a run of "
+                          "python -m dermjax.main)", exit_code=2)
   path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{workdir}: no config.json (not a dermjax run, or one started "
-                            "with config.train.save_config = False)")
-  with open(path) as f:
-    return config_from_json(f.read())
+  if os.path.isfile(path):
+    try:
+      with open(path) as f:
+        return config_from_json(f.read())
+    except (ValueError, TypeError, KeyError) as e:
+      raise faults.RunError(f"{path} is not a readable run config ({_one_line(e)})",
+                            exit_code=2) from None
+  try:
+    stored = checkpoint.run_meta(workdir).get("config")
+  except FileNotFoundError:
+    stored = None
+  if not stored:
+    raise faults.RunError(f"{workdir} is not a dermjax run: it has no config.json and no "
+                          "checkpoint (train one with python -m dermjax.main --workdir=...)",
+                          exit_code=2)
+  logging.warning("%s has no config.json: using the config stored with its checkpoint", workdir)
+  return _merge_json(base_config(), stored)
+
+
+# --- the command line -------------------------------------------------------------------
+
+
+def _config_arg(argv):
+  """(config file path, table argument or None) of --config=PATH[:ARG] in argv, or None."""
+  for i, arg in enumerate(argv):
+    value = None
+    if arg.startswith("--config="):
+      value = arg[len("--config="):]
+    elif arg == "--config" and i + 1 < len(argv):
+      value = argv[i + 1]
+    if value is not None:
+      path, _, table_arg = value.partition(":")
+      return path, table_arg or None
+  return None
+
+
+def _field(config, path):
+  """(parent ConfigDict, name) of dotted `path` in `config`; None if it names no field."""
+  *parents, name = path.split(".")
+  node = config
+  try:
+    for part in parents:
+      node = node[part]
+    node[name]  # pylint: disable=pointless-statement
+  except (KeyError, AttributeError, TypeError, IndexError):
+    return None
+  return node, name
+
+
+def unknown_fields(config, argv) -> list:
+  """"unknown config field a.b (nearest: a.c, ...)" for each --config.a.b=... override
+  that names no field of `config`."""
+  names = sorted(flatten(config_dict(config)))
+  problems = []
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0]
+    if _field(config, path) is None:
+      nearest = difflib.get_close_matches(path, names, n=3, cutoff=0.5) or [
+          n for n in names if n.startswith(path.rsplit(".", 1)[0] + ".")][:5]
+      problems.append(f"unknown config field {path}" +
+                      (f" (nearest: {', '.join(nearest)})" if nearest else ""))
+  return problems
+
+
+def _one_line(text) -> str:
+  return " ".join(str(text).split())
+
+
+def flag_error(error, argv, config=None) -> str:
+  """The one-line message for an exception raised while absl parsed `argv`. `config`: the
+  command's config when it is not loaded from --config=PATH (dermjax.evaluate)."""
+  where = _config_arg(argv)
+  if where is not None:
+    try:
+      config = load_config(*where)
+    except Exception as e:  # pylint: disable=broad-except  (any error of the config file)
+      text = str(e) if isinstance(e, (ValueError, KeyError, OSError)) else f"{type(e).__name__}: {e}"
+      return _one_line(f"--config={':'.join(w for w in where if w)}: {text}")
+  if isinstance(error, (AttributeError, KeyError)) and config is not None:
+    problems = unknown_fields(config, argv)
+    if problems:
+      return "; ".join(problems)
+  text = str(error)
+  if isinstance(error, flags.IllegalFlagValueError) and text.startswith("flag --config."):
+    setting, _, reason = text[len("flag --config."):].partition(": ")
+    path, _, value = setting.partition("=")
+    found = _field(config, path) if config is not None else None
+    if found is not None:
+      kind = found[0].get_type(found[1])
+      return _one_line(f"config field {path} takes {'an' if kind.__name__[0] in 'aeiou' else 'a'} "
+                       f"{kind.__name__}, not {value!r} ({reason})")
+  if "not supported for overriding" in text:
+    text = text.split(". Currently supported")[0] + " (set it in the config file)"
+  return _one_line(text.splitlines()[0] if text else type(error).__name__)
+
+
+def parse_flags(argv, flag_values=flags.FLAGS):
+  """The absl flags parser (app.run's flags_parser) of every command taking --config: any
+  error in the flags, the config file or its argument, or an override ends in one
+  `dermjax: error:` line with exit status 2."""
+  try:
+    rest = flag_values(argv)
+    loaded = flag_values["config"].value if "config" in flag_values else None
+    if loaded is not None and not isinstance(loaded, ml_collections.ConfigDict):
+      raise ValueError("the config file did not load")  # ml_collections defers the error.
+    return rest
+  except Exception as e:  # pylint: disable=broad-except  (flags, config file, overrides)
+    config = flag_values["config"].value if "config" in flag_values else None
+    faults.fail(flag_error(e, argv, config if isinstance(config, ml_collections.ConfigDict)
+                           else None), exit_code=2)
