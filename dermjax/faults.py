@@ -284,8 +284,8 @@ def dataset_message(error: DatasetError) -> str:
 
 def command(main, *, doing=lambda: "writing the results"):
   """absl `main` -> a main whose known failures end in one `dermjax: error:` line: a
-  RunError (its exit status), a DatasetError (1), a full or read-only disk (1; `doing()`
-  says what failed). Anything else is a bug and keeps its traceback."""
+  RunError (its exit status), a DatasetError (1), Ctrl-C (130), a full or read-only disk
+  (1; `doing()` says what failed). Anything else is a bug and keeps its traceback."""
 
   def wrapped(argv):
     try:
@@ -294,6 +294,9 @@ def command(main, *, doing=lambda: "writing the results"):
       fail(str(e), e.exit_code)
     except DatasetError as e:
       fail(dataset_message(e), 1)
+    except KeyboardInterrupt:  # Ctrl-C in a command without StopSignals (evaluate, predict).
+      fail("stopped by SIGINT; files are written whole or not at all: rerun the same command",
+           128 + signal.SIGINT)
     except Exception as e:  # pylint: disable=broad-except
       error = storage_error(e, f"{doing()} failed")
       if error is None:
