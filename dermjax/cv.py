@@ -32,7 +32,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from dermjax import config_lib
+from dermjax import cli
 from dermjax import evaluation
 from dermjax import faults
 from dermjax import fileio
@@ -171,7 +171,7 @@ def run():
   """The command: a config error ends in one line (exit 2), a failed or stopped fold in the
   trainer's one line and exit status (dermjax.main's)."""
   define_flags()
-  app.run(faults.command(main), flags_parser=config_lib.parse_flags)
+  app.run(faults.command(main), flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

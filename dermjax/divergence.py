@@ -98,7 +98,7 @@ class DivergenceGuard:
     good = (f"latest good checkpoint: "
             f"{os.path.join(self.checkpoints.directory, ckpt_lib.LATEST, str(latest[-1]))}"
             if latest else "no good checkpoint (a rerun starts from step 0)")
-    aside = (f" (step {first_bad} on moved to "
+    aside = (f" (checkpoints of step {first_bad} on moved to "
              f"{os.path.join(self.checkpoints.directory, ckpt_lib.DIVERGED)})" if moved else "")
     rerun = ("rerun with --resume_with_changed_config to resume there" if latest else "rerun")
     raise Diverged(f"{what}; last finite loss {last}; {good}{aside}; lower the learning rate "

@@ -20,6 +20,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from dermjax import cli
 from dermjax import config_lib
 from dermjax import evaluation
 from dermjax import faults
@@ -98,7 +99,7 @@ def run(argv=None):
   argv = sys.argv if argv is None else argv
   define_flags()
   define_config_flag(argv)
-  app.run(faults.command(main), argv=argv, flags_parser=config_lib.parse_flags)
+  app.run(faults.command(main), argv=argv, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

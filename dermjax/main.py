@@ -21,7 +21,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from dermjax import config_lib
+from dermjax import cli
 from dermjax import faults
 from dermjax import train
 from dermjax import weights
@@ -69,7 +69,7 @@ def main(argv):
 
 def run():
   doing = lambda: f"writing to {os.path.abspath(FLAGS.workdir)}"
-  app.run(faults.command(main, doing=doing), flags_parser=config_lib.parse_flags)
+  app.run(faults.command(main, doing=doing), flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -141,7 +141,8 @@ def test_guard_sets_aside_the_checkpoint_that_diverged(tmp_path):
   guard.check(4, _metrics(1.0))
   good = os.path.join(directory, "latest", "3")
   with pytest.raises(divergence.Diverged, match=f"at step 5.*latest good checkpoint: {good} "
-                     r"\(step 4 on moved to .*diverged\).*--resume_with_changed_config"):
+                     r"\(checkpoints of step 4 on moved to .*diverged\).*"
+                     "--resume_with_changed_config"):
     guard.check(5, _metrics(0.0, loss=1e19))
   assert ckpts.steps() == [3] and ckpts.steps("validation/auc") == []
   assert sorted(os.listdir(os.path.join(directory, "diverged"))) == [
@@ -408,7 +409,8 @@ def test_pretrained_checked_before_any_data_work(tmp_path):
   _refused(masll, "converted for resnet18", "resnet101")
 
   cin = config_lib.load_config("configs/cin.py", "A+F,paper").model
-  _refused(cin, "finished cin_lesion run", "--config=configs/cin.py:lesion_attention,isic2017,paper")
+  _refused(cin, "finished cin_lesion run",
+           "--config=configs/cin.py:lesion_attention,isic2017,paper")
   cin.pretrained = str(converted / weights.CONVERTED_FILE)
   _refused(cin, "not a dermjax run", "cin_lesion")
   cin.pretrained = str(tmp_path / "tiny_run")
