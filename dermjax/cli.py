@@ -73,7 +73,8 @@ def flag_error(error, argv, config=None) -> str:
     except Exception as e:  # pylint: disable=broad-except  (any error of the config file)
       known = isinstance(e, (ValueError, KeyError, OSError))
       text = str(e) if known else f"{type(e).__name__}: {e}"
-      return _one_line(f"--config={':'.join(w for w in where if w)}: {text}")
+      prefix = "" if text.startswith(where[0]) else f"--config={':'.join(w for w in where if w)}: "
+      return _one_line(prefix + text)
   if isinstance(error, (AttributeError, KeyError)) and config is not None:
     problems = unknown_fields(config, argv)
     if problems:
