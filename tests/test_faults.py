@@ -20,7 +20,7 @@ subprocess):
   10 bad datasets (missing data.dir, bad files)    R test_missing_data_dir_is_one_line_and_creates_nothing,
                                                    tests/test_prepare.py test_failed_prepare_reports_every_bad_file_and_keeps_the_old_dataset
   11 bad flags: unknown field, wrong type, unknown R test_unknown_config_field_is_one_line_with_nearest_names,
-     table row, in every command taking --config  R test_bad_flag_or_table_row_is_one_line_exit_2,
+     table row, in every command taking --config  R test_wrongly_typed_field_is_one_line_exit_2,
                                                    F test_cv_and_evaluate_config_errors_are_one_line
   12 odd prediction inputs (odd sizes, truncated   tests/test_predict.py test_folder_of_odd_images_and_a_truncated_jpeg,
      JPEG, missing path, empty / image-less dir)  F test_predict_inputs_missing_or_without_images, test_predict_cli_without_images
