@@ -8,7 +8,9 @@ prepared dataset) and the checkpoint the trainer evaluates at the end (best by
 train.checkpoint_metric), and writes what the end of training writes (dermjax.evaluation):
 DIR/results/<split>.json, DIR/predictions/<split>.npz (+ the ISIC submission CSV),
 DIR/explanations/<split>/. DIR defaults to W/evaluate, so the run's own files stay as
-they are; on the run's own data it reproduces W/results/<split>.json.
+they are; on the run's own data it reproduces W/results/<split>.json. Without
+W/config.json the config stored with the checkpoint is used; a W that is no finished run,
+or whose config.json names another model than its checkpoint's, ends in one line (exit 2).
 """
 
 import os

@@ -14,6 +14,11 @@ Writes:
                                others are still predicted)
   DIR/explanations/            the model's explain() output for every image
   DIR/submission_<format>.csv  with --format: the ISIC challenge file (dermjax.submission)
+
+Before the model is loaded: a PATH that does not exist ends in one line (exit status 2),
+inputs without any JPEG/PNG in one line naming the other files found (exit status 1);
+other files beside images are skipped and logged. A --workdir that is no finished run ends
+in one line too (dermjax.evaluation.load_run).
 """
 
 import concurrent.futures

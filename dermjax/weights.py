@@ -348,8 +348,7 @@ def apply_pretrained(variables: Mapping[str, Any], model_config) -> dict:
   targets = model_config.get("pretrained_targets") or {}
   targets = targets.to_dict() if hasattr(targets, "to_dict") else dict(targets)
   if not targets:
-    raise ValueError(f"model.pretrained={path!r} is set but model.pretrained_targets is empty; say which "
-                     f"submodule loads which part of the checkpoint, e.g. {{'encoder': ''}}.")
+    raise ValueError(_no_targets(path))
   if os.path.isdir(os.path.join(path, "checkpoints")):
     pretrained = checkpoint.run_variables(path)
   else:
@@ -357,6 +356,10 @@ def apply_pretrained(variables: Mapping[str, Any], model_config) -> dict:
                                  source_format=model_config.pretrained_format)
   return graft(variables, pretrained, targets)
 
+
+def _no_targets(path) -> str:
+  return (f"model.pretrained={path} is set but model.pretrained_targets is empty; say which "
+          "submodule loads which part of the checkpoint, e.g. {'encoder': ''}")
 
 
 # ----------------------------------------------------------------------------- start-up check
@@ -405,8 +408,7 @@ def check_pretrained(model_config):
                  "train from a random initialisation)")
     return
   if not targets:
-    raise fail(f"model.pretrained={path} is set but model.pretrained_targets is empty; say "
-               "which submodule loads which part of the checkpoint, e.g. {'encoder': ''}")
+    raise fail(_no_targets(path))
   if not os.path.exists(path):
     raise fail(f"model.pretrained={path} does not exist; this row needs {need}")
   if os.path.isdir(os.path.join(path, "checkpoints")):
