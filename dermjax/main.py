@@ -6,9 +6,9 @@
 Without data.dir the model trains on synthetic ISIC data. Rerunning with the same workdir
 resumes from its latest checkpoint (with the config it was trained with; see
 --resume_with_changed_config). Errors with a known cause (a locked or unwritable workdir,
-a full disk, a bad dataset, an unknown config field, divergence) end with one line on
-stderr and exit status != 0: 1 environment / data, 2 usage / config, 3 divergence,
-128 + N stopped by signal N (after saving `latest`).
+a full disk, a bad dataset, a bad flag or table row, a paper row without its pretrained
+weights, divergence) end with one line on stderr and exit status != 0: 1 environment /
+data, 2 usage / config, 3 divergence, 128 + N stopped by signal N (after saving `latest`).
 """
 
 import logging as logging_lib
