@@ -128,7 +128,8 @@ def get_config(arg=None):
     m.distinguish_hidden = 256 if paper else 16
     m.dropout = 0.5
     branches = ("branch_a", "branch_b") if use_distinguish else ("branch_a",)
-    if use_lesion:   # pretrained = the stage-1 workdir.
+    if use_lesion:   # pretrained = the stage-1 workdir (the row whose run it must be):
+      m.pretrained_run = f"configs/cin.py:lesion_attention,{dataset}" + (",paper" if paper else "")
       targets = {"lesion_attention": ""}
       targets.update({f"{b}/backbone": "encoder" for b in branches})
       o.groups = {"stage1": ("^lesion_attention/", 0.0)}

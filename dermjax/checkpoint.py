@@ -6,6 +6,8 @@ Layout under `directory`:
   best_<metric>/<step>/     the state with the best value of <metric> so far ("/" -> "_")
   corrupt/<name>-<step>/    unreadable checkpoints, moved aside by restore (never deleted)
   superseded/<name>-<step>/ checkpoints newer than the step a rerun resumed from
+  diverged/<name>-<step>/   checkpoints whose parameters produced the loss that stopped a
+                            diverged run (dermjax.divergence): never named as good
 Each checkpoint holds `state` (a pytree of arrays) and `meta` (JSON: the train iterator's
 state, best values and steps so far, the metric values at that step, the config it was
 trained with). Orbax writes each step to <step>.orbax-checkpoint-tmp-* and renames it, so
@@ -28,6 +30,7 @@ from dermjax import faults
 LATEST = "latest"
 CORRUPT = "corrupt"          # unreadable steps, moved aside at restore
 SUPERSEDED = "superseded"    # steps newer than the one a rerun resumed from
+DIVERGED = "diverged"        # steps whose parameters produced a diverged loss
 TMP_MARK = ".orbax-checkpoint-tmp"
 
 
@@ -105,7 +108,7 @@ def _temporaries(directory: str) -> list:
   found = []
   for name in sorted(os.listdir(directory)):
     sub = os.path.join(directory, name)
-    if os.path.isdir(sub) and name not in (CORRUPT, SUPERSEDED):
+    if os.path.isdir(sub) and name not in (CORRUPT, SUPERSEDED, DIVERGED):
       found += [os.path.join(sub, e) for e in sorted(os.listdir(sub)) if TMP_MARK in e]
   return found
 
@@ -114,7 +117,8 @@ class Checkpoints:
   """The last `keep_latest` states (for resuming) plus one best state per metric.
 
   Only orbax writes inside latest/ and best_*/ (temporary folder, then rename). Steps that
-  cannot be read are moved to corrupt/, steps of an abandoned future to superseded/.
+  cannot be read are moved to corrupt/, steps of an abandoned future to superseded/, steps
+  of a diverged run to diverged/.
   """
 
   def __init__(self, directory: str, metrics=(), keep_latest: int = 2):
@@ -212,12 +216,21 @@ class Checkpoints:
   def supersede_after(self, step: int) -> list:
     """Moves every latest / best step newer than `step` (the one resumed; 0: a fresh
     start) to superseded/: kept as a record, never overwritten by the rerun."""
+    return self._move_newer(step, SUPERSEDED, "is newer than the resumed step %d")
+
+  def set_aside_diverged(self, first_bad: int) -> list:
+    """Moves every latest / best step >= `first_bad` (their parameters produced a diverged
+    loss) to diverged/, so that the newest latest left is a good one."""
+    return self._move_newer(first_bad - 1, DIVERGED,
+                            "holds parameters that diverged after step %d")
+
+  def _move_newer(self, step, kind, why):
     moved = []
     for name, manager in self._managers().items():
       for newer in [s for s in manager.all_steps() if s > step]:
-        moved.append(self._move_aside(name, manager, newer, SUPERSEDED))
-        logging.warning("checkpoint %s/%d is newer than the resumed step %d; moved to %s",
-                        name, newer, step, moved[-1])
+        moved.append(self._move_aside(name, manager, newer, kind))
+        logging.warning("checkpoint %s/%d " + why + "; moved to %s", name, newer, step,
+                        moved[-1])
     return moved
 
   def close(self):
@@ -227,30 +240,43 @@ class Checkpoints:
 
 def run_checkpoint_dir(workdir: str) -> str:
   """The checkpoint folder of a finished dermjax run: best by its config's
-  train.checkpoint_metric when there is one, else latest."""
+  train.checkpoint_metric when there is one, else latest. FileNotFoundError if none."""
   root = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(root):
-    raise FileNotFoundError(f"{workdir}: not a dermjax run (no checkpoints/ folder)")
+    raise FileNotFoundError(f"{workdir} is not a dermjax run (no checkpoints/ folder)")
   metric = None
   config_path = os.path.join(workdir, "config.json")
   if os.path.isfile(config_path):
-    with open(config_path) as f:
-      metric = json.load(f).get("train", {}).get("checkpoint_metric")
+    try:
+      with open(config_path) as f:
+        metric = json.load(f).get("train", {}).get("checkpoint_metric")
+    except (ValueError, AttributeError):
+      metric = None  # An unreadable config.json is reported by whoever reads the config.
   for name in ([best_dirname(metric)] if metric else []) + [LATEST]:
     path = os.path.join(root, name)
     if os.path.isdir(path) and _manager(path).latest_step() is not None:
       return path
-  raise FileNotFoundError(f"{workdir}: no saved checkpoint under {root}")
+  raise FileNotFoundError(f"{workdir} holds no saved checkpoint under {root} (not a finished "
+                          "run: rerun its training command to resume it)")
+
+
+def _restore_run(workdir: str, **items):
+  """{item: restored} of the newest step in run_checkpoint_dir(workdir)."""
+  manager = _manager(run_checkpoint_dir(workdir))
+  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(**items))
+  manager.close()
+  return restored
+
+
+def run_meta(workdir: str) -> dict:
+  """The meta JSON of the checkpoint run_checkpoint_dir picks ("step", "config", ...)."""
+  return decode_json(_restore_run(workdir, meta=ocp.args.JsonRestore())["meta"])
 
 
 def run_variables(workdir: str) -> dict:
   """{"params": tree, "batch_stats": tree} (numpy) of a dermjax run's best checkpoint, e.g.
   to graft a trained stage into another model (dermjax.weights.apply_pretrained)."""
-  manager = _manager(run_checkpoint_dir(workdir))
-  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))
-  manager.close()
-  state = restored["state"]
+  state = _restore_run(workdir, state=ocp.args.StandardRestore())["state"]
   to_numpy = lambda tree: jax.tree.map(np.asarray, tree or {})
   return {"params": to_numpy(state["params"]), "batch_stats": to_numpy(state.get("batch_stats"))}
 
@@ -258,8 +284,6 @@ def run_variables(workdir: str) -> dict:
 def run_checkpoint(workdir: str) -> tuple[dict, dict]:
   """(state, meta) of the checkpoint run_checkpoint_dir picks: state {"step", "params",
   "batch_stats", ...} as numpy trees, meta the JSON saved with it ("step", "metrics", ...)."""
-  manager = _manager(run_checkpoint_dir(workdir))
-  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-  manager.close()
+  restored = _restore_run(workdir, state=ocp.args.StandardRestore(),
+                          meta=ocp.args.JsonRestore())
   return jax.tree.map(np.asarray, dict(restored["state"])), decode_json(restored["meta"])

@@ -14,6 +14,7 @@ read (so each is settable from the command line); a table adds its model's field
 """
 
 import dataclasses
+import difflib
 import importlib.util
 import json
 import os
@@ -22,6 +23,7 @@ from typing import Sequence
 import ml_collections
 from absl import logging
 
+from dermjax import checkpoint
 from dermjax import faults
 from dermjax import fileio
 
@@ -49,7 +51,9 @@ def parse_arg(arg, *, table: str, rows: Sequence[str], datasets: Sequence[str] =
   scales = [t for t in tokens if t in SCALES]
   unknown = [t for t in tokens if t not in (*rows, *datasets, *SCALES)]
   if unknown or len(found_rows) > 1 or len(found_datasets) > 1 or len(scales) > 1:
-    problem = (f"unknown {unknown}" if unknown else "more than one row, dataset or scale")
+    nearest = [n for t in unknown for n in difflib.get_close_matches(t, rows, n=1)]
+    problem = (f"unknown {unknown}" + (f"; did you mean {nearest[0]!r}?" if nearest else "")
+               if unknown else "more than one row, dataset or scale")
     raise ValueError(
         f"{table}: bad argument {arg!r} ({problem}); expected <row>[,<dataset>][,cpu|paper] "
         f"with row in {list(rows)}" + (f", dataset in {list(datasets)}" if datasets else ""))
@@ -143,6 +147,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.pretrained_arch = "vgg16_bn"
   config.model.pretrained_format = "auto"   # "auto" | "torchvision" | "timm" key names.
   config.model.pretrained_targets = ml_collections.ConfigDict()  # submodule -> path in checkpoint.
+  # A row with pretrained_targets grafts weights and stops at start-up when model.pretrained
+  # is unset (dermjax.weights.check_pretrained), unless from_scratch (the CPU rows' default:
+  # cpu_sized) says that training from a random initialisation is meant.
+  config.model.from_scratch = False
+  # Rows that graft a trained dermjax run instead of ImageNet weights: the table argument
+  # of that run's row (e.g. "configs/cin.py:lesion_attention"); None: ImageNet weights.
+  config.model.pretrained_run = ml_collections.FieldReference(None, field_type=str)
 
   config.loss = ml_collections.ConfigDict()
   config.loss.focal_gamma = 2.0
@@ -221,7 +232,9 @@ RUN_LENGTH_FIELDS = (
 def cpu_sized(config: ml_collections.ConfigDict, *, image_size: int = 64, batch_size: int = 4,
               num_epochs: int = 1) -> ml_collections.ConfigDict:
   """The `cpu` scale the tables share: the whole image at image_size (resize_size equal),
-  one batch size for training and evaluation, few epochs, a log line every step."""
+  one batch size for training and evaluation, few epochs, a log line every step, and no
+  ImageNet weights needed (model.from_scratch)."""
+  config.model.from_scratch = True
   config.data.image_size = config.data.resize_size = image_size
   config.data.batch_size = config.data.eval_batch_size = batch_size
   config.train.num_epochs = num_epochs
@@ -300,7 +313,8 @@ def load_config(path: str, arg=None) -> ml_collections.ConfigDict:
 
 def _merge_json(node: ml_collections.ConfigDict, values: dict, path: str = ""):
   """Sets JSON `values` on `node` in place: fields the node has keep their declared types
-  (FieldReferences stay references), JSON lists become tuples, new fields are added."""
+  (FieldReferences stay references) unless the saved value has another type, JSON lists
+  become tuples, new fields are added."""
   for key, value in values.items():
     if isinstance(value, dict):
       if key in node and isinstance(node[key], ml_collections.ConfigDict):
@@ -311,7 +325,11 @@ def _merge_json(node: ml_collections.ConfigDict, values: dict, path: str = ""):
         continue
     if isinstance(value, list):
       value = _tuples(value)
-    node[key] = value
+    try:
+      node[key] = value
+    except TypeError:  # Saved before the field got its type (e.g. a bool become a mode name):
+      del node[key]    # the value the run was trained with wins.
+      node[key] = value
   return node
 
 
@@ -326,10 +344,26 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config of a dermjax run: <workdir>/config.json (written by the trainer)."""
+  """The config of a dermjax run: <workdir>/config.json (written by the trainer), else the
+  one its checkpoint stores. Raises RunError (exit status 2) saying what the folder lacks."""
+  if not os.path.isdir(workdir):
+    raise faults.RunError(f"--workdir {workdir} does not exist (give the folder of a run of "
+                          "python -m dermjax.main)", exit_code=2)
   path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{workdir}: no config.json (not a dermjax run, or one started "
-                            "with config.train.save_config = False)")
-  with open(path) as f:
-    return config_from_json(f.read())
+  if os.path.isfile(path):
+    try:
+      with open(path) as f:
+        return config_from_json(f.read())
+    except (ValueError, TypeError, KeyError) as e:
+      raise faults.RunError(f"{path} is not a readable run config ({' '.join(str(e).split())})",
+                            exit_code=2) from None
+  try:
+    stored = checkpoint.run_meta(workdir).get("config")
+  except FileNotFoundError:
+    stored = None
+  if not stored:
+    raise faults.RunError(f"{workdir} is not a dermjax run: it has no config.json and no "
+                          "checkpoint (train one with python -m dermjax.main --workdir=...)",
+                          exit_code=2)
+  logging.warning("%s has no config.json: using the config stored with its checkpoint", workdir)
+  return _merge_json(base_config(), stored)

@@ -38,7 +38,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from dermjax import cli
 from dermjax import evaluation
+from dermjax import faults
 from dermjax import fileio
 from dermjax import input_pipeline
 from dermjax import train
@@ -179,6 +181,12 @@ def main(argv):
                  only_fold=FLAGS.fold, summary_only=FLAGS.summary_only)
 
 
-if __name__ == "__main__":
+def run():
+  """The command: a config error ends in one line (exit 2), a failed or stopped fold in the
+  trainer's one line and exit status (dermjax.main's)."""
   define_flags()
-  app.run(main)
+  app.run(faults.command(main), flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  run()

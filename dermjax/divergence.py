@@ -6,6 +6,14 @@ The host reads one scalar per step ("applied"), one step late: step t's flag is 
 step t + 1 was dispatched, so the device always has the next step queued and the run
 stops within one step of the first bad one. Checkpoints are only saved after the flag of
 their step was read, so no non-finite state is ever saved.
+
+A bad loss at step t is computed from the parameters left by step t - 1 (the last applied
+update): a checkpoint of those parameters is finite but may be ruined (a learning rate of
+1e6 leaves weights of 1e6 whose next loss is 1e19). So when the guard stops the run it
+moves every checkpoint from that step on to checkpoints/diverged/ before naming the latest
+good one: a checkpoint named good holds parameters that produced a finite, bounded loss
+(the next step's, or the validation loss at an epoch end, which is checked the same way:
+`check_eval`), and a rerun from it at a sane learning rate trains.
 """
 
 import os
@@ -49,6 +57,7 @@ class DivergenceGuard:
     self.patience = int(train_config.get("max_skipped_in_a_row", 10))
     self.bounds = (f"train.max_loss={train_config.get('max_loss')}, "
                    f"train.max_grad_norm={train_config.get('max_grad_norm')}")
+    self.max_loss = train_config.get("max_loss", 0)
     self.checkpoints = checkpoints
     self.skipped, self.in_a_row = int(skipped), int(in_a_row)
     self.last_ok = None  # (step, metrics) of the newest applied step
@@ -66,14 +75,31 @@ class DivergenceGuard:
       logging.warning("step %d: %s; update skipped (%d in a row, %d in all)", step, what,
                       self.in_a_row, self.skipped)
       return
+    # The parameters of every step since the last applied update produced the bad losses.
+    self._stop(f"training diverged at step {step}: {what}"
+               + (f", {self.in_a_row} steps in a row" if self.mode == "skip" else ""),
+               first_bad=step - self.in_a_row)
+
+  def check_eval(self, step, split, losses):
+    """Raises Diverged when the evaluation at `step` (of the parameters about to be saved)
+    has a non-finite loss or one above train.max_loss."""
+    loss = float(losses["loss"])
+    if not bool(update_ok(loss, 0.0, {"max_loss": self.max_loss})):
+      self._stop(f"training diverged by step {step}: {split} loss {loss:.6g} (not finite or "
+                 f"above {self.bounds})", first_bad=step)
+
+  def _stop(self, what, first_bad):
+    """Sets the checkpoints of steps >= first_bad aside and raises Diverged naming the
+    latest good checkpoint and the way out."""
+    moved = self.checkpoints.set_aside_diverged(first_bad)
     latest = self.checkpoints.steps()
     last = ("none" if self.last_ok is None else
             f"{float(self.last_ok[1]['loss'].compute()):.6g} at step {self.last_ok[0]}")
-    raise Diverged(
-        f"training diverged at step {step}: {what}"
-        + (f", {self.in_a_row} steps in a row" if self.mode == "skip" else "")
-        + f"; last finite loss {last}; latest good checkpoint: "
-        + (os.path.join(self.checkpoints.directory, ckpt_lib.LATEST, str(latest[-1]))
-           if latest else "none")
-        + "; lower the learning rate (a rerun resumes from that checkpoint) or set "
-        "train.on_nonfinite=skip")
+    good = (f"latest good checkpoint: "
+            f"{os.path.join(self.checkpoints.directory, ckpt_lib.LATEST, str(latest[-1]))}"
+            if latest else "no good checkpoint (a rerun starts from step 0)")
+    aside = (f" (checkpoints of step {first_bad} on moved to "
+             f"{os.path.join(self.checkpoints.directory, ckpt_lib.DIVERGED)})" if moved else "")
+    rerun = ("rerun with --resume_with_changed_config to resume there" if latest else "rerun")
+    raise Diverged(f"{what}; last finite loss {last}; {good}{aside}; lower the learning rate "
+                   f"and {rerun}, or set train.on_nonfinite=skip")

@@ -14,6 +14,9 @@ dataset is evaluated. The thresholds applied to test ("diagnosis_at_validation_t
 are chosen on the validation split: evaluated in the same call when --split names it, else
 the run's own (W/results/validation.json, written at the end of training; they are part of
 the trained run).
+Without W/config.json the config stored with the checkpoint is used; a W that is no finished
+run, or whose config.json names another model than its checkpoint's, ends in one line
+(exit 2).
 """
 
 import os
@@ -25,10 +28,11 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from dermjax import cli
 from dermjax import config_lib
 from dermjax import evaluation
+from dermjax import faults
 from dermjax import input_pipeline
-from dermjax import train
 from dermjax import steps
 from dermjax import writers
 
@@ -67,16 +71,21 @@ def evaluate(workdir, out_dir=None, splits=None, config=None) -> dict:
 
 
 def define_config_flag(argv):
-  """--config: the config.json of the run named by --workdir in argv (base_config() without
-  one), so that --config.<field>=value overrides it."""
+  """--config: the config of the run named by --workdir in argv (config.json, else the one
+  its checkpoint stores; base_config() without --workdir), so that --config.<field>=value
+  overrides it. A folder that is no dermjax run ends here in one line (exit status 2)."""
   workdir = None
   for i, arg in enumerate(argv):
     if arg.startswith("--workdir="):
       workdir = arg.split("=", 1)[1]
     elif arg == "--workdir" and i + 1 < len(argv):
       workdir = argv[i + 1]
-  has_config = workdir and os.path.isfile(os.path.join(workdir, "config.json"))
-  config = config_lib.load_run_config(workdir) if has_config else config_lib.base_config()
+  config = config_lib.base_config()
+  if workdir:
+    try:
+      config = config_lib.load_run_config(os.path.abspath(workdir))
+    except faults.RunError as e:
+      faults.fail(str(e), e.exit_code)
   config_flags.DEFINE_config_dict("config", config, "The run's config (<workdir>/config.json); "
                                   "override fields as --config.<field>=value.")
 
@@ -98,7 +107,12 @@ def main(argv):
   evaluate(FLAGS.workdir, FLAGS.out, FLAGS.split, config)
 
 
-if __name__ == "__main__":
+def run(argv=None):
+  argv = sys.argv if argv is None else argv
   define_flags()
-  define_config_flag(sys.argv)
-  app.run(main)
+  define_config_flag(argv)
+  app.run(faults.command(main), argv=argv, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  run()

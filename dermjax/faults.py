@@ -9,6 +9,10 @@ graceful SIGINT / SIGTERM, and the cause of a failed write dug out of library no
                     boundary (it saves `latest` there); a second one exits at once.
   storage_error     the OSError (disk full, permission) buried in an exception chain, as
                     a one-line RunError; None for anything else.
+  fail / command    the one `dermjax: error: ...` line and exit status of every command
+                    (main, cv, evaluate, predict): `command(main)` wraps an absl main so
+                    that a RunError, a bad dataset or a full / read-only disk ends in that
+                    line instead of a traceback.
 """
 
 import contextlib
@@ -23,6 +27,8 @@ import sys
 import threading
 
 from absl import logging
+
+from dermjax.data.errors import DatasetError
 
 LOCK_NAME = ".lock"
 # errno values meaning "the storage refused the write".
@@ -259,3 +265,42 @@ def quiet_failures():
   finally:
     for target in targets + [handler]:
       target.removeFilter(quiet)
+
+
+def fail(message: str, exit_code: int = 1):
+  """Prints `message` as the command's last line on stderr and exits with `exit_code`."""
+  logging.flush()
+  print(f"dermjax: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(exit_code)
+
+
+def dataset_message(error: DatasetError) -> str:
+  """A DatasetError as the error text: one line for one problem; with several, the header
+  line and one indented line per bad file (all of them: fix them in one pass)."""
+  if len(error.problems) == 1:
+    return f"{error.header}: {error.problems[0][0]}: {error.problems[0][1]}"
+  return str(error)
+
+
+def command(main, *, doing=lambda: "writing the results"):
+  """absl `main` -> a main whose known failures end in one `dermjax: error:` line: a
+  RunError (its exit status), a DatasetError (1), Ctrl-C (130), a full or read-only disk
+  (1; `doing()` says what failed). Anything else is a bug and keeps its traceback."""
+
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except RunError as e:
+      fail(str(e), e.exit_code)
+    except DatasetError as e:
+      fail(dataset_message(e), 1)
+    except KeyboardInterrupt:  # Ctrl-C in a command without StopSignals (evaluate, predict).
+      fail("stopped by SIGINT; files are written whole or not at all: rerun the same command",
+           128 + signal.SIGINT)
+    except Exception as e:  # pylint: disable=broad-except
+      error = storage_error(e, f"{doing()} failed")
+      if error is None:
+        raise
+      fail(str(error), error.exit_code)
+
+  return wrapped

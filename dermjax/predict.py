@@ -14,6 +14,11 @@ Writes:
                                others are still predicted)
   DIR/explanations/            the model's explain() output for every image
   DIR/submission_<format>.csv  with --format: the ISIC challenge file (dermjax.submission)
+
+Before the model is loaded: a PATH that does not exist ends in one line (exit status 2),
+inputs without any JPEG/PNG in one line naming the other files found (exit status 1);
+other files beside images are skipped and logged. A --workdir that is no finished run ends
+in one line too (dermjax.evaluation.load_run).
 """
 
 import concurrent.futures
@@ -28,6 +33,7 @@ from absl import flags
 from absl import logging
 
 from dermjax import evaluation
+from dermjax import faults
 from dermjax import fileio
 from dermjax import input_pipeline
 from dermjax import submission
@@ -44,20 +50,51 @@ SKIPPED_SUFFIXES = ("_superpixels.png",)   # ISIC 2016/2017 ship these beside th
 FLAGS = flags.FLAGS
 
 
-def list_images(paths) -> list[str]:
-  """Files and folders -> sorted image files (folders searched recursively for EXTENSIONS,
-  without ISIC's *_superpixels.png; files given by name are taken whatever their name)."""
-  found = []
+def list_files(paths) -> tuple[list[str], list[str]]:
+  """Files and folders -> (sorted image files, sorted other files found in the folders).
+  Folders are searched recursively for EXTENSIONS (without ISIC's *_superpixels.png, which
+  are neither); files given by name are taken whatever their name. A missing path raises
+  FileNotFoundError."""
+  found, skipped = [], []
   for path in paths:
     if os.path.isdir(path):
       for root, _, names in os.walk(path):
-        found += [os.path.join(root, n) for n in names if n.lower().endswith(EXTENSIONS)
-                  and not n.lower().endswith(SKIPPED_SUFFIXES)]
+        for n in names:
+          if n.lower().endswith(EXTENSIONS):
+            if not n.lower().endswith(SKIPPED_SUFFIXES):
+              found.append(os.path.join(root, n))
+          else:
+            skipped.append(os.path.join(root, n))
     elif os.path.exists(path):
       found.append(path)
     else:
       raise FileNotFoundError(f"no such image file or folder: {path}")
-  return sorted(dict.fromkeys(os.path.abspath(p) for p in found))
+  unique = lambda files: sorted(dict.fromkeys(os.path.abspath(p) for p in files))
+  return unique(found), unique(skipped)
+
+
+def list_images(paths) -> list[str]:
+  """The image files of list_files."""
+  return list_files(paths)[0]
+
+
+def check_images(paths) -> list[str]:
+  """list_files for the command: RunError for a missing path (exit status 2) or when no
+  image is found (1, naming the files skipped); the skipped files are logged."""
+  try:
+    images, skipped = list_files(paths)
+  except FileNotFoundError as e:
+    raise faults.RunError(str(e), exit_code=2) from None
+  shown = ", ".join(os.path.basename(p) for p in skipped[:10]) + (
+      f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+  if not images:
+    raise faults.RunError(f"no images ({', '.join(EXTENSIONS)}) found in {', '.join(paths)}"
+                          + (f"; skipped {len(skipped)} other file(s): {shown}" if skipped
+                             else ""), exit_code=1)
+  if skipped:
+    logging.warning("skipped %d file(s) that are not %s images: %s", len(skipped),
+                    "/".join(EXTENSIONS), shown)
+  return images
 
 
 def image_ids(paths) -> list[str]:
@@ -117,10 +154,10 @@ def predict(workdir, images, out_dir, *, tta=None, fmt="", batch_size=None, expl
   """Runs the run in `workdir` on `images` (files / folders); writes DIR/predictions.csv,
   errors.csv, explanations/ and the submission file. Returns {"ids", "probabilities" {column:
   [N]}, "errors" [(path, reason)]}."""
+  paths = check_images(images)
   run = evaluation.load_run(workdir)
   config = run.config
   tta = int(config.eval.get("tta", 1) if tta is None else tta)
-  paths = list_images(images)
   ids = image_ids(paths)
   mesh = steps.create_mesh()
   batch_size = int(batch_size or config.data.eval_batch_size)
@@ -212,6 +249,10 @@ def main(argv):
           batch_size=FLAGS.batch_size, explain=FLAGS.explain)
 
 
-if __name__ == "__main__":
+def run():
   define_flags()
-  app.run(main)
+  app.run(faults.command(main))
+
+
+if __name__ == "__main__":
+  run()

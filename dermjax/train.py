@@ -32,6 +32,7 @@ from dermjax import input_pipeline
 from dermjax import models
 from dermjax import optim
 from dermjax import steps
+from dermjax import weights
 from dermjax import writers
 from dermjax import xla_cpu
 
@@ -69,9 +70,11 @@ def train_and_evaluate(config, workdir: str, *, resume_with_changed_config=False
 
   Holds <workdir>/.lock for the whole run (faults.WorkdirLock); SIGINT / SIGTERM stop it
   at a step boundary after saving `latest` (faults.Interrupted). Raises faults.RunError
-  (one line) for a locked / unwritable workdir, a changed config on resume, divergence.
+  (one line) for missing or wrong pretrained weights (weights.check_pretrained), a locked /
+  unwritable workdir, a changed config on resume, divergence.
   """
   xla_cpu.apply(config.train.get("xla_cpu_conv"))  # Warns only if JAX started otherwise.
+  weights.check_pretrained(config.model)  # Seconds, before the workdir or any data work.
   workdir = faults.writable_workdir(os.path.abspath(workdir))
   lock = faults.WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
   try:
@@ -179,6 +182,7 @@ def _train_and_evaluate(config, workdir, stop, resume_with_changed_config):
     improved = []
     if (epoch_end and (step // steps_per_epoch) % eval_every == 0) or step == total_steps:
       losses, arrays = evaluation.run_eval(eval_step, state, datasets.eval(checkpoint_split))
+      guard.check_eval(step, checkpoint_split, losses)  # These parameters' loss, too.
       results = {checkpoint_split: evaluation.split_metrics(losses, arrays, config, model_lib,
                                                             datasets.class_names)}
       scalars = evaluation.scalar_summaries(checkpoint_split, results[checkpoint_split])

@@ -23,7 +23,7 @@ def get_config(arg=None):
   config.data.num_threads = 1
   config.data.synthetic_num_images = {"train": 12, "validation": 4, "test": 4}
   config.data.augment = ml_collections.ConfigDict(dict(
-      rotation=True, max_rotation_deg=180.0, hflip=True, vflip=True, zoom=None, fill="reflect"))
+      rotation="uniform", max_rotation_deg=180.0, hflip=True, vflip=True, zoom=None, fill="reflect"))
   config.loss.focal_gamma = 0.0
   config.optim.learning_rate = 1e-2
   config.train.num_epochs = 3

@@ -7,6 +7,9 @@ the subprocess tests of tests/test_reliability*.py.
       sigterm / sigint    sends itself that signal while training that step (the signal
                           is delivered and handled as one from outside would be)
       sigterm2            sends SIGTERM twice at that step (the second must exit at once)
+      sigint_in_prepare   (step ignored) sends itself SIGINT while preparing the dataset,
+                          after its shards are written and before stats.json (Ctrl-C in
+                          the longest part of a first run)
 """
 
 import os
@@ -19,6 +22,7 @@ from dermjax import checkpoint  # pylint: disable=g-import-not-at-top
 from dermjax import main
 from dermjax import models
 from dermjax import steps
+from dermjax.data import prepare
 
 models.MODELS["tiny"] = "tiny_model"
 
@@ -29,6 +33,14 @@ def _faults():
 
 
 def _install(faults):
+  if any(what == "sigint_in_prepare" for what, _ in faults):
+    write_metadata = prepare._write_metadata  # pylint: disable=protected-access
+
+    def interrupted_write_metadata(*args, **kwargs):
+      os.kill(os.getpid(), signal.SIGINT)
+      return write_metadata(*args, **kwargs)
+
+    prepare._write_metadata = interrupted_write_metadata  # pylint: disable=protected-access
   kill_after = {step for what, step in faults if what == "kill_after_latest"}
   signals = {step: what for what, step in faults if what.startswith("sig")}
   if kill_after:

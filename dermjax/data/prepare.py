@@ -19,6 +19,12 @@ removes the temporary folders a killed prepare left, and the dataset gets the um
 permissions (0755 usually), so a shared prepared folder is readable by others.
 
   load(prepared_dir, layout).source(split)[i] -> record (schema.py), decoded with PIL.
+
+Every load checks the dataset's array_record shards against its own record (TFDS
+dataset_info.json: each split's shard files and record counts, read from each shard's
+footer: milliseconds): a deleted or truncated shard fails there in one DatasetError line
+naming the file. `prepare` on a damaged dataset whose raw data is still there prepares it
+again (saying so); without the raw data the error says to delete prepared/<layout>.
 """
 
 import dataclasses
@@ -38,6 +44,7 @@ import tqdm
 
 from dermjax.data import isic
 from dermjax.data import schema
+from dermjax.data import shards
 from dermjax.data import structures
 from dermjax.data.errors import DatasetError
 from dermjax.data.tfds_builders import isic_builder
@@ -254,20 +261,30 @@ def prepare(layout: str, raw_dir: str, prepared_dir: str, *, seed: int = 0,
   """Checks and converts the raw `layout` dataset at `raw_dir`; returns the dataset dir
   (`prepared_dir/<layout>`). Returns at once if a complete one with the same layout,
   seed, folds and split settings (validation_fraction, protocol: dermjax.data.isic.splits)
-  is there; rebuilds it only with `overwrite`. Raises DatasetError listing every bad file."""
+  is there and its shards are whole (shards.problems); rebuilds it with `overwrite`, or when
+  a shard is damaged and raw_dir is there. Raises DatasetError listing every bad file."""
   isic.layout_spec(layout)
   settings = dict(validation_fraction=validation_fraction, protocol=protocol)
+  damage = []
   target = os.path.join(prepared_dir, layout)
   config = _config(layout, seed, num_folds, isic.split_settings(layout, **settings))
   stats_path = os.path.join(target, "stats.json")
   if os.path.exists(stats_path) and not overwrite:
     with open(stats_path) as f:
       found = json.load(f).get("config")
-    if found == config:
+    if found != config:
+      raise DatasetError([(target, f"was prepared with {found}, not {config}; delete it (the next "
+                           "run prepares it again) or set data.prepared_dir to another folder")],
+                         header=f"cannot reuse the prepared {layout} dataset")
+    damage = shards.problems(_builder_dir(target, layout))
+    if not damage:
       return target
-    raise ValueError(f"{target} was prepared with {found}, not {config}; rebuild it "
-                     "(prepare(..., overwrite=True)), delete it, or set data.prepared_dir "
-                     "to another folder")
+    if not os.path.isdir(raw_dir):
+      raise shards.damaged(target, damage, f"its raw data {raw_dir} is gone: restore it (a "
+                           f"rerun prepares it again), or delete {target}")
+    logging.warning("%s is damaged (%s: %s); preparing it again from %s", target,
+                    *damage[0], raw_dir)
+    overwrite = True
 
   if not os.path.isdir(raw_dir):  # Checked before anything is created.
     raise DatasetError([(raw_dir, "dataset directory does not exist")],
@@ -283,7 +300,8 @@ def prepare(layout: str, raw_dir: str, prepared_dir: str, *, seed: int = 0,
     raise DatasetError(problems or [(raw_dir, f"no {layout} images found")],
                        header=f"cannot prepare {layout} from {raw_dir}")
   with _PrepareLock(prepared_dir, layout):
-    if os.path.exists(stats_path) and not overwrite:  # Another process prepared it meanwhile.
+    if os.path.exists(stats_path) and (not overwrite or damage and not shards.problems(
+        _builder_dir(target, layout))):  # Another process prepared (or repaired) it meanwhile.
       return prepare(layout, raw_dir, prepared_dir, seed=seed, num_folds=num_folds, **settings)
     return _build(layout, raw_dir, prepared_dir, plan, splits, config, num_folds, seed, target)
 
@@ -411,16 +429,23 @@ class Prepared:
     return Source(self.builder.as_data_source(split=split), split)
 
 
+def _builder_dir(path, layout):
+  return os.path.join(path, "tfds", "dermjax_isic", layout, isic_builder.VERSION)
+
+
 def load(prepared_dir: str, layout: str) -> Prepared:
-  """The dataset `prepare(layout, ..., prepared_dir)` wrote."""
+  """The dataset `prepare(layout, ..., prepared_dir)` wrote; DatasetError (one line) when a
+  shard is missing or damaged."""
   path = os.path.join(prepared_dir, layout)
   if not os.path.exists(os.path.join(path, "stats.json")):
     raise FileNotFoundError(f"No prepared {layout} dataset in {path}; run "
                             f"dermjax.data.prepare.prepare({layout!r}, raw_dir, {prepared_dir!r})")
+  problems = shards.problems(_builder_dir(path, layout))
+  if problems:
+    raise shards.damaged(path, problems, f"delete {path} and rerun to prepare it again")
   with open(os.path.join(path, "stats.json")) as f:
     stats = json.load(f)
   with open(os.path.join(path, "splits.json")) as f:
     splits = json.load(f)
-  builder_dir = os.path.join(path, "tfds", "dermjax_isic", layout, isic_builder.VERSION)
-  builder = tfds.builder_from_directory(builder_dir)
+  builder = tfds.builder_from_directory(_builder_dir(path, layout))
   return Prepared(path, layout, stats, splits, builder)
