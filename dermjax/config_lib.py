@@ -226,6 +226,7 @@ RUN_LENGTH_FIELDS = (
     "eval.splits", "eval.num_visualizations", "eval.explanation_deletion_steps",
     "eval.explanation_tolerance", "eval.explanation_splits", "eval.explanation_deletion_images",
     "data.num_workers", "data.num_threads", "data.prefetch", "data.eval_batch_size",
+    "model.from_scratch",   # only the start-up weights check reads it
 )
 
 
@@ -258,15 +259,21 @@ def config_dict(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def config_differences(stored: dict, current: dict, ignore=RUN_LENGTH_FIELDS) -> list:
+def config_differences(stored: dict, current: dict, ignore=RUN_LENGTH_FIELDS,
+                       defaults: dict | None = None) -> list:
   """["field: stored -> current", ...] for dotted fields that differ (JSON dicts of
-  configs, see config_dict), leaving out `ignore` and its sub-fields."""
+  configs, see config_dict), leaving out `ignore` and its sub-fields. A field absent from
+  `stored` whose current value is its default in `defaults` (a config_dict, e.g. of
+  base_config()) is no difference: the field is newer than the checkpoint, and its default
+  is the behaviour the checkpoint was trained with."""
   a, b = flatten(stored), flatten(current)
+  base = flatten(defaults or {})
   skip = lambda k: any(k == f or k.startswith(f + ".") for f in ignore)
   missing = object()
+  newer = lambda k: k not in a and k in base and b.get(k, missing) == base[k]
   return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
           for k in sorted(set(a) | set(b))
-          if not skip(k) and a.get(k, missing) != b.get(k, missing)]
+          if not skip(k) and not newer(k) and a.get(k, missing) != b.get(k, missing)]
 
 
 def check_resume_config(config, stored_meta, allow_changed: bool):
@@ -274,7 +281,8 @@ def check_resume_config(config, stored_meta, allow_changed: bool):
   trained with (run-length fields excepted), unless `allow_changed`."""
   if not stored_meta or "config" not in stored_meta:
     return []
-  differences = config_differences(stored_meta["config"], config_dict(config))
+  differences = config_differences(stored_meta["config"], config_dict(config),
+                                   defaults=config_dict(base_config()))
   if differences and not allow_changed:
     raise faults.RunError(
         f"the checkpoint at step {stored_meta.get('step')} was trained with another config: "

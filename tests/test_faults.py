@@ -200,6 +200,20 @@ def test_config_differences_ignore_run_length_fields():
       "data.batch_size: 8 -> 2", "optim.learning_rate: 0.0001 -> 0.5"]
 
 
+def test_a_field_newer_than_the_checkpoint_at_its_default_is_no_difference():
+  """A checkpoint written before data.normalization existed resumes without
+  --resume_with_changed_config while the field keeps its default (the old behaviour)."""
+  defaults = config_lib.config_dict(config_lib.base_config())
+  stored = config_lib.config_dict(config_lib.base_config())
+  del stored["data"]["normalization"]
+  check = lambda c: config_lib.config_differences(stored, config_lib.config_dict(c),
+                                                  defaults=defaults)
+  c = config_lib.base_config()
+  assert check(c) == []
+  c.data.normalization = "imagenet"
+  assert check(c) == ["data.normalization: '<absent>' -> 'imagenet'"]
+
+
 def test_truncate_jsonl_keeps_one_row_per_step(tmp_path):
   path = str(tmp_path / "metrics.jsonl")
   rows = [{"step": s, "train/loss": 1.0} for s in range(1, 6)] + [
