@@ -33,6 +33,7 @@ from dermjax import config_lib
 from dermjax import evaluation
 from dermjax import faults
 from dermjax import input_pipeline
+from dermjax import runs
 from dermjax import steps
 from dermjax import writers
 
@@ -43,7 +44,7 @@ def evaluate(workdir, out_dir=None, splits=None, config=None) -> dict:
   """Evaluates the run in `workdir` (its config, or `config`) on `splits`; writes under
   `out_dir` (default <workdir>/evaluate); returns {split: result}."""
   workdir = os.path.abspath(workdir)
-  run = evaluation.load_run(workdir, config)
+  run = runs.load_run(workdir, config)
   config = run.config
   out_dir = os.path.abspath(out_dir or os.path.join(workdir, "evaluate"))
   splits = tuple(splits or config.eval.splits)

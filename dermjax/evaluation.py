@@ -29,16 +29,13 @@ accuracy / sensitivity / specificity / balanced accuracy at those under
 test. Without a validation split in the call, `thresholds` (e.g. the run's own
 results/validation.json, run_thresholds) are applied.
 
-Test-time augmentation (config.eval.tta = 8): the model runs on the 8 flips/transposes of
-each image (the dihedral group) and its "logits" become those of the mean probability.
-`load_run` rebuilds a finished run (config, model, best checkpoint) for dermjax.predict
-and dermjax.evaluate.
+Test-time augmentation (config.eval.tta = 8): dermjax.tta. A finished run (config, model,
+best checkpoint, normalisation) for dermjax.predict and dermjax.evaluate: dermjax.runs.
 
 Used by the trainer (dermjax.train, at the end of training) and by dermjax.evaluate (a
 finished run's checkpoint on any split or dataset); the steps it runs are dermjax.steps'.
 """
 
-import dataclasses
 import json
 import os
 
@@ -49,21 +46,15 @@ from absl import logging
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from dermjax import checkpoint
-from dermjax import config_lib
-from dermjax import faults
 from dermjax import fileio
-from dermjax import input_pipeline
-from dermjax import models
 from dermjax import steps
+from dermjax import runs
 from dermjax import submission
+from dermjax import tta
 from dermjax import writers
-from dermjax.data import normalization as normalization_lib
-from dermjax.data import prepare
 from dermjax.data import schema
 from dermjax.metrics import diagnosis, faithfulness, roc
 
-NORMALIZATION = os.path.join("results", "normalization.json")
 
 # Class names whose probability is the "melanoma score" of a multiclass model.
 MELANOMA_CLASS_NAMES = ("melanoma", "MEL", "malignant")
@@ -310,10 +301,10 @@ def evaluate_splits(config, workdir, state, datasets, model_lib, module, loss_st
   summaries at `step`. thresholds: {rule: value} applied to the non-validation splits when
   `splits` has no validation split. Returns {split: result}."""
   if int(config.eval.get("tta", 1)) > 1:
-    eval_step = jax.jit(steps.make_eval_step(TTAModule(module, int(config.eval.tta)), model_lib,
+    eval_step = jax.jit(steps.make_eval_step(tta.TTAModule(module, int(config.eval.tta)), model_lib,
                                              config, loss_stats, datasets.mean, datasets.std))
   if jax.process_index() == 0:
-    fileio.write_json(os.path.join(workdir, NORMALIZATION), {
+    fileio.write_json(os.path.join(workdir, runs.NORMALIZATION), {
         "mode": datasets.normalization["mode"], "mean": datasets.mean, "std": datasets.std,
         "class_names": list(datasets.class_names),
         "layout": datasets.layout, "target": config.data.target})
@@ -365,136 +356,3 @@ def _progress(batches, total, what):
     yield batch
     if total >= 20 and (i % (total // 10) == 0 or i == total):
       progress(i, f"batches, {what}")
-
-
-# --- test-time augmentation ------------------------------------------------------------
-
-
-def dihedral(x, k: int):
-  """The k-th of the 8 flips/transposes (k in [0, 8)) of square images x [B, S, S, C]:
-  bit 2 transposes, bit 0 flips left-right, bit 1 flips up-down (in that order)."""
-  if k & 4:
-    x = jnp.swapaxes(x, 1, 2)
-  if k & 1:
-    x = x[:, :, ::-1]
-  if k & 2:
-    x = x[:, ::-1]
-  return x
-
-
-def mean_probability_logits(logits):
-  """logits [n, B, K] of n views -> [B, K] logits whose sigmoid / softmax is the views' mean
-  probability (clipped away from 0 and 1 so the logits stay finite)."""
-  logits = logits.astype(jnp.float32)
-  if logits.shape[-1] == 1:
-    p = jnp.clip(jnp.mean(jax.nn.sigmoid(logits), 0), 1e-7, 1 - 1e-7)
-    return jnp.log(p) - jnp.log1p(-p)
-  return jnp.log(jnp.maximum(jnp.mean(jax.nn.softmax(logits, -1), 0), 1e-30))
-
-
-class TTAModule:
-  """A flax module's `apply` with test-time augmentation: outputs of the untransformed batch,
-  "logits" replaced by mean_probability_logits over the first `n` dihedral views of image
-  and masks (and source_image, where the batch has one). The views run one after another
-  (jax.lax.map: one compiled model body), so the batch the model sees is unchanged."""
-
-  def __init__(self, module, n: int = 8):
-    if not 1 <= n <= 8:
-      raise ValueError(f"TTA takes 1 to 8 dihedral views, got {n}")
-    self.module, self.n = module, int(n)
-
-  def apply(self, variables, batch, *, train=False, **kwargs):
-    outputs = self.module.apply(variables, batch, train=train, **kwargs)
-    if self.n == 1 or "logits" not in outputs:
-      return outputs
-    views = {k: jnp.stack([dihedral(batch[k], i) for i in range(1, self.n)])
-             for k in ("image", "masks", "source_image") if k in batch}
-    logits = jax.lax.map(
-        lambda v: self.module.apply(variables, {**batch, **v}, train=train, **kwargs)["logits"],
-        views)
-    all_logits = jnp.concatenate([outputs["logits"][None].astype(jnp.float32),
-                                  logits.astype(jnp.float32)])
-    return {**outputs, "logits": mean_probability_logits(all_logits)}
-
-
-# --- a finished run ----------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Run:
-  """A finished run, ready for inference. variables: {"params", "batch_stats"} (numpy);
-  mean, std: float32 [3] (0-255) of its normalisation `normalization` (mode: "dataset" |
-  "imagenet" | "fixed"); step / meta: of the restored checkpoint."""
-  workdir: str
-  config: object
-  model_lib: object
-  module: object
-  variables: dict
-  mean: np.ndarray
-  std: np.ndarray
-  class_names: tuple
-  step: int
-  meta: dict
-  normalization: str = "dataset"
-
-
-def normalization(workdir, config) -> dict:
-  """{"mode", "mean", "std", "class_names"} of a run: results/normalization.json (a record
-  without "mode" is "dataset"), or (runs written before it existed) config.data.normalization
-  with the stats of the prepared dataset its config names."""
-  path = os.path.join(workdir, NORMALIZATION)
-  if os.path.isfile(path):
-    with open(path) as f:
-      record = json.load(f)
-    return {**record, **normalization_lib.from_record(record)}
-  c = config.data
-  stats = None
-  if c.get("normalization", "dataset") == "dataset":
-    raw = c.dir or input_pipeline.synthetic_dir(c, workdir)
-    try:
-      stats = prepare.load(c.prepared_dir or os.path.join(raw, "prepared"), c.layout).stats
-    except FileNotFoundError:
-      raise faults.RunError(f"{workdir} has no {NORMALIZATION} (the input mean / std the model "
-                            f"was trained with) and its prepared {c.layout} dataset is gone "
-                            f"from {raw}: copy the whole run folder", exit_code=2) from None
-  return {**normalization_lib.normalization(c, stats),
-          "class_names": list(input_pipeline.class_names(c.layout, c.target))}
-
-
-def load_run(workdir: str, config=None) -> Run:
-  """The run in `workdir`: its config (config.json, else the checkpoint's; or `config`), model
-  and the checkpoint the trainer evaluates at the end (best by train.checkpoint_metric, else
-  latest). Raises RunError (exit status 2) when the folder is no finished run or its
-  config.json names another model than the one its checkpoint was trained as."""
-  workdir = os.path.abspath(workdir)
-  config = config_lib.load_run_config(workdir) if config is None else config
-  try:
-    state, meta = checkpoint.run_checkpoint(workdir)
-  except FileNotFoundError as e:
-    raise faults.RunError(str(e), exit_code=2) from None
-  trained = (meta.get("config") or {}).get("model", {})
-  if trained and trained.get("name") != config.model.name:
-    raise faults.RunError(
-        f"{workdir}: its checkpoint (step {meta.get('step')}) was trained as model "
-        f"{trained.get('name')!r}, but the config (config.json or --config.model.name) says "
-        f"{config.model.name!r}; config.json belongs to another run (remove it to use the "
-        "checkpoint's own config)", exit_code=2)
-  saved, now = (config_lib.flatten({"model": m}) for m in (
-      trained, config_lib.config_dict(config)["model"]))
-  for key in sorted(set(saved) & set(now)):
-    if saved[key] != now[key]:
-      logging.warning("the checkpoint was trained with %s = %r, the config says %r", key,
-                      saved[key], now[key])
-  try:
-    model_lib = models.get(config.model.name)
-  except ValueError as e:
-    raise faults.RunError(f"{workdir}: {e}", exit_code=2) from None
-  variables = {"params": state["params"]}
-  if state.get("batch_stats"):
-    variables["batch_stats"] = state["batch_stats"]
-  norm = normalization(workdir, config)
-  return Run(workdir=workdir, config=config, model_lib=model_lib, module=model_lib.build(config),
-             variables=variables, mean=np.asarray(norm["mean"], np.float32).reshape(3),
-             std=np.asarray(norm["std"], np.float32).reshape(3),
-             class_names=tuple(norm["class_names"]), step=int(meta.get("step", state["step"])),
-             meta=meta, normalization=norm["mode"])

@@ -18,7 +18,7 @@ Writes:
 Before the model is loaded: a PATH that does not exist ends in one line (exit status 2),
 inputs without any JPEG/PNG in one line naming the other files found (exit status 1);
 other files beside images are skipped and logged. A --workdir that is no finished run ends
-in one line too (dermjax.evaluation.load_run).
+in one line too (dermjax.runs.load_run).
 """
 
 import concurrent.futures
@@ -32,12 +32,13 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from dermjax import evaluation
 from dermjax import faults
 from dermjax import fileio
 from dermjax import input_pipeline
-from dermjax import submission
+from dermjax import runs
 from dermjax import steps
+from dermjax import submission
+from dermjax import tta as tta_lib
 from dermjax import writers
 from dermjax.data import augment
 from dermjax.data import loader
@@ -130,7 +131,7 @@ def _read(path, data_config):
 def make_predict_step(run, tta: int):
   """(variables, host batch) -> model outputs (numpy-able), the run's on-device
   normalisation first; with tta > 1, "logits" average the dihedral views."""
-  module = evaluation.TTAModule(run.module, tta) if tta > 1 else run.module
+  module = tta_lib.TTAModule(run.module, tta) if tta > 1 else run.module
   mean, std = run.mean, run.std
 
   def step(variables, batch):
@@ -155,7 +156,7 @@ def predict(workdir, images, out_dir, *, tta=None, fmt="", batch_size=None, expl
   errors.csv, explanations/ and the submission file. Returns {"ids", "probabilities" {column:
   [N]}, "errors" [(path, reason)]}."""
   paths = check_images(images)
-  run = evaluation.load_run(workdir)
+  run = runs.load_run(workdir)
   config = run.config
   tta = int(config.eval.get("tta", 1) if tta is None else tta)
   ids = image_ids(paths)

@@ -28,8 +28,8 @@ from absl import flags
 from absl import logging
 
 from dermjax import config_lib
-from dermjax import evaluation
 from dermjax import fileio
+from dermjax import runs
 from dermjax import submission
 from dermjax.metrics import diagnosis
 from dermjax.metrics import roc
@@ -122,7 +122,7 @@ def melanoma_scores(run_dir, split):
 
 
 def _class_names(run_dir):
-  return evaluation.normalization(run_dir, config_lib.load_run_config(run_dir))["class_names"]
+  return runs.normalization(run_dir, config_lib.load_run_config(run_dir))["class_names"]
 
 
 def _cv_fold_dirs(cv_dir):

@@ -53,9 +53,9 @@ import pytest
 from dermjax import checkpoint
 from dermjax import config_lib
 from dermjax import divergence
-from dermjax import evaluation
 from dermjax import faults
 from dermjax import predict
+from dermjax import runs
 from dermjax import weights
 from dermjax import writers
 from dermjax.data import errors
@@ -436,7 +436,7 @@ def test_pretrained_checked_before_any_data_work(tmp_path):
 def test_wrong_workdirs_are_named(tiny_run, tmp_path):
   def refused(workdir, *needles):
     with pytest.raises(faults.RunError) as info:
-      evaluation.load_run(str(workdir))
+      runs.load_run(str(workdir))
     assert info.value.exit_code == 2 and "\n" not in str(info.value)
     for needle in needles:
       assert needle in str(info.value), str(info.value)
@@ -448,8 +448,8 @@ def test_wrong_workdirs_are_named(tiny_run, tmp_path):
   shutil.copytree(tiny_run, without)
   os.remove(without / "config.json")
   with trained_run.registered():
-    run = evaluation.load_run(str(without))  # continues with the checkpoint's own config
-    assert run.config.model.name == "tiny" and run.step == evaluation.load_run(tiny_run).step
+    run = runs.load_run(str(without))  # continues with the checkpoint's own config
+    assert run.config.model.name == "tiny" and run.step == runs.load_run(tiny_run).step
   other = config_lib.load_config("configs/attnmel.py", "vgg16_gap")
   (without / "config.json").write_text(other.to_json_best_effort())
   refused(without, "trained as model 'tiny'", "'vgg16'")

@@ -16,8 +16,9 @@ from PIL import Image
 
 import trained_run
 from dermjax import config_lib
-from dermjax import evaluation
 from dermjax import predict
+from dermjax import runs
+from dermjax import tta as tta_lib
 
 
 @pytest.fixture
@@ -98,7 +99,7 @@ def test_predict_and_evaluate_follow_the_runs_normalization(tmp_path_factory, tm
                                rtol=1e-6)
     np.testing.assert_allclose(record["std"], np.multiply(normalization.IMAGENET_STD, 255),
                                rtol=1e-6)
-    assert evaluation.load_run(run).normalization == "imagenet"
+    assert runs.load_run(run).normalization == "imagenet"
     config = config_lib.load_run_config(run)
     images = os.path.join(config.data.synthetic_dir, "ISIC-2017_Test_v2_Data")
     saved = np.load(os.path.join(run, "predictions", "test.npz"))
@@ -120,13 +121,13 @@ def test_predict_and_evaluate_follow_the_runs_normalization(tmp_path_factory, tm
     old = tmp_path / "old_run"
     shutil.copytree(run, old)
     (old / "results" / "normalization.json").unlink()     # runs from before the record:
-    assert evaluation.load_run(str(old)).normalization == "imagenet"   # config.json's choice
+    assert runs.load_run(str(old)).normalization == "imagenet"   # config.json's choice
     config.data.normalization = "dataset"
-    stats = evaluation.normalization(str(old), config)    # stats.json of the run's data
+    stats = runs.normalization(str(old), config)    # stats.json of the run's data
     del record["mode"]
     record.update(mean=stats["mean"].tolist(), std=stats["std"].tolist())
     (old / "results" / "normalization.json").write_text(json.dumps(record))
-    assert evaluation.load_run(str(old)).normalization == "dataset"
+    assert runs.load_run(str(old)).normalization == "dataset"
     assert np.abs(scores(str(old), "old") - saved["scores"]).max() > 1e-4
 
 
@@ -158,7 +159,7 @@ def test_tta_is_the_mean_over_the_dihedral_group(invariant):
   module = _Pool(invariant)
   variables = module.init(jax.random.key(0), batch)
   plain = jax.nn.sigmoid(module.apply(variables, batch)["logits"])
-  tta = jax.jit(lambda v, b: evaluation.TTAModule(module, 8).apply(v, b))(variables, batch)
+  tta = jax.jit(lambda v, b: tta_lib.TTAModule(module, 8).apply(v, b))(variables, batch)
   # Brute force: the 8 flips/transposes in numpy, probabilities averaged.
   views = []
   for transpose in (False, True):
@@ -197,9 +198,9 @@ def test_tta_views_transform_the_source_copy_with_the_image():
            "masks": jnp.zeros((2, 5, 5, 1), jnp.float32)}
   module = _SourceCorner()
   variables = module.init(jax.random.key(0), batch)
-  tta = evaluation.TTAModule(module, 8).apply(variables, batch)
-  views = [{**batch, "image": evaluation.dihedral(batch["image"], k),
-            "source_image": evaluation.dihedral(batch["source_image"], k)} for k in range(8)]
+  tta = tta_lib.TTAModule(module, 8).apply(variables, batch)
+  views = [{**batch, "image": tta_lib.dihedral(batch["image"], k),
+            "source_image": tta_lib.dihedral(batch["source_image"], k)} for k in range(8)]
   expected = np.mean([jax.nn.sigmoid(module.apply(variables, v)["logits"]) for v in views], 0)
   np.testing.assert_allclose(jax.nn.sigmoid(tta["logits"]), expected, rtol=1e-5, atol=1e-6)
 
