@@ -204,7 +204,7 @@ def cpu_sized(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.model.timesteps = 3
   config.model.frozen_bn = False
   config.model.freeze_encoder = False
-  config.model.from_scratch = True  # no weights asked for (dermjax.weights.check_pretrained).
+  config.model.from_scratch = True  # no weights asked for (dermjax.pretrained.check_pretrained).
   config.optim.learning_rate = 1e-3
   for group, (regex, _) in config.optim.groups.items():
     config.optim.groups[group] = (regex, 1e-3)

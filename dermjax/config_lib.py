@@ -148,7 +148,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.pretrained_format = "auto"   # "auto" | "torchvision" | "timm" key names.
   config.model.pretrained_targets = ml_collections.ConfigDict()  # submodule -> path in checkpoint.
   # A row with pretrained_targets grafts weights and stops at start-up when model.pretrained
-  # is unset (dermjax.weights.check_pretrained), unless from_scratch (the CPU rows' default:
+  # is unset (dermjax.pretrained.check_pretrained), unless from_scratch (the CPU rows' default:
   # cpu_sized) says that training from a random initialisation is meant.
   config.model.from_scratch = False
   # Rows that graft a trained dermjax run instead of ImageNet weights: the table argument

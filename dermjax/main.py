@@ -23,8 +23,8 @@ from ml_collections import config_flags
 
 from dermjax import cli
 from dermjax import faults
+from dermjax import pretrained
 from dermjax import train
-from dermjax import weights
 from dermjax import writers
 from dermjax import xla_cpu
 
@@ -56,7 +56,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(faults.QuietFailures())
   logging_lib.getLogger("asyncio").addFilter(faults.QuietFailures())
   config = FLAGS.config
-  weights.check_pretrained(config.model)  # A paper row without its weights: stop at once.
+  pretrained.check_pretrained(config.model)  # A paper row without its weights: stop at once.
   xla_cpu.apply(config.train.get("xla_cpu_conv"))  # Before JAX starts its backend.
   if config.train.distributed:
     jax.distributed.initialize(**distributed_args())

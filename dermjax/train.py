@@ -31,8 +31,8 @@ from dermjax import faults
 from dermjax import input_pipeline
 from dermjax import models
 from dermjax import optim
+from dermjax import pretrained
 from dermjax import steps
-from dermjax import weights
 from dermjax import writers
 from dermjax import xla_cpu
 
@@ -70,11 +70,11 @@ def train_and_evaluate(config, workdir: str, *, resume_with_changed_config=False
 
   Holds <workdir>/.lock for the whole run (faults.WorkdirLock); SIGINT / SIGTERM stop it
   at a step boundary after saving `latest` (faults.Interrupted). Raises faults.RunError
-  (one line) for missing or wrong pretrained weights (weights.check_pretrained), a locked /
+  (one line) for missing or wrong pretrained weights (pretrained.check_pretrained), a locked /
   unwritable workdir, a changed config on resume, divergence.
   """
   xla_cpu.apply(config.train.get("xla_cpu_conv"))  # Warns only if JAX started otherwise.
-  weights.check_pretrained(config.model)  # Seconds, before the workdir or any data work.
+  pretrained.check_pretrained(config.model)  # Seconds, before the workdir or any data work.
   workdir = faults.writable_workdir(os.path.abspath(workdir))
   lock = faults.WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
   try:

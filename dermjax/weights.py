@@ -40,20 +40,10 @@ import numpy as np
 from flax import traverse_util
 
 from dermjax import checkpoint
-from dermjax import config_lib
-from dermjax import faults
 from dermjax.models.backbones import BACKBONES, build_backbone
 from dermjax.weight_keys import KINDS, TABLES, Field, Table  # pylint: disable=unused-import
 
 CONVERTED_FILE = "variables.safetensors"
-# torchvision's ImageNet file (IMAGENET1K_V1) of each architecture: what a paper row needs.
-TORCHVISION_FILES = {
-    "alexnet": "alexnet-owt-7be5be79.pth", "vgg16": "vgg16-397923af.pth",
-    "vgg16_bn": "vgg16_bn-6c64b313.pth", "resnet18": "resnet18-f37072fd.pth",
-    "resnet50": "resnet50-0676ba61.pth", "resnet101": "resnet101-63fe2227.pth",
-    "resnext50_32x4d": "resnext50_32x4d-7cdf4587.pth", "densenet121": "densenet121-a639ec97.pth",
-}
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_FORMATS = ("torchvision", "timm")
 # Torch buffers with no Flax counterpart.
 IGNORED_SUFFIXES = (".num_batches_tracked",)
@@ -117,7 +107,7 @@ def _read_safetensors(path: str) -> dict:
   return state
 
 
-def _safetensors_metadata(path: str) -> dict:
+def safetensors_metadata(path: str) -> dict:
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
   with safe_open(path, framework="np") as f:
     return f.metadata() or {}
@@ -238,7 +228,7 @@ def load_converted(path: str, arch: str) -> dict:
     path = os.path.join(path, CONVERTED_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no converted checkpoint (write one with scripts/convert_weights.py).")
-  meta = _safetensors_metadata(path)
+  meta = safetensors_metadata(path)
   if meta.get("format") != "dermjax":
     raise ValueError(f"{path}: not a dermjax converted checkpoint (metadata {meta}).")
   if meta.get("arch") != arch:
@@ -267,7 +257,7 @@ def load_pretrained(path: str, arch: str, *, source_format: str = "auto") -> dic
   if arch not in BACKBONES:
     raise ValueError(f"Unknown arch {arch!r}; known: {sorted(BACKBONES)}")
   if os.path.isdir(path) or (path.endswith(".safetensors") and os.path.isfile(path)
-                             and _safetensors_metadata(path).get("format") == "dermjax"):
+                             and safetensors_metadata(path).get("format") == "dermjax"):
     return load_converted(path, arch)
   return convert(read_state_dict(path), arch, source_format, source=path)
 
@@ -348,7 +338,7 @@ def apply_pretrained(variables: Mapping[str, Any], model_config) -> dict:
   targets = model_config.get("pretrained_targets") or {}
   targets = targets.to_dict() if hasattr(targets, "to_dict") else dict(targets)
   if not targets:
-    raise ValueError(_no_targets(path))
+    raise ValueError(no_targets(path))
   if os.path.isdir(os.path.join(path, "checkpoints")):
     pretrained = checkpoint.run_variables(path)
   else:
@@ -357,76 +347,6 @@ def apply_pretrained(variables: Mapping[str, Any], model_config) -> dict:
   return graft(variables, pretrained, targets)
 
 
-def _no_targets(path) -> str:
+def no_targets(path) -> str:
   return (f"model.pretrained={path} is set but model.pretrained_targets is empty; say which "
           "submodule loads which part of the checkpoint, e.g. {'encoder': ''}")
-
-
-# ----------------------------------------------------------------------------- start-up check
-
-
-def convert_command(arch: str) -> str:
-  """The command that converts torchvision's ImageNet file of `arch` into weights/<arch>."""
-  return (f"python scripts/convert_weights.py --arch={arch} "
-          f"--src={TORCHVISION_FILES.get(arch, arch + '.pth')} --out=weights/{arch}")
-
-
-def _imagenet_need(arch: str) -> str:
-  return (f"ImageNet {arch} weights: bring torchvision's {TORCHVISION_FILES.get(arch, arch)}, "
-          f"convert it once ({convert_command(arch)}) and add "
-          f"--config.model.pretrained=weights/{arch}")
-
-
-def _run_model(spec: str) -> str:
-  """model.name of the table row `spec` ("configs/<table>.py:<arg>", the path relative to the
-  working directory or to the repository)."""
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    path = os.path.join(REPO, path)
-  return config_lib.load_config(path, arg or None).model.name
-
-
-def check_pretrained(model_config):
-  """Raises RunError (exit status 2, one line) when model.pretrained cannot be what the row
-  grafts: unset although pretrained_targets are given (unless model.from_scratch), a path
-  that does not exist, a dermjax run of another model (model.pretrained_run names the row
-  whose run is expected; without it ImageNet weights are, or a run of this very model),
-  weights where a run is expected, or a converted folder of another architecture. Reads
-  at most a config.json or a safetensors header: seconds, before any data work."""
-  path = model_config.get("pretrained")
-  targets = model_config.get("pretrained_targets") or {}
-  arch = model_config.get("pretrained_arch")
-  run_spec = model_config.get("pretrained_run")
-  expected_run = _run_model(run_spec) if run_spec else None
-  need = (f"a finished {expected_run} run: train it first (python -m dermjax.main "
-          f"--config={run_spec} --workdir=STAGE1) and add --config.model.pretrained=STAGE1"
-          if run_spec else _imagenet_need(arch))
-  fail = lambda text: faults.RunError(text, exit_code=2)
-  if not path:
-    if targets and not model_config.get("from_scratch", False):
-      raise fail(f"this row fine-tunes {need} (or pass --config.model.from_scratch=True to "
-                 "train from a random initialisation)")
-    return
-  if not targets:
-    raise fail(_no_targets(path))
-  if not os.path.exists(path):
-    raise fail(f"model.pretrained={path} does not exist; this row needs {need}")
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    found = config_lib.load_run_config(path).model.name
-    if found != (expected_run or model_config.get("name")):
-      raise fail(f"model.pretrained={path} is a dermjax run of model {found!r}, but this row "
-                 f"(model {model_config.get('name')!r}) needs {need}")
-    return
-  if run_spec:
-    raise fail(f"model.pretrained={path} is not a dermjax run (no checkpoints/ folder); this "
-               f"row needs {need}")
-  converted = os.path.join(path, CONVERTED_FILE) if os.path.isdir(path) else path
-  if os.path.isdir(path) and not os.path.isfile(converted):
-    raise fail(f"model.pretrained={path} is a folder with neither {CONVERTED_FILE} "
-               f"(scripts/convert_weights.py) nor checkpoints/ (a dermjax run); this row "
-               f"needs {need}")
-  if converted.endswith(".safetensors"):
-    meta = _safetensors_metadata(converted)
-    if meta.get("format") == "dermjax" and meta.get("arch") != arch:
-      raise fail(f"model.pretrained={path} was converted for {meta.get('arch')}, but this row "
-                 f"needs {need}")

@@ -55,6 +55,7 @@ from dermjax import config_lib
 from dermjax import divergence
 from dermjax import faults
 from dermjax import predict
+from dermjax import pretrained
 from dermjax import runs
 from dermjax import weights
 from dermjax import writers
@@ -398,7 +399,7 @@ def _fake_run(path, model):
 
 def _refused(model_config, *needles):
   with pytest.raises(faults.RunError) as info:
-    weights.check_pretrained(model_config)
+    pretrained.check_pretrained(model_config)
   assert info.value.exit_code == 2 and "\n" not in str(info.value)
   for needle in needles:
     assert needle in str(info.value), str(info.value)
@@ -408,8 +409,8 @@ def test_pretrained_checked_before_any_data_work(tmp_path):
   masll = config_lib.load_config("configs/masll.py", "masll_resnet101,paper").model
   _refused(masll, "resnet101-63fe2227.pth", "--out=weights/resnet101")
   masll.from_scratch = True
-  weights.check_pretrained(masll)
-  weights.check_pretrained(config_lib.load_config("configs/masll.py").model)  # CPU row
+  pretrained.check_pretrained(masll)
+  pretrained.check_pretrained(config_lib.load_config("configs/masll.py").model)  # CPU row
   masll.pretrained = str(tmp_path / "nothing.pth")
   _refused(masll, "nothing.pth does not exist", "resnet101-63fe2227.pth")
   masll.pretrained = _fake_run(tmp_path / "tiny_run", "tiny")
@@ -430,7 +431,7 @@ def test_pretrained_checked_before_any_data_work(tmp_path):
   cin.pretrained = str(tmp_path / "tiny_run")
   _refused(cin, "dermjax run of model 'tiny'", "cin_lesion")
   cin.pretrained = _fake_run(tmp_path / "stage1", "cin_lesion")
-  weights.check_pretrained(cin)
+  pretrained.check_pretrained(cin)
 
 
 def test_wrong_workdirs_are_named(tiny_run, tmp_path):

@@ -132,7 +132,7 @@ def test_prepare_is_idempotent_and_checks_its_config(isic2017_raw, isic2017_prep
   assert prepare.prepare(layout, isic2017_raw, prepared_dir, num_folds=3) == os.path.join(
       prepared_dir, layout)
   assert os.stat(stats).st_mtime_ns == before
-  with pytest.raises(ValueError, match="overwrite=True"):
+  with pytest.raises(ValueError, match="was prepared with .*delete it"):
     prepare.prepare(layout, isic2017_raw, prepared_dir, num_folds=4)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from dermjax.data import prepare
+from dermjax.data import codec
 from dermjax.data import schema
 from dermjax.metrics import faithfulness
 
@@ -258,8 +258,8 @@ class PreparedExampleLoader(ExampleLoader):
     """Packed codes [H, W] -> uint8 [S, S, 1+A+1] (last: evidence): nearest neighbour first,
     then unpacking (they commute, and unpacking S x S codes is far cheaper than H x W)."""
     codes = resize_masks(masks[..., None], box, self.image_size)[..., 0]
-    lesion, attributes = prepare.unpack_masks(codes)
-    evidence = prepare.unpack_evidence(codes).astype(np.uint8)
+    lesion, attributes = codec.unpack_masks(codes)
+    evidence = codec.unpack_evidence(codes).astype(np.uint8)
     return np.concatenate([lesion[..., None], attributes, evidence[..., None]], -1)
 
 

@@ -8,7 +8,8 @@
       splits.json   ids per split and a stratified fold index per training id (grouped
                     by lesion / patient / duplicate pair, dermjax.data.isic.splits), and
                     the split settings (protocol, derived fractions) they were made with
-      tfds/         the `dermjax_isic/<layout>` builder's array_record files
+      tfds/         the `dermjax_isic/<layout>` builder's array_record files (one example
+                    per image in dermjax.data.codec's format)
 
 Every file is decoded and checked in one pass; all problems are reported together in
 one DatasetError and nothing is left behind. The dataset is built in a temporary
@@ -30,7 +31,6 @@ again (saying so); without the raw data the error says to delete prepared/<layou
 import dataclasses
 import fcntl
 import functools
-import io
 import json
 import logging
 import os
@@ -38,10 +38,10 @@ import shutil
 import tempfile
 
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 import tqdm
 
+from dermjax.data import codec
 from dermjax.data import isic
 from dermjax.data import schema
 from dermjax.data import shards
@@ -49,83 +49,9 @@ from dermjax.data import structures
 from dermjax.data.errors import DatasetError
 from dermjax.data.tfds_builders import isic_builder
 
-__all__ = ["DatasetError", "prepare", "load", "Prepared", "Source", "decode"]
+__all__ = ["DatasetError", "prepare", "load", "Prepared", "Source"]
 
 FORMAT_VERSION = 1
-
-
-# --- encoding -----------------------------------------------------------------------
-
-
-# Bit of the packed mask codes that holds the optional evidence mask (after lesion + A).
-EVIDENCE_BIT = 1 + schema.NUM_ATTRIBUTES
-
-
-def pack_masks(lesion, attributes, evidence=None) -> np.ndarray:
-  """uint8 [H, W] lesion + [H, W, A] attributes (+ optional [H, W] evidence), 0/1 ->
-  uint8 [H, W] bit-packed codes (evidence in bit EVIDENCE_BIT)."""
-  codes = lesion.astype(np.uint8).copy()
-  for k in range(attributes.shape[-1]):
-    codes |= attributes[..., k].astype(np.uint8) << (k + 1)
-  if evidence is not None:
-    codes |= (evidence > 0).astype(np.uint8) << EVIDENCE_BIT
-  return codes
-
-
-def unpack_evidence(codes):
-  """uint8 [...] codes -> uint8 [...] 0/1 evidence mask (0 where none was packed)."""
-  return (np.asarray(codes) >> EVIDENCE_BIT) & 1
-
-
-def unpack_masks(codes):
-  """uint8 [H, W] codes -> (lesion [H, W], attributes [H, W, A]), uint8 0/1."""
-  bits = (codes[..., None] >> np.arange(1 + schema.NUM_ATTRIBUTES, dtype=np.uint8)) & 1
-  return bits[..., 0], bits[..., 1:]
-
-
-def _png(array) -> bytes:
-  buffer = io.BytesIO()
-  Image.fromarray(array).save(buffer, format="PNG", compress_level=3)
-  return buffer.getvalue()
-
-
-def _encode(example: isic.Example, record: dict, codes) -> dict:
-  """Example, its record, its packed masks -> the TFDS example (original image bytes, PNG)."""
-  with open(example.image, "rb") as f:
-    image_bytes = f.read()
-  height, width = record["image"].shape[:2]
-  out = {k: record[k] for k in ("id", "melanoma", "keratosis", "label", "has_lesion_mask",
-                                "has_attributes", "age", "sex", "site", "patient_id")}
-  out["has_evidence_mask"] = np.bool_(record.get("has_evidence_mask", False))
-  out.update(image=image_bytes, height=np.int32(height), width=np.int32(width),
-             masks=_png(codes))
-  return out
-
-
-def decode(example: dict, split: str) -> dict:
-  """A stored TFDS example -> record (schema.py)."""
-  text = lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v)
-  image = np.asarray(Image.open(io.BytesIO(example["image"])).convert("RGB"))
-  codes = np.asarray(Image.open(io.BytesIO(example["masks"])))
-  lesion, attributes = unpack_masks(codes)
-  return {
-      "id": text(example["id"]),
-      "split": split,
-      "image": image,
-      "melanoma": np.int32(example["melanoma"]),
-      "keratosis": np.int32(example["keratosis"]),
-      "label": np.int32(example["label"]),
-      "lesion_mask": lesion,
-      "attribute_masks": attributes,
-      "has_lesion_mask": np.bool_(example["has_lesion_mask"]),
-      "has_attributes": np.bool_(example["has_attributes"]),
-      "evidence_mask": unpack_evidence(codes).astype(np.uint8),
-      "has_evidence_mask": np.bool_(example.get("has_evidence_mask", False)),
-      "age": np.float32(example["age"]),
-      "sex": np.int32(example["sex"]),
-      "site": np.int32(example["site"]),
-      "patient_id": text(example["patient_id"]),
-  }
 
 
 # --- statistics ---------------------------------------------------------------------
@@ -138,7 +64,7 @@ def code_structures() -> np.ndarray:
   Structures are per-pixel functions of the lesion/attribute bits, so an image's presences
   and structure pixel counts follow from its histogram of codes (one bincount per image).
   """
-  lesion, attributes = unpack_masks(np.arange(256, dtype=np.uint8)[None])   # [1, 256], [1, 256, A]
+  lesion, attributes = codec.unpack_masks(np.arange(256, dtype=np.uint8)[None])   # [1, 256], [1, 256, A]
   masks = np.concatenate([lesion[..., None], attributes], -1)
   return np.asarray(structures.structure_masks(masks))[0] > 0.5
 
@@ -236,11 +162,11 @@ class _Plan:
       except DatasetError as e:
         self.problems.extend(e.problems)
         continue
-      codes = pack_masks(record["lesion_mask"], record["attribute_masks"],
+      codes = codec.pack_masks(record["lesion_mask"], record["attribute_masks"],
                          record["evidence_mask"] if record.get("has_evidence_mask") else None)
       self.stats[split].add(record, codes)
       if write:
-        yield example.id, _encode(example, record, codes)
+        yield example.id, codec.encode(example, record, codes)
 
 
 # --- prepare / load -----------------------------------------------------------------
@@ -408,7 +334,7 @@ class Source:
     return len(self._data_source)
 
   def __getitem__(self, index):
-    return decode(self._data_source[index], self.split)
+    return codec.decode(self._data_source[index], self.split)
 
   def __repr__(self):
     return f"Source(split={self.split!r}, len={len(self)})"

@@ -3,7 +3,7 @@
 Examples are prepared by dermjax.data.prepare, which hands the builder a `plan`: a
 callable `plan(split) -> iterator of (key, example)` and the list of splits. Images are
 stored as the original encoded bytes and masks as one PNG whose bit 0 is the lesion and
-bit k+1 is schema.ATTRIBUTES[k] (bit 1 + A: the synthetic evidence mask); `dermjax.data.prepare.decode` turns an example back into
+bit k+1 is schema.ATTRIBUTES[k] (bit 1 + A: the synthetic evidence mask); `dermjax.data.codec.decode` turns an example back into
 a record. Build with `file_format="array_record"`; read with `as_data_source`.
 """
 
