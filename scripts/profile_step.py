@@ -159,7 +159,7 @@ def matcher_breakdown(config, train_median_s: float, *, num_warmup: int, num_tim
 
 
 def profile(config, *, num_warmup: int = 2, num_timed: int = 5, eval_step: bool = True,
-            matmul_peak: bool = True, trace_dir: str | None = None,
+            matmul_peak: bool = True, matmul_peak_n: int = 2048, trace_dir: str | None = None,
             with_matcher_breakdown: bool = False, compare_matcher_steps: bool = False) -> dict:
   """Profiles `config`'s train (and eval) step; returns the results dict (see module doc)."""
   steps = build_steps(config)
@@ -192,7 +192,7 @@ def profile(config, *, num_warmup: int = 2, num_timed: int = 5, eval_step: bool 
     eval_compiled, result["eval_compile"] = compile_step(steps["eval_step"], state,
                                                          steps["eval_batch"])
     eval_flops = profiling.compiled_flops(eval_compiled)
-  peak = profiling.matmul_peak_jax(config.model.dtype) if matmul_peak else None
+  peak = profiling.matmul_peak_jax(config.model.dtype, n=matmul_peak_n) if matmul_peak else None
   result["matmul_peak_tflops"] = peak / 1e12 if peak else None
   result["train_flops_per_image_xla"] = train_flops / batch_size if train_flops else None
   result["train_flops_source"] = "xla cost analysis"
@@ -275,11 +275,13 @@ def _define_flags():
   flags.DEFINE_integer("num_timed", 5, "Timed steps (median reported); 0: compile only.")
   flags.DEFINE_bool("eval", True, "Also compile and time the eval step.")
   flags.DEFINE_bool("matmul_peak", True, "Measure the device's matmul peak (for the MFU).")
+  flags.DEFINE_integer("matmul_peak_n", 2048, "Size n of the [n, n] @ [n, n] peak products.")
   flags.DEFINE_bool("matcher_breakdown", False, "Gaze: time the host and device Hungarian "
                     "matchers alone, as a fraction of the train step.")
   flags.DEFINE_bool("compare_matcher_steps", False, "With --matcher_breakdown: also time the "
                     "whole train step with each matcher.")
-  flags.DEFINE_string("xla_dump_to", None, "Write XLA's HLO dumps (text) here.")
+  flags.DEFINE_string("xla_dump_to", None, "Write XLA's HLO dumps (text) of the train and "
+                      "eval steps here.")
   flags.DEFINE_string("trace_dir", None, "Write a jax.profiler trace (TensorBoard) here.")
   flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
   flags.DEFINE_integer("decoder_chunk", None, "Gaze: set config.model.decoder_chunk (the "
@@ -297,14 +299,15 @@ def main(argv):
   if FLAGS.xla_dump_to:  # Read by XLA when the backend starts (nothing has touched it yet).
     os.environ["XLA_FLAGS"] = " ".join(filter(None, [
         os.environ.get("XLA_FLAGS"), f"--xla_dump_to={FLAGS.xla_dump_to}",
-        "--xla_dump_hlo_as_text"]))
+        "--xla_dump_hlo_as_text", "--xla_dump_hlo_module_re=(train|eval)_step"]))
   config = FLAGS.config
   if FLAGS.decoder_chunk is not None:
     config = config.copy_and_resolve_references()
     with config.unlocked():
       config.model.decoder_chunk = FLAGS.decoder_chunk
   result = profile(config, num_warmup=FLAGS.num_warmup, num_timed=FLAGS.num_timed,
-                   eval_step=FLAGS.eval, matmul_peak=FLAGS.matmul_peak, trace_dir=FLAGS.trace_dir,
+                   eval_step=FLAGS.eval, matmul_peak=FLAGS.matmul_peak,
+                   matmul_peak_n=FLAGS.matmul_peak_n, trace_dir=FLAGS.trace_dir,
                    with_matcher_breakdown=FLAGS.matcher_breakdown,
                    compare_matcher_steps=FLAGS.compare_matcher_steps)
   if FLAGS.xla_dump_to:
