@@ -4,12 +4,13 @@
       --variants=torch,jax:reflect:ynnpack:1,jax:reflect:ynnpack --rounds=2 --json_out=F \
       [--single_core] [--torch_compile=both]
 
-A JAX variant "jax:<padding>:<conv>[:<decoder_chunk>]" runs scripts/profile_step.py on
-configs/gaze.py:thesis,paper at the given size with config.model.padding, the XLA:CPU
+A JAX variant "jax:<padding>:<conv>[:<decoder_chunk>[:noremat]]" runs scripts/profile_step.py
+on configs/gaze.py:thesis,paper at the given size with config.model.padding, the XLA:CPU
 convolution library (config.train.xla_cpu_conv) and the memory mode (decoder_chunk 1; 0 or
-absent: the batched decoder); "torch" runs scripts/benchmark_torch.py (the thesis code's
-per-step decoder, channels-last; --torch_compile=both: eager then torch.compile in the
-same process). Each run is its own process.
+absent: the batched decoder; noremat: config.model.memory_remat False); "torch" runs
+scripts/benchmark_torch.py (the thesis code's per-step decoder, channels-last;
+--torch_compile=both: eager then torch.compile in the same process). Each run is its own
+process.
 
 Load cannot fool it: every run waits until the 1-min load is below --max_load (default 1)
 and other processes are idle, and measures the CPU the other processes used while it ran
@@ -46,9 +47,12 @@ def command(variant, args, json_out):
             f"--threads={1 if args.single_core else 0}", "--device=cpu",
             "--no-matmul_peak", f"--json_out={json_out}"]
   parts = variant.split(":")
-  if parts[0] != "jax" or len(parts) not in (3, 4):
-    raise ValueError(f"variant {variant!r}: 'torch' or 'jax:<padding>:<conv>[:<chunk>]'")
-  chunk = parts[3] if len(parts) == 4 else "0"
+  if (parts[0] != "jax" or len(parts) not in (3, 4, 5)
+      or (len(parts) == 5 and parts[4] != "noremat")):
+    raise ValueError(f"variant {variant!r}: 'torch' or "
+                     "'jax:<padding>:<conv>[:<chunk>[:noremat]]'")
+  chunk = parts[3] if len(parts) >= 4 else "0"
+  remat = ["--nomemory_remat"] if len(parts) == 5 else []
   return [py, os.path.join(REPO, "scripts", "profile_step.py"),
           "--config=" + os.path.join(REPO, "configs", "gaze.py") + ":thesis,paper",
           f"--config.data.image_size={args.image_size}",
@@ -56,7 +60,7 @@ def command(variant, args, json_out):
           f"--config.data.eval_batch_size={args.batch_size}",
           f"--config.model.timesteps={args.timesteps}",
           f"--config.model.padding={parts[1]}", f"--config.train.xla_cpu_conv={parts[2]}",
-          f"--decoder_chunk={chunk}",
+          f"--decoder_chunk={chunk}", *remat,
           f"--num_warmup={args.num_warmup}", f"--num_timed={args.num_timed}",
           "--noeval", "--nomatmul_peak", f"--json_out={json_out}"]
 

@@ -179,6 +179,7 @@ def profile(config, *, num_warmup: int = 2, num_timed: int = 5, eval_step: bool 
   if "padding" in config.model:
     result["padding"] = str(config.model.padding)
     result["decoder_chunk"] = int(config.model.get("decoder_chunk", 0) or 0)
+    result["memory_remat"] = bool(config.model.get("memory_remat", True))
   state = steps["state"]
   result["num_params"] = int(sum(x.size for x in jax.tree.leaves(state.params)))
   result["num_trainable_params"] = int(sum(
@@ -286,6 +287,9 @@ def _define_flags():
   flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
   flags.DEFINE_integer("decoder_chunk", None, "Gaze: set config.model.decoder_chunk (the "
                        "memory mode) even where the config table has no such field.")
+  flags.DEFINE_bool("memory_remat", None, "Gaze: set config.model.memory_remat (False: the "
+                    "memory mode's chunks without recomputation) even where the table has "
+                    "no such field.")
   flags.mark_flags_as_required(["config"])
 
 
@@ -301,10 +305,13 @@ def main(argv):
         os.environ.get("XLA_FLAGS"), f"--xla_dump_to={FLAGS.xla_dump_to}",
         "--xla_dump_hlo_as_text", "--xla_dump_hlo_module_re=(train|eval)_step"]))
   config = FLAGS.config
-  if FLAGS.decoder_chunk is not None:
+  gaze_fields = {"decoder_chunk": FLAGS.decoder_chunk, "memory_remat": FLAGS.memory_remat}
+  if any(v is not None for v in gaze_fields.values()):
     config = config.copy_and_resolve_references()
     with config.unlocked():
-      config.model.decoder_chunk = FLAGS.decoder_chunk
+      for name, value in gaze_fields.items():
+        if value is not None:
+          config.model[name] = value
   result = profile(config, num_warmup=FLAGS.num_warmup, num_timed=FLAGS.num_timed,
                    eval_step=FLAGS.eval, matmul_peak=FLAGS.matmul_peak,
                    matmul_peak_n=FLAGS.matmul_peak_n, trace_dir=FLAGS.trace_dir,
