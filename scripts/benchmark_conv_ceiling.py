@@ -8,8 +8,8 @@ VGG16-BN encoder forward, Attentive ConvLSTM, decoder once per step as the thesi
 scripts/benchmark_torch.py run it, diagnosis VGG blocks 4-5; `gaze_conv_shapes`) is timed
 alone, NHWC / channels-last, zero padding 1, no bias, in three passes: forward, input
 gradient (dx) and weight gradient (dw), each its own call:
-  jax:<lib>[:<form>]  lib ynnpack | eigen: XLA:CPU's convolution library for the process
-                      (dermjax.xla_cpu); form conv (default): the model's own convolutions
+  jax:<lib>[:<form>]  lib ynnpack | eigen | eigen_individual: XLA:CPU's convolution library
+                      for the process (dermjax.xla_cpu); form conv (default): the model's own convolutions
                       (dermjax.conv.canonical_conv and the canonical gradient convolutions
                       its VJP runs), patches: im2col + one dot (dermjax.conv.patches_*)
   torch               F.conv2d and aten.convolution_backward with one output mask per pass
@@ -158,10 +158,11 @@ def worker(impl: str, shapes: list[dict], *, dtype: str, threads: int, min_time_
 def check_impl(impl: str) -> str:
   parts = impl.split(":")
   ok = (parts == ["torch"] or (parts[0] == "jax" and len(parts) in (2, 3)
-                               and parts[1] in ("ynnpack", "eigen")
+                               and parts[1] in xla_cpu.CHOICES
                                and (len(parts) == 2 or parts[2] in ("conv", "patches"))))
   if not ok:
-    raise ValueError(f"--impls: {impl!r} is not 'torch' or 'jax:ynnpack|eigen[:conv|patches]'")
+    raise ValueError(f"--impls: {impl!r} is not 'torch' or "
+                     f"'jax:<{'|'.join(xla_cpu.CHOICES)}>[:conv|patches]'")
   return impl
 
 
