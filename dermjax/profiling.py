@@ -15,6 +15,7 @@ needs it.
 import argparse
 import contextlib
 import fcntl
+import glob
 import json
 import os
 import platform
@@ -246,6 +247,36 @@ def machine_info(torch_device: str | None = None, *, jax_devices: bool = True) -
     if torch_device.startswith("cuda"):
       info["torch_device_kind"] = torch.cuda.get_device_name(torch_device)
   return info
+
+
+# Trace events that wrap others (executors, loops, thread pools) or are Python frames ("$").
+_WRAPPER_EVENTS = ("$", "ThunkExecutor", "ExecuteReplicated", "CommonPjRt", "PjRt",
+                   "ThreadpoolListener", "SlinkyThreadPool", "while")
+
+
+def trace_op_summary(trace_dir: str, *, num_steps: int, top: int = 40) -> list[dict]:
+  """Per-op time of a jax.profiler trace (the newest .xplane.pb under trace_dir): the XLA
+  ops' events of every plane (CPU thunks, GPU kernels), wrapper events left out, summed per
+  op over all threads / streams and divided by num_steps; the `top` largest as
+  [{"op", "ms_per_step", "calls_per_step", "share"}] (share of the summed op time; ops of
+  parallel threads overlap in wall time, so the sum can exceed the step time)."""
+  files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
+                 key=os.path.getmtime)
+  if not files:
+    raise FileNotFoundError(f"no .xplane.pb under {trace_dir}")
+  data = jax.profiler.ProfileData.from_file(files[-1])
+  total, calls = {}, {}
+  for plane in data.planes:
+    for line in plane.lines:
+      for event in line.events:
+        if event.name.startswith(_WRAPPER_EVENTS):
+          continue
+        total[event.name] = total.get(event.name, 0.0) + event.duration_ns
+        calls[event.name] = calls.get(event.name, 0) + 1
+  whole = sum(total.values()) or 1.0
+  rows = sorted(total, key=total.get, reverse=True)[:top]
+  return [{"op": op, "ms_per_step": total[op] / 1e6 / num_steps,
+           "calls_per_step": calls[op] / num_steps, "share": total[op] / whole} for op in rows]
 
 
 def source_version(repo: str) -> str:

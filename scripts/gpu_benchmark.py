@@ -149,6 +149,8 @@ def headline(kind: str, result: dict) -> dict:
     out["memory"] = result["memory"]
   if "matcher" in result:
     out["matcher"] = result["matcher"]
+  if "trace_top_ops" in result:
+    out["trace_top_ops"] = result["trace_top_ops"][:10]
   return out
 
 

@@ -15,6 +15,8 @@ normalisation are timed too), on every device of a data-parallel mesh. Reported:
                 model's compute dtype (dermjax.profiling.matmul_peak_jax)
   memory        peak device bytes in use (GPU/TPU), process peak RSS (CPU), XLA's planned
                 temp bytes of the train step
+  trace         --trace_dir: a jax.profiler trace of two more train steps, and its most
+                expensive ops per step (dermjax.profiling.trace_op_summary) in the JSON
   matcher       gaze model only (--matcher_breakdown): the host (scipy pure_callback) and
                 device (optax) Hungarian matchers alone, jitted on the step's [B, S, T]
                 cost shape, as a fraction of the train step (--compare_matcher_steps:
@@ -219,6 +221,7 @@ def profile(config, *, num_warmup: int = 2, num_timed: int = 5, eval_step: bool 
       with jax.profiler.trace(trace_dir):
         state, _ = _time_train(train_compiled, state, steps["batch"], 0, 2)
       result["trace_dir"] = trace_dir
+      result["trace_top_ops"] = profiling.trace_op_summary(trace_dir, num_steps=2)
   result["memory"] = profiling.peak_memory()
   result["load_average_after"] = list(os.getloadavg())
   if with_matcher_breakdown:

@@ -36,6 +36,8 @@ def test_smoke_run_writes_every_artifact(gpu_bench, tmp_path):
   assert any("train_step" in f for f in os.listdir(out / "xla_dump"))
   assert not any("init_variables" in f for f in os.listdir(out / "xla_dump"))
   assert any(files for _, _, files in os.walk(out / "trace"))
+  top = jax_row["trace_top_ops"]  # dermjax.profiling.trace_op_summary of the trace.
+  assert top and top[0]["ms_per_step"] > 0 and top[0]["calls_per_step"] > 0
   assert summary["headlines"]["gaze_torch_amp"]["eager"]["images_per_s"] > 0
   assert summary["config_checks"] == {n: "ok" for n in gpu_bench.OTHER_TABLES}
   assert summary["targets"]["vs_torch_eager_amp"]["ratio"] > 0
