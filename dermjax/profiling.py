@@ -357,7 +357,8 @@ def wait_until_quiet(max_load: float = 1.0, *, max_foreign: float = 0.3, timeout
           f"{waited:.0f} of {timeout_s:.0f} s")
 
 
-def run_is_valid(gate: dict, usage: dict, *, max_load: float, max_foreign: float) -> tuple[bool, str]:
+def run_is_valid(gate: dict, usage: dict, *, max_load: float,
+                 max_foreign: float) -> tuple[bool, str]:
   """(valid, reason) of one timed run: the quiet gate passed before it (1-min load below
   max_load) and other processes used under max_foreign cores on average during it."""
   problems = []
@@ -406,6 +407,8 @@ def add_quiet_machine_args(parser: argparse.ArgumentParser):
                       help="Other processes' CPU (cores) during a run above which it is invalid.")
   parser.add_argument("--quiet_timeout_s", type=float, default=900,
                       help="Longest wait for a quiet machine before each run.")
+  parser.add_argument("--quiet_sample_s", type=float, default=5.0,
+                      help="Seconds over which the gate measures other processes' CPU.")
   parser.add_argument("--run_when_loud", action="store_true",
                       help="Run anyway (marked invalid) when no quiet window came (development).")
   parser.add_argument("--lock_file", default="/tmp/dermjax-cpu.lock",
@@ -436,7 +439,7 @@ def measured_run(cmd: Sequence[str], result_path: str, args: argparse.Namespace,
   "reason", "result"}; a run that was not quiet has valid False and never enters a ratio.
   """
   gate = wait_until_quiet(args.max_load, max_foreign=args.max_foreign,
-                          timeout_s=args.quiet_timeout_s)
+                          timeout_s=args.quiet_timeout_s, sample_s=args.quiet_sample_s)
   run = {**(meta or {}), "gate": gate, "utc": time.strftime("%H:%M:%S", time.gmtime())}
   if not gate["quiet"] and not args.run_when_loud:
     run.update(valid=False, reason="not run: no quiet window", rc=None)

@@ -9,9 +9,10 @@ scripts/benchmark_torch.py run it, diagnosis VGG blocks 4-5; `gaze_conv_shapes`)
 alone, NHWC / channels-last, zero padding 1, no bias, in three passes: forward, input
 gradient (dx) and weight gradient (dw), each its own call:
   jax:<lib>[:<form>]  lib ynnpack | eigen | eigen_individual: XLA:CPU's convolution library
-                      for the process (dermjax.xla_cpu); form conv (default): the model's own convolutions
-                      (dermjax.conv.canonical_conv and the canonical gradient convolutions
-                      its VJP runs), patches: im2col + one dot (dermjax.conv.patches_*)
+                      for the process (dermjax.xla_cpu); form conv (default): the model's
+                      own convolutions (dermjax.conv.canonical_conv and the canonical
+                      gradient convolutions its VJP runs), patches: im2col + one dot
+                      (dermjax.conv.patches_*)
   torch               F.conv2d and aten.convolution_backward with one output mask per pass
                       (what autograd runs), oneDNN.
 Each implementation runs in its own process (no two thread pools in one process), one after

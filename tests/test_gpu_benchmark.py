@@ -42,16 +42,22 @@ def test_smoke_run_writes_every_artifact(gpu_bench, tmp_path):
   assert summary["config_checks"] == {n: "ok" for n in gpu_bench.OTHER_TABLES}
   assert summary["targets"]["vs_torch_eager_amp"]["ratio"] > 0
   assert json.loads((out / "summary.json").read_text())["targets"] == summary["targets"]
+  # The warming phase compiled the JAX job into the persistent cache, with its compile time.
+  assert list(summary["warm_compile"]) == ["gaze_jax_bf16_memory"]
+  assert summary["warm_compile"]["gaze_jax_bf16_memory"]["rc"] == 0
+  warm = json.loads((out / "gaze_jax_bf16_memory.compile.json").read_text())
+  assert warm["train_compile"]["compile_s"] > 0 and os.listdir(out / "jax_cache")
 
 
 def test_full_run_plan_fits_the_budget(gpu_bench):
-  """Every job of the GPU run has a timeout; the gaze JAX / torch rows come first; the sum of
-  the timeouts of the jobs that must run fits 8 minutes' budget order (skips are logged)."""
+  """Every job of the GPU run has a timeout, the gaze rows come first (the budget skips from
+  the end), every JAX job can be compiled ahead, torch runs AMP eager and compiled."""
   jobs = gpu_bench.jobs("/tmp/x", smoke=False)
   names = [j["name"] for j in jobs]
   assert names[:4] == ["gaze_jax_fp32_memory", "gaze_jax_fp32_batched", "gaze_jax_bf16_memory",
                        "gaze_jax_bf16_batched"]
-  assert {"gaze_jax_matchers", "gaze_torch_fp32", "gaze_torch_amp"} <= set(names)
+  assert {"gaze_jax_bf16_memory_device_matcher", "gaze_torch_fp32", "gaze_torch_amp"} <= set(names)
+  assert all("warm_argv" in j for j in jobs if j["kind"] == "jax")
   assert all(j["timeout_s"] > 0 for j in jobs)
   amp = next(j for j in jobs if j["name"] == "gaze_torch_amp")
   assert "--compile=both" in amp["argv"] and "--dtype=bfloat16" in amp["argv"]

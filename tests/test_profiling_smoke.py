@@ -278,10 +278,10 @@ def test_measured_run_reads_the_result_and_refuses_a_loud_machine(tmp_path):
   out = str(tmp_path / "r.json")
   cmd = [sys.executable, "-c", f"import json; json.dump({{'x': 1}}, open({out!r}, 'w'))"]
   run = profiling.measured_run(cmd, out, _quiet_args(max_load=1e9, max_foreign=1e9,
-                                                     lock_file=""), meta={"round": 0})
+                                                     quiet_sample_s=0.05), meta={"round": 0})
   assert run["valid"] and run["result"] == {"x": 1} and run["round"] == 0
   assert run["usage"]["own_cores"] >= 0 and not os.path.exists(out)
-  loud = _quiet_args(max_load=-1.0, quiet_timeout_s=0)
+  loud = _quiet_args(max_load=-1.0, quiet_timeout_s=0, quiet_sample_s=0.05)
   run = profiling.measured_run(cmd, out, loud)
   assert not run["valid"] and run["rc"] is None and "no quiet window" in run["reason"]
 
