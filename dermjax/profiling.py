@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -370,29 +371,38 @@ def run_is_valid(gate: dict, usage: dict, *, max_load: float,
   return not problems, "; ".join(problems) or "quiet"
 
 
+def _flock_blocking(f, timeout_s: float):
+  """flock(LOCK_EX) that blocks, so it takes the lock at the first instant no other job
+  holds it (flock gives a waiting exclusive request no priority over new shared ones: a
+  poll could miss every short gap); TimeoutError after timeout_s (SIGALRM: main thread)."""
+  def expire(signum, frame):
+    raise TimeoutError(f"exclusive lock {f.name}: still held by others after {timeout_s:.0f} s")
+
+  previous = signal.signal(signal.SIGALRM, expire)
+  signal.setitimer(signal.ITIMER_REAL, max(timeout_s, 1e-3))
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX)
+  finally:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
+
+
 @contextlib.contextmanager
-def exclusive_lock(path: str | None, *, timeout_s: float = 3600, poll_s: float = 2.0,
+def exclusive_lock(path: str | None, *, timeout_s: float = 3600,
                    log: Callable[[str], Any] = print):
   """Holds an exclusive flock on `path` (the machine's shared benchmark lock; None or "":
-  no lock) for the `with` body; waits at most timeout_s for it (TimeoutError), logging."""
+  no lock) for the `with` body; waits at most timeout_s for it (TimeoutError)."""
   if not path:
     yield
     return
   with open(path, "a") as f:
-    start = time.perf_counter()
-    last_log = -1e9
-    while True:
-      try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        break
-      except BlockingIOError:
-        waited = time.perf_counter() - start
-        if waited >= timeout_s:
-          raise TimeoutError(f"exclusive lock {path}: still held by others after {waited:.0f} s")
-        if waited - last_log >= 60:
-          last_log = waited
-          log(f"waiting for the exclusive lock {path} (held by other jobs): {waited:.0f} s")
-        time.sleep(poll_s)
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      start = time.perf_counter()
+      log(f"waiting for the exclusive lock {path} (held by other jobs; at most {timeout_s:.0f} s)")
+      _flock_blocking(f, timeout_s)
+      log(f"exclusive lock {path} taken after {time.perf_counter() - start:.0f} s")
     try:
       yield
     finally:

@@ -255,7 +255,7 @@ def test_exclusive_lock_waits_for_other_holders(tmp_path):
   with open(path, "w") as other:
     fcntl.flock(other, fcntl.LOCK_SH)  # Another job's shared hold.
     with pytest.raises(TimeoutError, match="held by others"):
-      with profiling.exclusive_lock(path, timeout_s=0.05, poll_s=0.01, log=lambda _: None):
+      with profiling.exclusive_lock(path, timeout_s=0.05, log=lambda _: None):
         pass
   with profiling.exclusive_lock(path, timeout_s=1):
     pass
