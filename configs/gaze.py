@@ -51,7 +51,8 @@ AttentiveModel) differ, the text is the default and the code one switch away:
                           Decoder call per step in a loop, so its training-mode BN sees one
                           step's batch -> model.decoder_chunk 1 (also the memory mode: the
                           ConvLSTM steps and decoder are rematerialised scans, peak memory
-                          flat in T, the fastest step on XLA:CPU, BENCHMARKS.md). Default 0:
+                          flat in T; model.memory_remat False keeps their activations
+                          instead, the fastest CPU step of BENCHMARKS.md 2026-12-02). Default 0:
                           all B x T states in one batched decoder call (the text does not
                           say; its training-mode BN then normalises over all T steps).
 Other choices, each with its reason:
@@ -139,6 +140,8 @@ def thesis_config() -> ml_collections.ConfigDict:
   m.structure_hidden_activation = "none"   # between its two dense layers (code); "relu".
   m.padding = "reflect"             # Attentive ConvLSTM / decoder conv padding (thesis code).
   m.decoder_chunk = 0               # >0: decoder over this many steps at a time, rematerialised.
+  m.memory_remat = True             # decoder_chunk > 0: recompute in the backward pass (memory
+                                    # flat in T); False: keep activations (faster, BENCHMARKS.md).
   m.rescale_attention = False       # True: X~_t = (h*w) A_t X' (uniform attention = X').
   m.dropout_rate = 0.5              # "fc" head only.
   m.pretrained_arch = "vgg16_bn"

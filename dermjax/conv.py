@@ -45,22 +45,67 @@ def _fwd(x, w, padding, precision):
   return _conv(x, w, padding, precision), (x, w)
 
 
-def _bwd(padding, precision, residuals, dy):
-  x, w = residuals
+def input_grad(dy, w, padding, precision=None):
+  """d(canonical conv)/dx as one canonical convolution: the full correlation of dy
+  [N, H', W', O] with the flipped kernel, in / out channels swapped -> [N, H, W, C]."""
   kh, kw = w.shape[:2]
   (top, bottom), (left, right) = padding
-  dy = dy.astype(x.dtype)
-  # Input gradient: full correlation of dy with the flipped kernel, in/out channels swapped.
   w_flipped = jnp.swapaxes(jnp.flip(w, (0, 1)), 2, 3)                       # [kh, kw, O, C]
-  dx = _conv(dy, w_flipped, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)),
-             precision)
-  # Weight gradient: channels of x as the batch, examples as the contracted features.
+  return _conv(dy, w_flipped, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)),
+               precision)
+
+
+def weight_grad(x, dy, padding, precision=None):
+  """d(canonical conv)/dw as one canonical convolution: the channels of x [N, H, W, C] as
+  its batch, the examples as the contracted features, dy [N, H', W', O] as the kernel
+  -> [kh, kw, C, O]."""
   dw = _conv(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)), padding,
              precision)                                                      # [C, kh, kw, O]
-  return dx.astype(x.dtype), jnp.transpose(dw, (1, 2, 0, 3)).astype(w.dtype)
+  return jnp.transpose(dw, (1, 2, 0, 3))
+
+
+def _bwd(padding, precision, residuals, dy):
+  x, w = residuals
+  dy = dy.astype(x.dtype)
+  return (input_grad(dy, w, padding, precision).astype(x.dtype),
+          weight_grad(x, dy, padding, precision).astype(w.dtype))
 
 
 canonical_conv.defvjp(_fwd, _bwd)
+
+
+def im2col(x, kernel, padding):
+  """x [N, H, W, C] -> patches [N, H', W', kh * kw * C] in (kh, kw, C) order, so that
+  patches @ w.reshape(kh * kw * C, O) is the convolution with an HWIO kernel w."""
+  kh, kw = kernel
+  (top, bottom), (left, right) = padding
+  xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  h, wd = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+  return jnp.concatenate([xp[:, i:i + h, j:j + wd] for i in range(kh) for j in range(kw)], -1)
+
+
+def patches_conv(x, w, padding, precision=None):
+  """canonical_conv's forward value as im2col patches + one dot (XLA:CPU's dot kernels)."""
+  kh, kw, c, o = w.shape
+  return jnp.dot(im2col(x, (kh, kw), padding), w.reshape(kh * kw * c, o), precision=precision)
+
+
+def patches_input_grad(dy, w, padding, precision=None):
+  """input_grad as patches of dy + one dot."""
+  kh, kw = w.shape[:2]
+  (top, bottom), (left, right) = padding
+  w_flipped = jnp.swapaxes(jnp.flip(w, (0, 1)), 2, 3)
+  return patches_conv(dy, w_flipped, ((kh - 1 - top, kh - 1 - bottom),
+                                      (kw - 1 - left, kw - 1 - right)), precision)
+
+
+def patches_weight_grad(x, dy, padding, precision=None):
+  """weight_grad as patches(x)^T @ dy, one dot contracting N * H' * W' -> [kh, kw, C, O]."""
+  (top, bottom), (left, right) = padding
+  kh = x.shape[1] + top + bottom - dy.shape[1] + 1
+  kw = x.shape[2] + left + right - dy.shape[2] + 1
+  dw = jnp.einsum("nhwk,nhwo->ko", im2col(x, (kh, kw), padding), dy, precision=precision)
+  return dw.reshape(kh, kw, x.shape[3], dy.shape[3])
 
 
 def _canonical_padding(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,

@@ -1,13 +1,24 @@
 """Per-run choice of XLA:CPU's convolution library: YNNPACK fusions or Eigen.
 
-This jaxlib (0.10.x) runs f32 NHWC convolutions on XLA:CPU (forward, input and weight
-gradient) through YNNPACK fusions by default. `--xla_cpu_experimental_ynn_fusion_type=
--individual_convolution` sends them back to Eigen; which is faster depends on the shapes and
-the CPU (BENCHMARKS.md: measured on the whole gaze step). XLA reads XLA_FLAGS once, when the
-backend starts, so the choice must be applied before anything touches jax devices:
+This jaxlib (0.10.x) runs f32 NHWC convolutions on XLA:CPU through YNNPACK by default, in two
+ways: a convolution alone ("individual_convolution" fusions) and a convolution pulled into a
+YNNPACK reduce fusion with the adds and reductions that consume it (e.g. an input gradient
+summed into the gradient of a channel reduction). `--xla_cpu_experimental_ynn_fusion_type=`
+takes fusion types away from YNNPACK; what YNNPACK no longer takes, Eigen (convolutions) and
+XLA's own loop emitter (reductions) run. The choices:
 
-  config.train.xla_cpu_conv = "ynnpack" | "eigen" | ""   ("": $DERMJAX_XLA_CPU_CONV, else
-                                                          DEFAULT)
+  ynnpack            jaxlib's default (no flag)
+  eigen              every convolution in Eigen: -individual_convolution,-reduce (YNNPACK
+                     keeps its dot and elementwise fusions)
+  eigen_individual   -individual_convolution only (this module's "eigen" before 2026-12-02):
+                     convolutions inside YNNPACK reduce fusions stay in YNNPACK
+
+Which is faster depends on the CPU (BENCHMARKS.md, issue #24: per-shape and whole-step
+numbers). XLA reads XLA_FLAGS once, when the backend starts, so the choice must be applied
+before anything touches jax devices:
+
+  config.train.xla_cpu_conv = "ynnpack" | "eigen" | "eigen_individual" | ""
+                              ("": $DERMJAX_XLA_CPU_CONV, else DEFAULT)
 
 `dermjax.main` and scripts/profile_step.py call `apply(config.train.xla_cpu_conv)` first
 thing; `dermjax.train.train_and_evaluate` calls it too and only warns when the backend is
@@ -18,10 +29,22 @@ import os
 
 from absl import logging
 
-CHOICES = ("ynnpack", "eigen")
-DEFAULT = "ynnpack"   # Faster on the whole gaze step at 112 px (BENCHMARKS.md, 2026-11-30).
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+# Choice -> the value of YNN_FLAG it sets (None: no flag, jaxlib's default).
+FLAG_VALUES = {
+    "ynnpack": None,
+    "eigen": "-individual_convolution,-reduce",
+    "eigen_individual": "-individual_convolution",
+}
+CHOICES = tuple(FLAG_VALUES)
+DEFAULT = "ynnpack"
 ENV = "DERMJAX_XLA_CPU_CONV"
-EIGEN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+
+
+def flag(choice: str) -> str | None:
+  """The XLA_FLAGS entry of a choice (None for ynnpack)."""
+  value = FLAG_VALUES[choice]
+  return None if value is None else f"{YNN_FLAG}={value}"
 
 
 def resolve(choice: str | None = None) -> str:
@@ -33,9 +56,18 @@ def resolve(choice: str | None = None) -> str:
   return choice
 
 
+def _ynn_flags(flags: list[str]) -> list[str]:
+  return [f for f in flags if f.split("=", 1)[0] == YNN_FLAG]
+
+
 def current() -> str:
-  """The choice the XLA_FLAGS of this process select."""
-  return "eigen" if EIGEN_FLAG in os.environ.get("XLA_FLAGS", "").split() else "ynnpack"
+  """The choice the XLA_FLAGS of this process select ("custom:<value>" for a YNN fusion
+  setting that is none of the choices)."""
+  ynn = _ynn_flags(os.environ.get("XLA_FLAGS", "").split())
+  if not ynn:
+    return "ynnpack"
+  value = ynn[-1].split("=", 1)[1]
+  return next((c for c, v in FLAG_VALUES.items() if v == value), f"custom:{value}")
 
 
 def apply(choice: str | None = None) -> str:
@@ -50,8 +82,8 @@ def apply(choice: str | None = None) -> str:
     logging.warning("xla_cpu_conv %r not applied: the JAX backend already started with %r "
                     "(set it before jax initialises, e.g. $%s)", want, current(), ENV)
     return current()
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if f != EIGEN_FLAG]
-  if want == "eigen":
-    flags.append(EIGEN_FLAG)
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if f.split("=", 1)[0] != YNN_FLAG]
+  if flag(want):
+    flags.append(flag(want))
   os.environ["XLA_FLAGS"] = " ".join(flags)
   return want

@@ -294,6 +294,8 @@ def parse_args(argv=None):
   parser.add_argument("--no_channels_last", dest="channels_last", action="store_false")
   parser.add_argument("--matmul_peak", action=argparse.BooleanOptionalAction, default=True,
                       help="Measure the device's matmul peak (for the MFU).")
+  parser.add_argument("--matmul_peak_n", type=int, default=2048,
+                      help="Size n of the [n, n] @ [n, n] peak products.")
   parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
   parser.add_argument("--compile", default="off", choices=("off", "on", "both"),
                       help="torch.compile the model (inductor backend; the host Hungarian loss "
@@ -353,7 +355,7 @@ def run(args) -> dict:
     measured[variant] = timed(forward)
   peak = None
   if args.matmul_peak:
-    peak = profiling.matmul_peak_torch(args.dtype, device=str(device))
+    peak = profiling.matmul_peak_torch(args.dtype, n=args.matmul_peak_n, device=str(device))
   flops = gaze_flops.gaze_train_flops(s, args.num_steps) * b
   first, times = measured[variants[0]]
   result = {

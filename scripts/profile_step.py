@@ -15,6 +15,8 @@ normalisation are timed too), on every device of a data-parallel mesh. Reported:
                 model's compute dtype (dermjax.profiling.matmul_peak_jax)
   memory        peak device bytes in use (GPU/TPU), process peak RSS (CPU), XLA's planned
                 temp bytes of the train step
+  trace         --trace_dir: a jax.profiler trace of two more train steps, and its most
+                expensive ops per step (dermjax.profiling.trace_op_summary) in the JSON
   matcher       gaze model only (--matcher_breakdown): the host (scipy pure_callback) and
                 device (optax) Hungarian matchers alone, jitted on the step's [B, S, T]
                 cost shape, as a fraction of the train step (--compare_matcher_steps:
@@ -161,7 +163,7 @@ def matcher_breakdown(config, train_median_s: float, *, num_warmup: int, num_tim
 
 
 def profile(config, *, num_warmup: int = 2, num_timed: int = 5, eval_step: bool = True,
-            matmul_peak: bool = True, trace_dir: str | None = None,
+            matmul_peak: bool = True, matmul_peak_n: int = 2048, trace_dir: str | None = None,
             with_matcher_breakdown: bool = False, compare_matcher_steps: bool = False) -> dict:
   """Profiles `config`'s train (and eval) step; returns the results dict (see module doc)."""
   steps = build_steps(config)
@@ -181,6 +183,7 @@ def profile(config, *, num_warmup: int = 2, num_timed: int = 5, eval_step: bool 
   if "padding" in config.model:
     result["padding"] = str(config.model.padding)
     result["decoder_chunk"] = int(config.model.get("decoder_chunk", 0) or 0)
+    result["memory_remat"] = bool(config.model.get("memory_remat", True))
   state = steps["state"]
   result["num_params"] = int(sum(x.size for x in jax.tree.leaves(state.params)))
   result["num_trainable_params"] = int(sum(
@@ -194,7 +197,7 @@ def profile(config, *, num_warmup: int = 2, num_timed: int = 5, eval_step: bool 
     eval_compiled, result["eval_compile"] = compile_step(steps["eval_step"], state,
                                                          steps["eval_batch"])
     eval_flops = profiling.compiled_flops(eval_compiled)
-  peak = profiling.matmul_peak_jax(config.model.dtype) if matmul_peak else None
+  peak = profiling.matmul_peak_jax(config.model.dtype, n=matmul_peak_n) if matmul_peak else None
   result["matmul_peak_tflops"] = peak / 1e12 if peak else None
   result["train_flops_per_image_xla"] = train_flops / batch_size if train_flops else None
   result["train_flops_source"] = "xla cost analysis"
@@ -220,6 +223,7 @@ def profile(config, *, num_warmup: int = 2, num_timed: int = 5, eval_step: bool 
       with jax.profiler.trace(trace_dir):
         state, _ = _time_train(train_compiled, state, steps["batch"], 0, 2)
       result["trace_dir"] = trace_dir
+      result["trace_top_ops"] = profiling.trace_op_summary(trace_dir, num_steps=2)
   result["memory"] = profiling.peak_memory()
   result["load_average_after"] = list(os.getloadavg())
   if with_matcher_breakdown:
@@ -277,15 +281,20 @@ def _define_flags():
   flags.DEFINE_integer("num_timed", 5, "Timed steps (median reported); 0: compile only.")
   flags.DEFINE_bool("eval", True, "Also compile and time the eval step.")
   flags.DEFINE_bool("matmul_peak", True, "Measure the device's matmul peak (for the MFU).")
+  flags.DEFINE_integer("matmul_peak_n", 2048, "Size n of the [n, n] @ [n, n] peak products.")
   flags.DEFINE_bool("matcher_breakdown", False, "Gaze: time the host and device Hungarian "
                     "matchers alone, as a fraction of the train step.")
   flags.DEFINE_bool("compare_matcher_steps", False, "With --matcher_breakdown: also time the "
                     "whole train step with each matcher.")
-  flags.DEFINE_string("xla_dump_to", None, "Write XLA's HLO dumps (text) here.")
+  flags.DEFINE_string("xla_dump_to", None, "Write XLA's HLO dumps (text) of the train and "
+                      "eval steps here.")
   flags.DEFINE_string("trace_dir", None, "Write a jax.profiler trace (TensorBoard) here.")
   flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
   flags.DEFINE_integer("decoder_chunk", None, "Gaze: set config.model.decoder_chunk (the "
                        "memory mode) even where the config table has no such field.")
+  flags.DEFINE_bool("memory_remat", None, "Gaze: set config.model.memory_remat (False: the "
+                    "memory mode's chunks without recomputation) even where the table has "
+                    "no such field.")
   flags.mark_flags_as_required(["config"])
 
 
@@ -299,14 +308,18 @@ def main(argv):
   if FLAGS.xla_dump_to:  # Read by XLA when the backend starts (nothing has touched it yet).
     os.environ["XLA_FLAGS"] = " ".join(filter(None, [
         os.environ.get("XLA_FLAGS"), f"--xla_dump_to={FLAGS.xla_dump_to}",
-        "--xla_dump_hlo_as_text"]))
+        "--xla_dump_hlo_as_text", "--xla_dump_hlo_module_re=(train|eval)_step"]))
   config = FLAGS.config
-  if FLAGS.decoder_chunk is not None:
+  gaze_fields = {"decoder_chunk": FLAGS.decoder_chunk, "memory_remat": FLAGS.memory_remat}
+  if any(v is not None for v in gaze_fields.values()):
     config = config.copy_and_resolve_references()
     with config.unlocked():
-      config.model.decoder_chunk = FLAGS.decoder_chunk
+      for name, value in gaze_fields.items():
+        if value is not None:
+          config.model[name] = value
   result = profile(config, num_warmup=FLAGS.num_warmup, num_timed=FLAGS.num_timed,
-                   eval_step=FLAGS.eval, matmul_peak=FLAGS.matmul_peak, trace_dir=FLAGS.trace_dir,
+                   eval_step=FLAGS.eval, matmul_peak=FLAGS.matmul_peak,
+                   matmul_peak_n=FLAGS.matmul_peak_n, trace_dir=FLAGS.trace_dir,
                    with_matcher_breakdown=FLAGS.matcher_breakdown,
                    compare_matcher_steps=FLAGS.compare_matcher_steps)
   if FLAGS.xla_dump_to:

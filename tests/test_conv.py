@@ -88,3 +88,22 @@ def test_scan_gradients_match_and_use_canonical_convolutions():
   hlo = fast.lower(params).compile().as_text()
   labels = re.findall(r"convolution\(.*?dim_labels=([\w>-]+)", hlo)
   assert labels and set(labels) == {"b01f_01io->b01f"}, set(labels)
+
+
+def test_patches_forms_match_the_canonical_convolutions():
+  """dermjax.conv's im2col + dot forms (benchmarked against XLA:CPU's convolution) give the
+  canonical convolution's value and both gradients, also with uneven padding."""
+  rng = np.random.default_rng(3)
+  for pads, kernel in ((((1, 1), (1, 1)), (3, 3)), (((0, 2), (1, 0)), (3, 2))):
+    x = jnp.asarray(rng.normal(size=(2, 7, 6, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=kernel + (3, 4)), jnp.float32)
+    y = conv.canonical_conv(x, w, pads)
+    dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    np.testing.assert_allclose(conv.patches_conv(x, w, pads), y, rtol=1e-5, atol=1e-5)
+    _, vjp = jax.vjp(lambda a, b: lax.conv_general_dilated(a, b, (1, 1), pads,
+                                                           dimension_numbers=NHWC), x, w)
+    dx, dw = vjp(dy)
+    np.testing.assert_allclose(conv.input_grad(dy, w, pads), dx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(conv.weight_grad(x, dy, pads), dw, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(conv.patches_input_grad(dy, w, pads), dx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(conv.patches_weight_grad(x, dy, pads), dw, rtol=1e-4, atol=1e-4)

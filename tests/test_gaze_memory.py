@@ -67,6 +67,28 @@ def test_memory_mode_same_loss_and_gradients(t, chunk, batch_norm):
   assert sum(float(jnp.sum(jnp.abs(g))) for g in jax.tree.leaves(grads0["decoder"])) > 0
 
 
+def test_memory_mode_without_remat_same_loss_and_gradients():
+  """config.model.memory_remat False (chunks kept, nothing recomputed): the same loss,
+  gradients and BN updates as the rematerialised memory mode, in a program without remat."""
+  loss1, grads1, new1, variables = run(2, 1, True)
+  config = tiny_config(2, 1, True)
+  config.model.memory_remat = False
+  loss2, grads2, new2 = loss_and_grads(config, fake_batch(32), variables)
+  np.testing.assert_allclose(float(loss2), float(loss1), rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads2, grads1)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), new2, new1)
+  assert _has_remat(tiny_config(2, 1)) and not _has_remat(config)
+
+
+def _has_remat(config):
+  """Whether the train-mode forward's jaxpr has a rematerialised (jax.checkpoint) region."""
+  net = gaze.build(config)
+  batch = fake_batch(32)
+  variables = jax.eval_shape(lambda b: net.init(jax.random.key(0), b), batch)
+  forward = lambda v: net.apply(v, batch, train=True, mutable=["batch_stats"])[0]["mask_logits"]
+  return "remat" in str(jax.make_jaxpr(forward)(variables))
+
+
 def test_chunked_bn_uses_per_chunk_statistics():
   """With decoder BN in training mode and chunk 1, BN normalises each step with its own
   batch statistics and updates the running mean once per step: m_new = 0.81 m + 0.09 mu_0

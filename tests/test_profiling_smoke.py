@@ -213,3 +213,129 @@ def test_bfloat16_stays_close_to_float32():
   a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g32)])
   b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g16)])
   assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.95
+
+
+# The load-proof benchmark method (dermjax.profiling's quiet gate, scripts/benchmark_gaze_cpu.py,
+# scripts/benchmark_conv_ceiling.py).
+
+def _snapshot(t, busy, own, load=0.1, steal=0.0):
+  return {"time": t, "busy_s": busy, "steal_s": steal, "own_s": own, "load_1min": load}
+
+
+def test_cpu_usage_separates_own_and_foreign_cpu():
+  usage = profiling.cpu_usage(_snapshot(0, 100, 10, load=0.5), _snapshot(10, 125, 25, load=1.7))
+  assert usage["own_cores"] == 1.5 and usage["foreign_cores"] == 1.0
+  assert usage["load_1min_before"] == 0.5 and usage["load_1min_after"] == 1.7
+  real = profiling.cpu_usage(profiling.cpu_snapshot(), profiling.cpu_snapshot())
+  assert real["foreign_cores"] >= 0 and real["wall_s"] > 0
+
+
+def test_run_is_valid_only_when_quiet_before_and_during():
+  quiet = {"quiet": True, "load_1min": 0.4}
+  calm, busy = {"foreign_cores": 0.05}, {"foreign_cores": 0.9}
+  assert profiling.run_is_valid(quiet, calm, max_load=1.0, max_foreign=0.3) == (True, "quiet")
+  ok, why = profiling.run_is_valid({"quiet": False, "load_1min": 5.2}, calm, max_load=1.0,
+                                   max_foreign=0.3)
+  assert not ok and "5.20 >= 1.0" in why
+  ok, why = profiling.run_is_valid(quiet, busy, max_load=1.0, max_foreign=0.3)
+  assert not ok and "0.90 cores" in why
+
+
+def test_wait_until_quiet_gives_up_after_its_timeout():
+  logs = []
+  state = profiling.wait_until_quiet(-1.0, timeout_s=0, sample_s=0.01, log=logs.append)
+  assert state["quiet"] is False and "not quiet" in logs[-1]
+  assert profiling.wait_until_quiet(1e9, max_foreign=1e9, sample_s=0.01)["quiet"] is True
+
+
+def test_exclusive_lock_waits_for_other_holders(tmp_path):
+  import fcntl
+
+  path = str(tmp_path / "lock")
+  with open(path, "w") as other:
+    fcntl.flock(other, fcntl.LOCK_SH)  # Another job's shared hold.
+    with pytest.raises(TimeoutError, match="held by others"):
+      with profiling.exclusive_lock(path, timeout_s=0.05, log=lambda _: None):
+        pass
+  with profiling.exclusive_lock(path, timeout_s=1):
+    pass
+
+
+def _quiet_args(**kw):
+  import argparse
+
+  parser = argparse.ArgumentParser()
+  profiling.add_quiet_machine_args(parser)
+  args = parser.parse_args([])
+  for k, v in kw.items():
+    setattr(args, k, v)
+  return args
+
+
+def test_measured_run_reads_the_result_and_refuses_a_loud_machine(tmp_path):
+  import sys
+
+  out = str(tmp_path / "r.json")
+  cmd = [sys.executable, "-c", f"import json; json.dump({{'x': 1}}, open({out!r}, 'w'))"]
+  run = profiling.measured_run(cmd, out, _quiet_args(max_load=1e9, max_foreign=1e9,
+                                                     quiet_sample_s=0.05), meta={"round": 0})
+  assert run["valid"] and run["result"] == {"x": 1} and run["round"] == 0
+  assert run["usage"]["own_cores"] >= 0 and not os.path.exists(out)
+  loud = _quiet_args(max_load=-1.0, quiet_timeout_s=0, quiet_sample_s=0.05)
+  run = profiling.measured_run(cmd, out, loud)
+  assert not run["valid"] and run["rc"] is None and "no quiet window" in run["reason"]
+
+
+def test_gaze_benchmark_never_reports_a_ratio_from_a_loud_run():
+  """The 2026-11-30 ratios came from runs at load 5-10; such a run now enters no ratio."""
+  script = load("scripts/benchmark_gaze_cpu.py", "benchmark_gaze_cpu")
+  torch_result = {"train_step": {"median_s": 2.0, "images_per_s": 2.0}, "times_s": [2.0]}
+  jax_result = {"train": {"median_s": 5.6, "images_per_s": 0.71, "times_s": [5.6]},
+                "train_compile": {"compile_s": 30.0}, "train_xla_memory": {},
+                "memory": {"process_peak_rss_bytes": 1}}
+  usage = {"load_1min_before": 0.3, "foreign_cores": 0.0}
+  runs = [{"variant": "torch", "valid": True, "result": torch_result, "usage": usage},
+          {"variant": "jax:reflect:ynnpack:1", "valid": True, "result": jax_result,
+           "usage": usage}]
+  rows = script.round_rows(runs)
+  assert rows["jax:reflect:ynnpack:1"]["ratio_to_torch_eager"] == pytest.approx(0.355)
+  runs[0] = {**runs[0], "valid": False}
+  assert "ratio_to_torch_eager" not in script.round_rows(runs)["jax:reflect:ynnpack:1"]
+  summary = script.ratio_summary([rows, rows])
+  assert summary["jax:reflect:ynnpack:1"]["ratio_to_torch_eager_median"] == pytest.approx(0.355)
+  with pytest.raises(SystemExit):
+    script.parse_args(["--rounds=1", "--json_out=x"])  # At least 2 interleaved rounds.
+
+
+def test_conv_ceiling_shapes_add_up_to_the_analytic_flops():
+  script = load("scripts/benchmark_conv_ceiling.py", "benchmark_conv_ceiling")
+  for size, batch in ((112, 4), (224, 8)):
+    shapes = script.gaze_conv_shapes(size, batch, 5)
+    assert len(shapes) == 15 and len({s["name"] for s in shapes}) == 15
+    total = sum(script.conv_flops(s) * (s["fwd"] + s["dx"] + s["dw"]) for s in shapes) / batch
+    # The analytic count also has W_a's input gradient (not run: stop_gradient) and the
+    # structure head's dense layers.
+    h = size // 8
+    extra = 2.0 * h * h * 256 * 256 * 9 + 3 * 5 * 2.0 * (448 * 224 + 224 * 6)
+    assert total + extra == pytest.approx(gaze_flops.gaze_train_flops(size, 5), rel=1e-9)
+
+
+def test_conv_ceiling_workers_and_summary(bench_torch):
+  """Both workers time every pass of a tiny shape set; the ceiling ignores invalid runs."""
+  del bench_torch
+  script = load("scripts/benchmark_conv_ceiling.py", "benchmark_conv_ceiling")
+  shapes = script.gaze_conv_shapes(16, 1, 2)[:3]
+  results = {impl: script.worker(impl, shapes, dtype="float32", threads=0, min_time_s=0.0)
+             for impl in ("jax:ynnpack", "jax:ynnpack:patches", "torch")}
+  for result in results.values():
+    for s in shapes:
+      assert set(result["shapes"][s["name"]]) == {p for p in script.PASSES if s[p]}
+  runs = [{"round": 0, "impl": i, "valid": True, "result": r} for i, r in results.items()]
+  summary = script.ceiling_summary(runs, shapes)
+  ceiling = summary["rounds"][0]["ceiling"]
+  assert set(ceiling) == {"jax:ynnpack", "jax:ynnpack:patches", "best_jax"}
+  assert ceiling["best_jax"] >= max(ceiling["jax:ynnpack"], ceiling["jax:ynnpack:patches"])
+  runs[-1]["valid"] = False  # torch's run was loud: no ceiling at all.
+  assert script.ceiling_summary(runs, shapes)["ceiling_median"] == {}
+  with pytest.raises(ValueError, match="impls"):
+    script.check_impl("jax:onednn")

@@ -213,10 +213,11 @@ class DiagnosisHead(nn.Module):
     raise ValueError(f"config.model.head must be one of {HEADS}, got {self.head!r}")
 
 
-def _decode_in_chunks(decoder, hs, skip_maps, chunk: int, train: bool):
+def _decode_in_chunks(decoder, hs, skip_maps, chunk: int, train: bool, remat: bool = True):
   """The decoder over hidden states hs [T, B, h, w, F], `chunk` steps (B * chunk maps) per
-  pass, the passes one rematerialised nn.scan: the backward pass keeps only each chunk's
-  input and recomputes its activations, so peak memory is one chunk's, whatever T.
+  pass, the passes one nn.scan, rematerialised (remat): the backward pass keeps only each
+  chunk's input and recomputes its activations, so peak memory is one chunk's, whatever T
+  (remat False: keeps every chunk's activations, no recomputation).
   Returns mask logits [B * T, H, W] and pools [B * T, 448] in the batched decoder's order.
   Decoder BN in training mode normalises with each chunk's statistics (chunk = 1: per step
   over the B images, as the thesis code's per-step decoder) and updates its running averages
@@ -231,8 +232,9 @@ def _decode_in_chunks(decoder, hs, skip_maps, chunk: int, train: bool):
     logits, pools = module(folded, skips, train=train)
     return carry, (logits.reshape((b, chunk) + logits.shape[1:]), pools.reshape(b, chunk, -1))
 
-  scan = nn.scan(nn.remat(body), variable_broadcast="params", variable_carry="batch_stats",
-                 split_rngs={"params": False}, in_axes=(0, nn.broadcast), length=t // chunk)
+  scan = nn.scan(nn.remat(body) if remat else body, variable_broadcast="params",
+                 variable_carry="batch_stats", split_rngs={"params": False},
+                 in_axes=(0, nn.broadcast), length=t // chunk)
   _, (logits, pools) = scan(decoder, None, hs.reshape((t // chunk, chunk) + hs.shape[1:]),
                             skip_maps)
   fold = lambda v: jnp.moveaxis(v, 0, 1).reshape((b * t,) + v.shape[3:])  # [n, B, c, ...]
@@ -247,6 +249,8 @@ class GazeNet(nn.Module):
   (`_decode_in_chunks`), so the train step's peak memory no longer grows with T. Same loss
   and gradients as the default (0: one decoder pass over all B x T maps) except that decoder
   BN in training mode uses per-chunk statistics. Init and eval use the batched decoder.
+  remat False (config.model.memory_remat): the same chunked computation without the
+  recomputation (memory then grows with T again; a speed switch, BENCHMARKS.md).
   """
 
   num_classes: int = 1
@@ -266,6 +270,7 @@ class GazeNet(nn.Module):
   rescale_attention: bool = False
   dropout_rate: float = 0.5
   decoder_chunk: int = 0
+  remat: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -286,7 +291,8 @@ class GazeNet(nn.Module):
 
     memory_mode = self.decoder_chunk > 0 and train and not self.is_initializing()
     hs, attention, gaps = AttentiveConvLSTM(t, padding, self.rescale_attention, self.dtype,
-                                            remat=memory_mode, name="attentive_convlstm")(x)
+                                            remat=memory_mode and self.remat,
+                                            name="attentive_convlstm")(x)
     attention = jnp.moveaxis(attention, 0, 1)  # [B, T, h, w]
     out = {"attention": attention}
 
@@ -294,7 +300,8 @@ class GazeNet(nn.Module):
       decoder = Decoder(self.skips, self.batch_norm, padding, self.structure_pool, self.dtype,
                         name="decoder")
       if memory_mode:
-        mask_logits, pools = _decode_in_chunks(decoder, hs, skip_maps, self.decoder_chunk, train)
+        mask_logits, pools = _decode_in_chunks(decoder, hs, skip_maps, self.decoder_chunk, train,
+                                               self.remat)
       else:
         folded = jnp.moveaxis(hs, 0, 1).reshape((batch_size * t,) + hs.shape[2:])  # [B*T, ...]
         mask_logits, pools = decoder(folded, skip_maps, train=train)
@@ -349,5 +356,5 @@ def build(config) -> GazeNet:
       batch_norm=bool(m.batch_norm), frozen_bn=bool(m.frozen_bn),
       freeze_encoder=bool(m.freeze_encoder), head=m.head, step_dim=int(m.step_dim),
       padding=m.padding, rescale_attention=bool(m.rescale_attention),
-      decoder_chunk=_decoder_chunk(m),
+      decoder_chunk=_decoder_chunk(m), remat=bool(m.get("memory_remat", True)),
       dropout_rate=float(m.dropout_rate), dtype=jnp.dtype(m.dtype), **chosen)
