@@ -11,7 +11,7 @@ import pytest
 
 from dermjax.models.backbones import BACKBONES, build_backbone
 from dermjax.models.backbones.densenet import DenseNet
-from dermjax.models.backbones.layers import adaptive_pool
+from dermjax.models.backbones.layers import adaptive_pool, argmax_max
 from dermjax.models.backbones.resnet import ResNet
 from dermjax.models.backbones.vgg import VGGStages, adaptive_avg_pool
 
@@ -107,5 +107,22 @@ def test_adaptive_max_pool_matches_torch(size):
   torch = pytest.importorskip("torch")
   x = np.random.default_rng(size).normal(size=(2, size, size + 2, 4)).astype(np.float32)
   want = torch.nn.functional.adaptive_max_pool2d(torch.from_numpy(x.transpose(0, 3, 1, 2)), 4).numpy()
-  got = np.asarray(adaptive_pool(jnp.asarray(x), 4, jnp.max)).transpose(0, 3, 1, 2)
+  got = np.asarray(adaptive_pool(jnp.asarray(x), 4, argmax_max)).transpose(0, 3, 1, 2)
   np.testing.assert_array_equal(got, want)
+
+
+def test_adaptive_max_pool_gradient_matches_torch_and_goes_to_one_maximum():
+  """The gradient goes to one maximum per window (torch's backward), never split among ties
+  (jnp.max's rule, which gives 0 / 0 = NaN when the compiled step recomputes the maximum
+  with other rounding)."""
+  torch = pytest.importorskip("torch")
+  x = np.random.default_rng(0).normal(size=(2, 6, 8, 3)).astype(np.float32)
+  weights = np.random.default_rng(1).normal(size=(2, 4, 4, 3)).astype(np.float32)
+  t = torch.from_numpy(x.transpose(0, 3, 1, 2)).requires_grad_()
+  (torch.nn.functional.adaptive_max_pool2d(t, 4) * torch.from_numpy(weights.transpose(0, 3, 1, 2))).sum().backward()
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(adaptive_pool(x, 4, argmax_max) * weights)))
+  np.testing.assert_allclose(np.asarray(grad(jnp.asarray(x))).transpose(0, 3, 1, 2), t.grad.numpy(),
+                             atol=1e-6)
+  tied = np.asarray(grad(jnp.ones_like(x)))              # every element is a window's maximum
+  assert np.all(np.count_nonzero(tied, axis=(1, 2)) <= 16)
+  np.testing.assert_allclose(tied.sum(axis=(1, 2)), weights.sum(axis=(1, 2)), rtol=1e-5)
