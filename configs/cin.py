@@ -48,7 +48,9 @@ Choices where the paper is silent (see also dermjax/models/cin/*.py docstrings):
   softmax over all M x M entries as printed (--config.model.correlation_norm=row: per row).
 - With D, the two branches have separate weights (the synergic-network design CIN compares
   with; their summed probabilities at test time, Sec. 3.2, would otherwise be one branch's);
-  pairs: each image with a random permutation of the batch, drawn on device.
+  pairs: each image with a uniformly random derangement of the batch (no image with itself),
+  drawn on device; at evaluation the fixed shift i -> i + 1, so the reported distinguish loss
+  is on real pairs. Eq. 3's alpha / beta are in the loss metrics (train/alpha, ...).
 - Eq. 4's class weights: N / (K n_j) from the training split's counts (stats.json).
 - Augmentation (the paper names none): any rotation, flips, random zoom 0.8-1 (both stages).
 - Optimiser (the paper names none): SGD momentum 0.9, lr 1e-3 x0.1 every 20 epochs (paper),
