@@ -36,6 +36,12 @@ Where the paper is silent, chosen here:
     two branches); True shares one backbone.
   - SLL: the threshold T is the mean of M (eq. 2); a constant M keeps the whole image;
     `model.min_box` (default 0: any box of at least one map cell) can enlarge tiny boxes.
+    `model.box_region` "largest" (default, every row): the box of the largest 4-connected
+    region of the above-mean cells (ties: the first in raster order), since the paper crops
+    "the region with values above the mean", one region; "all" boxes every above-mean cell,
+    which on a noisy M spreads the box towards the whole image. The mean box area (a
+    fraction of the image) is in the summaries (train/box_area, validation/box_area,
+    validation/report/box_area_mean).
     The crop is taken from the augmented, normalised image inside the jitted step.
 """
 
@@ -75,6 +81,7 @@ def get_config(arg=None):
     m.fusion = "pooled"
     m.crop_size = 0                    # the input size: both branches see S x S.
     m.min_box = 0.0
+    m.box_region = "largest"           # | "all" (see the docstring).
     m.pretrained_targets = masll.pretrained_targets(share_weights=False)
   else:
     m.name = "gap_classifier"

@@ -4,7 +4,8 @@
   M = mean_k g_k                        [B, h, w]      eq. 1
   M' = M >= mean_ij M                   [B, h, w]      eq. 2 (T = the map's mean)
   box = smallest rectangle holding M'   [B, 4]         fractions of the side; map cell (i, j)
-                                                       covers image rows [i/h, (i+1)/h) S.
+        (`box_region` "all"), or its                   covers image rows [i/h, (i+1)/h) S.
+        largest 4-connected region ("largest")
   x^ = crop_and_resize(x, box, S)       [B, S, S, 3]   bilinear, on device, no box gradient
   l = local_backbone(x^)                [B, h, w, K]
   WFI (eqs. 3-6), `fusion`:
@@ -30,8 +31,10 @@ import numpy as np
 from PIL import Image
 
 from dermjax import fileio
+from dermjax import losses
 from dermjax import visualize
 from dermjax.models.backbones import BACKBONES, build_backbone
+from dermjax.models.baselines import gap_classifier
 from dermjax.models.common import compute_dtype, crop
 
 FUSIONS = ("pooled", "maps")
@@ -76,6 +79,7 @@ class MASLL(nn.Module):
   fusion: str = "pooled"
   crop_size: int = 0            # 0: the input size (the paper: both branches at 256 px).
   min_box: float = 0.0          # smallest box side, a fraction of the image (crop.mask_box).
+  box_region: str = "all"       # "all" above-mean cells of M | their "largest" connected region.
   blocks_per_stage: int = 0     # > 0: both backbones cut to this many blocks per stage (CPU rows).
   dtype: Any = jnp.float32
 
@@ -87,7 +91,8 @@ class MASLL(nn.Module):
                                 dtype=self.dtype, name="global_backbone")
     g = global_net(image.astype(self.dtype), train=train)[tap]
     activation = jnp.mean(g.astype(jnp.float32), axis=-1)                       # eq. 1
-    box = crop.map_box(jax.lax.stop_gradient(activation), min_size=self.min_box)  # eq. 2
+    box = crop.map_box(jax.lax.stop_gradient(activation), min_size=self.min_box,  # eq. 2
+                       region=self.box_region)
     size = self.crop_size or image.shape[1]
     local_image = crop.crop_and_resize(image.astype(jnp.float32), box, size)
     local_net = global_net if self.share_weights else build_backbone(
@@ -106,6 +111,9 @@ def build(config) -> nn.Module:
                      f"got {m.backbone!r}")
   if m.fusion not in FUSIONS:
     raise ValueError(f"config.model.fusion must be one of {FUSIONS}, got {m.fusion!r}")
+  region = m.get("box_region", "all")
+  if region not in crop.REGIONS:
+    raise ValueError(f"config.model.box_region must be one of {crop.REGIONS}, got {region!r}")
   targets = m.get("pretrained_targets") or {}
   if m.share_weights and m.get("pretrained") and "local_backbone" in targets:
     raise ValueError("config.model.share_weights=True has no local_backbone; set "
@@ -113,7 +121,8 @@ def build(config) -> nn.Module:
                      "(masll.pretrained_targets(share_weights=True))")
   return MASLL(backbone=m.backbone, num_classes=m.num_classes, share_weights=m.share_weights,
                fusion=m.fusion, crop_size=m.get("crop_size", 0), min_box=m.get("min_box", 0.0),
-               blocks_per_stage=m.get("blocks_per_stage", 0), dtype=compute_dtype(config))
+               box_region=region, blocks_per_stage=m.get("blocks_per_stage", 0),
+               dtype=compute_dtype(config))
 
 
 def pretrained_targets(share_weights: bool) -> dict:
@@ -121,6 +130,20 @@ def pretrained_targets(share_weights: bool) -> dict:
   if share_weights:
     return {"global_backbone": ""}
   return {"global_backbone": "", "local_backbone": ""}
+
+
+def box_area(box):
+  """Box [B, 4] (fractions) -> its area [B], a fraction of the image."""
+  return (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+
+
+def loss(outputs, batch, config, stats):
+  """The baseline's cross-entropy (gap_classifier.loss), plus "box_area": the mean SLL box area
+  (a fraction of the image) of the real rows, so the training and evaluation summaries show
+  how much the local branch zooms in."""
+  value, metrics = gap_classifier.loss(outputs, batch, config, stats)
+  area = losses.weighted_mean(box_area(outputs["box"]), batch["valid"].astype(jnp.float32))
+  return value, {**metrics, "box_area": area}
 
 
 def eval_arrays(outputs, batch, config):
@@ -134,8 +157,7 @@ def report(arrays, config):
   del config
   if "box" not in arrays or len(arrays["box"]) == 0:
     return {}
-  box = np.asarray(arrays["box"], np.float64)
-  area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+  area = box_area(np.asarray(arrays["box"], np.float64))
   return {"box_area_mean": float(area.mean()), "box_area_min": float(area.min()),
           "box_area_max": float(area.max()),
           "box_whole_image_fraction": float(np.mean(area >= 1.0 - 1e-6))}
