@@ -11,7 +11,7 @@ import pytest
 
 from dermjax.models.backbones import BACKBONES, build_backbone
 from dermjax.models.backbones.densenet import DenseNet
-from dermjax.models.backbones.layers import adaptive_pool, argmax_max
+from dermjax.models.backbones.layers import adaptive_pool, argmax_max, grouped_conv_general_dilated
 from dermjax.models.backbones.resnet import ResNet
 from dermjax.models.backbones.vgg import VGGStages, adaptive_avg_pool
 
@@ -126,3 +126,22 @@ def test_adaptive_max_pool_gradient_matches_torch_and_goes_to_one_maximum():
   tied = np.asarray(grad(jnp.ones_like(x)))              # every element is a window's maximum
   assert np.all(np.count_nonzero(tied, axis=(1, 2)) <= 16)
   np.testing.assert_allclose(tied.sum(axis=(1, 2)), weights.sum(axis=(1, 2)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape,kernel,strides,groups,padding", [
+    ((2, 9, 11, 64), (3, 3, 2, 64), (2, 2), 32, ((1, 1), (1, 1))),
+    ((2, 8, 8, 8), (3, 3, 4, 6), (1, 1), 2, "SAME"),
+    ((2, 10, 10, 8), (5, 3, 4, 4), (2, 1), 2, ((2, 1), (0, 2)))])
+def test_grouped_conv_as_patches_equals_lax(shape, kernel, strides, groups, padding):
+  """ResNeXt's grouped 3x3 convolutions on CPU: patches + a group-batched matmul, the same
+  values and gradients as lax.conv_general_dilated."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  w = jnp.asarray(rng.normal(size=kernel), jnp.float32)
+  conv = lambda fn: jax.jit(lambda x, w: fn(x, w, strides, padding, feature_group_count=groups,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  want, got = conv(jax.lax.conv_general_dilated), conv(grouped_conv_general_dilated)
+  np.testing.assert_allclose(got(x, w), want(x, w), rtol=1e-5, atol=1e-5)
+  grads = [jax.grad(lambda x, w, f=f: jnp.sum(jnp.sin(f(x, w))), (0, 1))(x, w) for f in (want, got)]
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)

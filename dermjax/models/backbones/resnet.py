@@ -23,7 +23,7 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from dermjax.models.backbones.layers import batch_norm
+from dermjax.models.backbones.layers import batch_norm, grouped_conv_general_dilated
 
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu").
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -69,7 +69,8 @@ class Bottleneck(nn.Module):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
     norm = functools.partial(batch_norm, train, self.frozen_bn, self.dtype)
     y = nn.relu(norm("bn1")(conv(width, (1, 1), name="conv1")(x)))
-    y = conv(width, (3, 3), self.strides, padding=1, feature_group_count=self.groups, name="conv2")(y)
+    y = conv(width, (3, 3), self.strides, padding=1, feature_group_count=self.groups,
+             conv_general_dilated=grouped_conv_general_dilated, name="conv2")(y)
     y = nn.relu(norm("bn2")(y))
     y = norm("bn3")(conv(self.features * self.expansion, (1, 1), name="conv3")(y))
     return nn.relu(y + shortcut(x, self.features * self.expansion, self.strides, conv, norm))
