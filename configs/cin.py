@@ -65,6 +65,9 @@ STAGE2 = {  # row -> (A, F, D)
     "cin": (True, True, True),
 }
 ROWS = ("lesion_attention",) + tuple(r for r in STAGE2 if r != "cin")   # "cin": alias of A+F+D.
+# Rows that train from another row's run (model.pretrained = its workdir); scripts/
+# compare_models.py runs that row first, per seed.
+PRETRAINED_FROM = {row: "lesion_attention" for row, (lesion, _, _) in STAGE2.items() if lesion}
 DATASETS = ("isic2017", "isic2016")
 
 

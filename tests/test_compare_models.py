@@ -47,6 +47,24 @@ def test_dry_run_writes_a_config_file_with_the_overrides(compare, tmp_path, caps
   assert not os.path.exists(os.path.join(tmp_path, "summary.json"))
 
 
+def test_a_rows_chain_their_stage_1_run_per_seed(compare, tmp_path, capsys):
+  """CIN's A rows (configs/cin.py PRETRAINED_FROM) train from lesion_attention's run of the
+  same seed, which runs first; rows without A do not."""
+  compare.main([f"--out={tmp_path}", "--rows=cin.py:A+F@data.target=melanoma,cin.py:F",
+                "--seeds=0,1", "--dry_run"])
+  lines = [l.split() for l in capsys.readouterr().out.splitlines() if "dermjax.main" in l]
+  runs = [(next(a for a in l if a.startswith("--workdir=")), l) for l in lines]
+  stage1 = [w for w, _ in runs if "cin_lesion_attention" in w]
+  assert stage1 == [f"--workdir={tmp_path}/cin_lesion_attention/seed{s}" for s in (0, 1)]
+  for seed in (0, 1):
+    _, line = next((w, l) for w, l in runs if w.endswith(f"cin_ApF__target_melanoma/seed{seed}"))
+    assert f"--config.model.pretrained={tmp_path}/cin_lesion_attention/seed{seed}" in line
+  assert not any(a.startswith("--config.model.pretrained") for w, l in runs if "cin_F" in w
+                 for a in l)
+  assert [w for w, _ in runs].index(stage1[0]) < [w for w, _ in runs].index(
+      f"--workdir={tmp_path}/cin_ApF__target_melanoma/seed0")
+
+
 def _stat(mean, std):
   return {"mean": mean, "std": std, "n": 3}
 
