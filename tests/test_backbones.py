@@ -145,3 +145,18 @@ def test_grouped_conv_as_patches_equals_lax(shape, kernel, strides, groups, padd
   grads = [jax.grad(lambda x, w, f=f: jnp.sum(jnp.sin(f(x, w))), (0, 1))(x, w) for f in (want, got)]
   for a, b in zip(*grads):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_sized_backbones_keep_taps_at_a_base_width():
+  """build_backbone(blocks_per_stage, width): the CPU rows' knobs; the same taps at the same
+  resolution, ResNet channels scaled by width / 64, a DenseNet's stem at `width`."""
+  x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  shapes = lambda arch, **kw: jax.eval_shape(
+      lambda x: build_backbone(arch, **kw).init_with_output(jax.random.key(0), x)[0], x)
+  for arch, tap in (("resnet101", "layer4"), ("resnext50_32x4d", "layer4"), ("resnet18", "layer4")):
+    full, cut = shapes(arch), shapes(arch, blocks_per_stage=1, width=32)
+    assert cut[tap].shape == full[tap].shape[:3] + (full[tap].shape[3] // 2,), arch
+    assert "layer3_1" in full and "layer3_1" not in cut
+  dense = shapes("densenet121", blocks_per_stage=1, width=32)
+  assert dense["stem"].shape == (1, 16, 16, 32) and dense["features"].shape[:3] == (1, 2, 2)
+  assert shapes("vgg16", blocks_per_stage=1, width=32)["pool5"].shape == (1, 2, 2, 512)

@@ -46,6 +46,7 @@ def tiny_backbone(monkeypatch):
 def small_model(**fields):
   config = load_config("masll_resnet101")
   config.model.backbone = "tiny_resnet"
+  config.model.update(blocks_per_stage=0, backbone_width=0)   # the tiny backbone as it is.
   config.model.update(fields)
   return masll.build(config)
 
@@ -242,7 +243,7 @@ def test_table_rows_and_paper_scale():
     augment = config.data.augment
     assert augment.rotation == "uniform" and augment.hflip and augment.vflip
     cpu = load_config(row)
-    assert cpu.data.image_size == 64 and cpu.data.batch_size == 4
+    assert (cpu.data.image_size, cpu.model.blocks_per_stage) == (128, 1)   # maps 4 x 4.
   config = load_config("masll_densenet121")
   assert dict(config.model.pretrained_targets) == {"global_backbone": "", "local_backbone": ""}
   config.model.fusion = "sum"
@@ -274,7 +275,7 @@ def test_loss_is_cross_entropy():
 
 def test_gap_classifier_cam_averages_to_the_logit():
   config = load_config("resnet101")
-  config.model.backbone = "tiny_resnet"
+  config.model.update(backbone="tiny_resnet", blocks_per_stage=0, backbone_width=0)
   module = gap_classifier.build(config)
   x = images(size=64)
   variables = variables_for(module, {"image": x})

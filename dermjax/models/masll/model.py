@@ -81,6 +81,7 @@ class MASLL(nn.Module):
   min_box: float = 0.0          # smallest box side, a fraction of the image (crop.mask_box).
   box_region: str = "all"       # "all" above-mean cells of M | their "largest" connected region.
   blocks_per_stage: int = 0     # > 0: both backbones cut to this many blocks per stage (CPU rows).
+  backbone_width: int = 0       # > 0: their base width (backbones.narrow; CPU rows).
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -88,7 +89,7 @@ class MASLL(nn.Module):
     image = batch["image"]
     tap = BACKBONES[self.backbone].features
     global_net = build_backbone(self.backbone, blocks_per_stage=self.blocks_per_stage,
-                                dtype=self.dtype, name="global_backbone")
+                                width=self.backbone_width, dtype=self.dtype, name="global_backbone")
     g = global_net(image.astype(self.dtype), train=train)[tap]
     activation = jnp.mean(g.astype(jnp.float32), axis=-1)                       # eq. 1
     box = crop.map_box(jax.lax.stop_gradient(activation), min_size=self.min_box,  # eq. 2
@@ -96,8 +97,8 @@ class MASLL(nn.Module):
     size = self.crop_size or image.shape[1]
     local_image = crop.crop_and_resize(image.astype(jnp.float32), box, size)
     local_net = global_net if self.share_weights else build_backbone(
-        self.backbone, blocks_per_stage=self.blocks_per_stage, dtype=self.dtype,
-        name="local_backbone")
+        self.backbone, blocks_per_stage=self.blocks_per_stage, width=self.backbone_width,
+        dtype=self.dtype, name="local_backbone")
     l = local_net(local_image.astype(self.dtype), train=train)[tap]
     fused = WFI(self.fusion, name="wfi")(g, l)
     logits = nn.Dense(self.num_classes, name="classifier")(fused)
@@ -122,7 +123,7 @@ def build(config) -> nn.Module:
   return MASLL(backbone=m.backbone, num_classes=m.num_classes, share_weights=m.share_weights,
                fusion=m.fusion, crop_size=m.get("crop_size", 0), min_box=m.get("min_box", 0.0),
                box_region=region, blocks_per_stage=m.get("blocks_per_stage", 0),
-               dtype=compute_dtype(config))
+               backbone_width=m.get("backbone_width", 0), dtype=compute_dtype(config))
 
 
 def pretrained_targets(share_weights: bool) -> dict:

@@ -116,6 +116,7 @@ class ZooME(nn.Module):
   reading: str = "se"
   metadata_hidden: int = 128
   blocks_per_stage: int = 0     # > 0: the backbone cut to this many blocks per stage (CPU rows).
+  backbone_width: int = 0       # > 0: its base width (backbones.narrow; CPU rows).
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -128,8 +129,8 @@ class ZooME(nn.Module):
         raise ValueError(f"Zoom-SE sits at the end of residual blocks: {self.arch!r} is no ResNet / ResNeXt")
       kw = dict(block_module=functools.partial(ZoomSE, self.reduction, self.pool_size, self.reading,
                                                self.dtype), block_module_name="zoom_se")
-    taps = build_backbone(self.arch, blocks_per_stage=self.blocks_per_stage, dtype=self.dtype,
-                          name="backbone", **kw)(
+    taps = build_backbone(self.arch, blocks_per_stage=self.blocks_per_stage,
+                          width=self.backbone_width, dtype=self.dtype, name="backbone", **kw)(
         batch["image"].astype(self.dtype), train=train)
     x = taps[BACKBONES[self.arch].features].astype(jnp.float32)            # [B, h, w, N]
     head = (AlexNetHead(self.num_classes, name="head") if self.arch == "alexnet"
