@@ -2,7 +2,7 @@
 
   python scripts/compare_models.py --out=runs/compare [--rows=gaze.py:thesis,attnmel.py:attnmel]
       [--seeds=0,1,2] [--difficulty=hard] [--num_images=240,60,120] [--dry_run]
-      [-- --config.train.num_epochs=3 ...]
+      [--launcher="flock -s /tmp/dermjax-cpu.lock"] [-- --config.train.num_epochs=3 ...]
 
 A row may carry its own overrides after "@": gaze.py:thesis@data.evidence_ablation=blank
 (values parsed as Python literals where they parse, else kept as strings).
@@ -15,7 +15,8 @@ model's initialisation and training order). --num_images=train,validation,test g
 table the same split sizes, so all rows of a layout share one set (each keeps its own image
 size); without it each table keeps its own synthetic sizes. The row's config, with these
 settings, is written as a config file <out>/configs/<name>.py that the run loads.
-Arguments after `--` go to every run. A row that its table's PRETRAINED_FROM maps to another
+Arguments after `--` go to every run; --launcher is a command every run starts under
+(e.g. a lock shared with other jobs, taken per run). A row that its table's PRETRAINED_FROM maps to another
 row (CIN's A rows: {"A": "lesion_attention", ...}) trains from that row's run of the same
 seed: the script runs it first (its plain table row, same data and `--` arguments; workdir
 <out>/<table>_<row>/seed<seed>, reused when finished) and passes its workdir as
@@ -33,6 +34,7 @@ import ast
 import glob
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -100,6 +102,8 @@ def prepare_row(table, row, overrides, args):
                                                     fields=fields))
   num = config.data.synthetic_num_images
   sizes = "default" if num is None else "-".join(str(num[k]) for k in sorted(num))
+  age = config.data.get("synthetic_age_signal")
+  sizes += "" if age is None else f"_age_signal_{bool(age)}"   # another set (ZooME's metadata)
   data = os.path.join(args.out, f"synthetic_{config.data.layout}_{args.difficulty}_{sizes}")
   return name, config_file, data
 
@@ -113,7 +117,8 @@ def run_one(prepared, seed, args, extra):
   _, config_file, data = prepared
   workdir = workdir_of(prepared, seed, args)
   result = os.path.join(workdir, "results", "test.json")
-  command = [sys.executable, "-m", "dermjax.main", f"--config={config_file}",
+  command = [*shlex.split(args.launcher), sys.executable, "-m", "dermjax.main",
+             f"--config={config_file}",
              f"--workdir={workdir}", f"--config.seed={seed}", f"--config.data.seed={seed}",
              f"--config.data.synthetic_difficulty={args.difficulty}",
              f"--config.data.synthetic_dir={data}", *extra]
@@ -280,6 +285,8 @@ def main(argv=None):
   parser.add_argument("--num_images", default="",
                       help="train,validation,test sizes shared by every table (default: each its own)")
   parser.add_argument("--dry_run", action="store_true", help="print the commands only")
+  parser.add_argument("--launcher", default="",
+                      help="command prefix of every run, e.g. 'flock -s /tmp/dermjax-cpu.lock'")
   args = parser.parse_args(argv)
   args.out = os.path.abspath(args.out)
   specs = [r for r in args.rows.split(",") if r]

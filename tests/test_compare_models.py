@@ -34,8 +34,9 @@ def test_parse_row(compare):
 
 def test_dry_run_writes_a_config_file_with_the_overrides(compare, tmp_path, capsys):
   compare.main([f"--out={tmp_path}", "--rows=gaze.py:thesis@data.evidence_ablation=only",
-                "--seeds=3", "--num_images=8,4,6", "--dry_run"])
+                "--seeds=3", "--num_images=8,4,6", "--dry_run", "--launcher=flock -s L"])
   command = capsys.readouterr().out.split()
+  assert command[:3] == ["flock", "-s", "L"]
   config_file = next(a for a in command if a.startswith("--config="))[len("--config="):]
   config = runpy.run_path(config_file)["get_config"]()
   expected = config_lib.load_config(os.path.join(REPO, "configs", "gaze.py"), "thesis")
@@ -44,6 +45,9 @@ def test_dry_run_writes_a_config_file_with_the_overrides(compare, tmp_path, caps
   assert config.model.to_dict() == expected.model.to_dict()
   assert "--config.seed=3" in command
   assert any(a.endswith("synthetic_isic2017_hard_6-8-4") for a in command)
+  compare.main([f"--out={tmp_path}", "--rows=zoome.py:zoome@data.synthetic_age_signal=True",
+                "--num_images=8,4,6", "--dry_run"])
+  assert "synthetic_isic2020_hard_6-8-4_age_signal_True" in capsys.readouterr().out
   assert not os.path.exists(os.path.join(tmp_path, "summary.json"))
 
 
