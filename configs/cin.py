@@ -71,11 +71,16 @@ PRETRAINED_FROM = {row: "lesion_attention" for row, (lesion, _, _) in STAGE2.ite
 DATASETS = ("isic2017", "isic2016")
 
 
+# The CPU rows' ResNet-18 (stage 1's encoder and the branches alike, so the graft fits).
+CPU_RESNET = dict(blocks_per_stage=1, width=32)
+
+
 def lesion_config(paper: bool) -> dict:
   """Fields of the stage-1 module (model.lesion), the same in both stages so the graft fits."""
-  return dict(arch="resnet18", decoder_features=(256, 128, 64) if paper else (32, 16, 8),
-              threshold=0.5, min_box=0.1, aux_size=112 if paper else 16,
-              aux_features=(32, 64) if paper else (4, 8), aux_input="masked")
+  fields = dict(arch="resnet18", decoder_features=(256, 128, 64) if paper else (32, 16, 8),
+                threshold=0.5, min_box=0.1, aux_size=112 if paper else 16,
+                aux_features=(32, 64) if paper else (4, 8), aux_input="masked")
+  return fields if paper else {**fields, **CPU_RESNET}
 
 
 def get_config(arg=None):
@@ -146,4 +151,7 @@ def get_config(arg=None):
     data.batch_size, data.eval_batch_size = batch, 32
     t.num_epochs = epochs
     return config
-  return config_lib.cpu_sized(config)
+  if row != "lesion_attention":
+    m.blocks_per_stage, m.backbone_width = CPU_RESNET["blocks_per_stage"], CPU_RESNET["width"]
+    data.target = "melanoma"           # the synthetic hard set's label (see the docstring).
+  return config_lib.cpu_sized(config, image_size=128, batch_size=16, num_epochs=10)

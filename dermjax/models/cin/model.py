@@ -51,11 +51,14 @@ class Branch(nn.Module):
   reduction: int = 8
   correlation_norm: str = "global"
   correlation: bool = True
+  blocks_per_stage: int = 0     # > 0 / width > 0: the CPU-sized ResNet (backbones.build_backbone).
+  width: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    f = build_backbone(self.arch, dtype=self.dtype, name="backbone")(x, train=train)["layer4"]
+    f = build_backbone(self.arch, blocks_per_stage=self.blocks_per_stage, width=self.width,
+                       dtype=self.dtype, name="backbone")(x, train=train)["layer4"]
     out = {}
     if self.attention:
       f, maps = LesionFeatureAttention(correlation=self.correlation, reduction=self.reduction,
@@ -159,6 +162,8 @@ class CIN(nn.Module):
   distinguish_hidden: int = 256
   dropout: float = 0.5
   lesion_kwargs: Any = None     # LesionAttention fields (dermjax.models.cin.lesion.module_kwargs).
+  blocks_per_stage: int = 0     # the branches' CPU-sized ResNet (Branch).
+  backbone_width: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -171,8 +176,8 @@ class CIN(nn.Module):
       out["lesion_map"], out["crop_box"] = found["lesion_map"], found["box"]
       image = crop.crop_and_resize(image, found["box"], image.shape[1])
     branch = lambda name: Branch(head_classes(self.num_classes), self.arch, self.attention, self.hidden,
-                                 self.reduction, self.correlation_norm, self.correlation, self.dtype,
-                                 name=name)
+                                 self.reduction, self.correlation_norm, self.correlation,
+                                 self.blocks_per_stage, self.backbone_width, self.dtype, name=name)
     branch_a = branch("branch_a")
     a = branch_a(image, train=train)
     out["class_logits_a"] = a["class_logits"]
@@ -204,4 +209,5 @@ def build(config):
              correlation=m.use_correlation,
              distinguish_features=m.distinguish_features, distinguish_hidden=m.distinguish_hidden,
              dropout=m.dropout, lesion_kwargs=lesion.module_kwargs(config) if m.use_lesion else None,
+             blocks_per_stage=m.get("blocks_per_stage", 0), backbone_width=m.get("backbone_width", 0),
              dtype=compute_dtype(config))
