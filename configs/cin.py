@@ -59,7 +59,9 @@ Choices where the paper is silent (see also dermjax/models/cin/*.py docstrings):
   softmax over all M x M entries as printed (--config.model.correlation_norm=row: per row).
 - With D, the two branches have separate weights (the synergic-network design CIN compares
   with; their summed probabilities at test time, Sec. 3.2, would otherwise be one branch's);
-  pairs: each image with a random permutation of the batch, drawn on device.
+  pairs: each image with a uniformly random derangement of the batch (no image with itself),
+  drawn on device; at evaluation the fixed shift i -> i + 1, so the reported distinguish loss
+  is on real pairs. Eq. 3's alpha / beta are in the loss metrics (train/alpha, ...).
 - Eq. 4's class weights: N / (K n_j) from the training split's counts (stats.json).
 - Augmentation (the paper names none): any rotation, flips, random zoom 0.8-1 (both stages).
 - Optimiser (the paper names none): SGD momentum 0.9, lr 1e-3 x0.1 every 20 epochs (paper),
@@ -74,14 +76,22 @@ STAGE2 = {  # row -> (A, F, D)
     "cin": (True, True, True),
 }
 ROWS = ("lesion_attention",) + tuple(r for r in STAGE2 if r != "cin")   # "cin": alias of A+F+D.
+# Rows that train from another row's run (model.pretrained = its workdir); scripts/
+# compare_models.py runs that row first, per seed.
+PRETRAINED_FROM = {row: "lesion_attention" for row, (lesion, _, _) in STAGE2.items() if lesion}
 DATASETS = ("isic2017", "isic2016")
+
+
+# The CPU rows' ResNet-18 (stage 1's encoder and the branches alike, so the graft fits).
+CPU_RESNET = dict(blocks_per_stage=1, width=32)
 
 
 def lesion_config(paper: bool) -> dict:
   """Fields of the stage-1 module (model.lesion), the same in both stages so the graft fits."""
-  return dict(arch="resnet18", decoder_features=(256, 128, 64) if paper else (32, 16, 8),
-              threshold=0.5, min_box=0.1, aux_size=112 if paper else 16,
-              aux_features=(32, 64) if paper else (4, 8), aux_input="masked")
+  fields = dict(arch="resnet18", decoder_features=(256, 128, 64) if paper else (32, 16, 8),
+                threshold=0.5, min_box=0.1, aux_size=112 if paper else 16,
+                aux_features=(32, 64) if paper else (4, 8), aux_input="masked")
+  return fields if paper else {**fields, **CPU_RESNET}
 
 
 def get_config(arg=None):
@@ -155,4 +165,7 @@ def get_config(arg=None):
     data.batch_size, data.eval_batch_size = batch, 32
     t.num_epochs = epochs
     return config
-  return config_lib.cpu_sized(config)
+  if row != "lesion_attention":
+    m.blocks_per_stage, m.backbone_width = CPU_RESNET["blocks_per_stage"], CPU_RESNET["width"]
+    data.target = "melanoma"           # the synthetic hard set's label (see the docstring).
+  return config_lib.cpu_sized(config, image_size=128, batch_size=16, num_epochs=10)

@@ -10,9 +10,9 @@
   dataset  isic2017 (the paper's; default) | isic2016
   paper    the paper's scale: 256 x 256 inputs (both branches), batch 15, 100 epochs, SGD;
            ImageNet normalisation; MASLL rows crop the local branch from a 512 px copy.
-  cpu      (default) the same full-width, full-depth networks on the synthetic set at 64 px,
-           batch 4, 1 epoch (64 px is the smallest size whose stride-32 map is 2 x 2, so SLL
-           still chooses a box).
+  cpu      (default) the same rows on the synthetic set, CPU-sized: 128 px (a 4 x 4
+           stride-32 map, so SLL chooses among 16 cells), both backbones cut to one block per
+           stage at base width 32 (backbones.build_backbone), batch 16, 10 epochs.
 
 e.g. `configs/masll.py:masll_densenet121,paper`. ImageNet weights: --config.model.pretrained=
 <torchvision resnet101 / densenet121 .pth> (pretrained_arch follows the row); both MASLL
@@ -37,6 +37,12 @@ Where the paper is silent, chosen here:
     two branches); True shares one backbone.
   - SLL: the threshold T is the mean of M (eq. 2); a constant M keeps the whole image;
     `model.min_box` (default 0: any box of at least one map cell) can enlarge tiny boxes.
+    `model.box_region` "largest" (default, every row): the box of the largest 4-connected
+    region of the above-mean cells (ties: the first in raster order), since the paper crops
+    "the region with values above the mean", one region; "all" boxes every above-mean cell,
+    which on a noisy M spreads the box towards the whole image. The mean box area (a
+    fraction of the image) is in the summaries (train/box_area, validation/box_area,
+    validation/report/box_area_mean).
   - Where the local crop comes from (`model.crop_source`): the paper crops the box "from the
     dermoscopic image", so that a small lesion is seen at more than the 256 px input's
     resolution (Sec. II-B). Paper rows: "source", a higher-resolution copy of the same crop
@@ -45,7 +51,7 @@ Where the paper is silent, chosen here:
     and cropped and resized to 256 on device (one compilation). 512 is the largest side at
     which no ISIC 2017 image is upsampled (the smallest is 540 x 722); a box covering half
     the image side or more is then seen at full source resolution. CPU rows: "input" (crop
-    the augmented 64 px input itself: no extra detail, as before), data.source_size 0;
+    the augmented 128 px input itself: no extra detail, as before), data.source_size 0;
     `--config.model.crop_source=source --config.data.source_size=128` runs the paper's path
     there too. The baselines ship no copy.
   - Input normalisation (data.normalization): paper rows "imagenet" (torchvision's mean /
@@ -90,6 +96,7 @@ def get_config(arg=None):
     m.crop_size = 0                    # the input size: both branches see S x S.
     m.min_box = 0.0
     m.crop_source = "input"            # paper rows: "source" (below).
+    m.box_region = "largest"           # | "all" (see the docstring).
     m.pretrained_targets = masll.pretrained_targets(share_weights=False)
   else:
     m.name = "gap_classifier"
@@ -120,4 +127,6 @@ def get_config(arg=None):
       data.source_size = 512
     t.num_epochs = 100
     return config
-  return config_lib.cpu_sized(config)
+  m.blocks_per_stage = 1               # CPU: one block per stage, half width (the docstring).
+  m.backbone_width = 32
+  return config_lib.cpu_sized(config, image_size=128, batch_size=16, num_epochs=10)

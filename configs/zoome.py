@@ -150,5 +150,7 @@ def get_config(arg=None):
     data.eval_batch_size = 128
     t.num_epochs = 20
     return config
-  return config_lib.cpu_sized(config, batch_size=8, num_epochs=2)
+  m.blocks_per_stage = 1               # CPU: one block per stage, half width (the docstring).
+  m.backbone_width = 32
+  return config_lib.cpu_sized(config, image_size=128, batch_size=16, num_epochs=10)
 

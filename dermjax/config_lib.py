@@ -84,6 +84,8 @@ def data_config() -> ml_collections.ConfigDict:
   c.synthetic_num_images = None   # {split: count} for the synthetic set; None: its default.
   # "easy" | "hard" | a structure strength in [0, 1] as a string (dermjax.data.synthetic).
   c.synthetic_difficulty = "easy"
+  # Whether the synthetic ISIC 2020 age carries the melanoma signal; None: on "easy" only.
+  c.synthetic_age_signal = ml_collections.FieldReference(None, field_type=bool)
   # "none" | "blank" (evidence painted over) | "only" (the rest of the lesion painted over):
   # checks that the label lives in the evidence (dermjax.data.loader.ablate_evidence).
   c.evidence_ablation = "none"

@@ -206,6 +206,9 @@ def ensure_synthetic(data_config, workdir) -> str:
   spec = {"layout": data_config.layout, "num_images": num_images, "seed": 0}
   if difficulty != "easy":  # easy sets keep the marker they always had
     spec["difficulty"] = difficulty
+  age_signal = data_config.get("synthetic_age_signal")
+  if age_signal is not None:
+    spec["age_signal"] = bool(age_signal)
   marker = os.path.join(out_dir, "SYNTHETIC.json")
   if os.path.exists(marker):
     with open(marker) as f:
@@ -214,7 +217,7 @@ def ensure_synthetic(data_config, workdir) -> str:
     raise ValueError(f"{marker}: the synthetic data there was written with other settings; "
                      f"delete {out_dir} or set config.data.synthetic_dir elsewhere")
   synthetic.write_synthetic(data_config.layout, out_dir, num_images=num_images, seed=0,
-                            difficulty=difficulty)
+                            difficulty=difficulty, age_signal=age_signal)
   with open(marker, "w") as f:
     json.dump(spec, f)
   return out_dir

@@ -2,7 +2,7 @@
 
   python scripts/compare_models.py --out=runs/compare [--rows=gaze.py:thesis,attnmel.py:attnmel]
       [--seeds=0,1,2] [--difficulty=hard] [--num_images=240,60,120] [--dry_run]
-      [-- --config.train.num_epochs=3 ...]
+      [--launcher="flock -s /tmp/dermjax-cpu.lock"] [-- --config.train.num_epochs=3 ...]
 
 A row may carry its own overrides after "@": gaze.py:thesis@data.evidence_ablation=blank
 (values parsed as Python literals where they parse, else kept as strings).
@@ -15,7 +15,12 @@ model's initialisation and training order). --num_images=train,validation,test g
 table the same split sizes, so all rows of a layout share one set (each keeps its own image
 size); without it each table keeps its own synthetic sizes. The row's config, with these
 settings, is written as a config file <out>/configs/<name>.py that the run loads.
-Arguments after `--` go to every run. Then it prints a Markdown table of mean +- sample std
+Arguments after `--` go to every run; --launcher is a command every run starts under
+(e.g. a lock shared with other jobs, taken per run). A row that its table's PRETRAINED_FROM maps to another
+row (CIN's A rows: {"A": "lesion_attention", ...}) trains from that row's run of the same
+seed: the script runs it first (its plain table row, same data and `--` arguments; workdir
+<out>/<table>_<row>/seed<seed>, reused when finished) and passes its workdir as
+--config.model.pretrained, unless the row sets model.pretrained itself. Then it prints a Markdown table of mean +- sample std
 over seeds of test AUC, AP and, per saliency map, pointing game and energy share (each
 with its chance level) and deletion AUC (random-order deletion AUC), the same three
 chance-corrected per seed (maps of different sizes have different chance levels), and the
@@ -29,6 +34,7 @@ import ast
 import glob
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -96,16 +102,23 @@ def prepare_row(table, row, overrides, args):
                                                     fields=fields))
   num = config.data.synthetic_num_images
   sizes = "default" if num is None else "-".join(str(num[k]) for k in sorted(num))
+  age = config.data.get("synthetic_age_signal")
+  sizes += "" if age is None else f"_age_signal_{bool(age)}"   # another set (ZooME's metadata)
   data = os.path.join(args.out, f"synthetic_{config.data.layout}_{args.difficulty}_{sizes}")
   return name, config_file, data
 
 
+def workdir_of(prepared, seed, args):
+  return os.path.join(args.out, prepared[0], f"seed{seed}")
+
+
 def run_one(prepared, seed, args, extra):
   """Trains one (row, seed) unless finished; returns its results/test.json or None."""
-  name, config_file, data = prepared
-  workdir = os.path.join(args.out, name, f"seed{seed}")
+  _, config_file, data = prepared
+  workdir = workdir_of(prepared, seed, args)
   result = os.path.join(workdir, "results", "test.json")
-  command = [sys.executable, "-m", "dermjax.main", f"--config={config_file}",
+  command = [*shlex.split(args.launcher), sys.executable, "-m", "dermjax.main",
+             f"--config={config_file}",
              f"--workdir={workdir}", f"--config.seed={seed}", f"--config.data.seed={seed}",
              f"--config.data.synthetic_difficulty={args.difficulty}",
              f"--config.data.synthetic_dir={data}", *extra]
@@ -117,6 +130,29 @@ def run_one(prepared, seed, args, extra):
     subprocess.run(command, check=True, env=env, cwd=REPO)
   with open(result) as f:
     return json.load(f)
+
+
+def pretrained_from(table, row, overrides):
+  """The row of `table` this row trains from (its PRETRAINED_FROM), or None."""
+  if "model.pretrained" in overrides:
+    return None
+  module = config_lib.config_module(os.path.join(REPO, "configs", table))
+  return getattr(module, "PRETRAINED_FROM", {}).get(row)
+
+
+def run_row(table, row, overrides, seeds, args, extra):
+  """Runs one row over `seeds` (its PRETRAINED_FROM row first, per seed) -> [test.json]."""
+  prepared = prepare_row(table, row, overrides, args)
+  source = pretrained_from(table, row, overrides)
+  source = prepare_row(table, source, {}, args) if source else None
+  results = []
+  for seed in seeds:
+    chained = []
+    if source:
+      run_one(source, seed, args, extra)
+      chained = [f"--config.model.pretrained={workdir_of(source, seed, args)}"]
+    results.append(run_one(prepared, seed, args, extra + chained))
+  return [r for r in results if r is not None]
 
 
 def _stat(values):
@@ -137,6 +173,8 @@ def summarize(results):
   out["auc"] = _stat([score(r, "auc") for r in results])
   out["auc_per_seed"] = [score(r, "auc") for r in results]
   out["ap"] = _stat([score(r, "ap") for r in results])
+  if any(get(r, "report", "jaccard") is not None for r in results):   # a segmenter (CIN stage 1)
+    out["jaccard"] = _stat([get(r, "report", "jaccard") for r in results])
   out["random_deletion_auc"] = _stat([get(r, "explanation", "random_deletion", "deletion_auc")
                                       for r in results])
   names = sorted({m for r in results for m in (get(r, "explanation", "maps") or {})})
@@ -218,7 +256,9 @@ def markdown(summary):
   for row, s in summary.items():
     maps = _maps(s) or ["-"]
     for i, m in enumerate(maps):
-      head = [row, m, _fmt(s["auc"]), _fmt(s["ap"])] if i == 0 else ["", m, "", ""]
+      auc = (_fmt(s["auc"]) if s.get("auc") or "jaccard" not in s
+             else f"Jaccard {_fmt(s['jaccard'])}")
+      head = [row, m, auc, _fmt(s["ap"])] if i == 0 else ["", m, "", ""]
       lines.append("| " + " | ".join(head + [
           f"{_fmt(s.get(f'{m}/pointing_game'))} ({_fmt(s.get(f'{m}/pointing_chance'))})",
           f"{_fmt(s.get(f'{m}/energy_share'))} ({_fmt(s.get(f'{m}/energy_chance'))})",
@@ -245,6 +285,8 @@ def main(argv=None):
   parser.add_argument("--num_images", default="",
                       help="train,validation,test sizes shared by every table (default: each its own)")
   parser.add_argument("--dry_run", action="store_true", help="print the commands only")
+  parser.add_argument("--launcher", default="",
+                      help="command prefix of every run, e.g. 'flock -s /tmp/dermjax-cpu.lock'")
   args = parser.parse_args(argv)
   args.out = os.path.abspath(args.out)
   specs = [r for r in args.rows.split(",") if r]
@@ -260,9 +302,7 @@ def main(argv=None):
   seeds = [int(s) for s in args.seeds.split(",") if s]
   summary = {}
   for table, row, overrides in rows:
-    prepared = prepare_row(table, row, overrides, args)
-    results = [run_one(prepared, seed, args, extra) for seed in seeds]
-    results = [r for r in results if r is not None]
+    results = run_row(table, row, overrides, seeds, args, extra)
     if results:
       summary[row_name(table, row, overrides)] = summarize(results)
   if summary:

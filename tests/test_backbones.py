@@ -11,7 +11,7 @@ import pytest
 
 from dermjax.models.backbones import BACKBONES, build_backbone
 from dermjax.models.backbones.densenet import DenseNet
-from dermjax.models.backbones.layers import adaptive_pool
+from dermjax.models.backbones.layers import adaptive_pool, argmax_max, grouped_conv_general_dilated
 from dermjax.models.backbones.resnet import ResNet
 from dermjax.models.backbones.vgg import VGGStages, adaptive_avg_pool
 
@@ -107,5 +107,56 @@ def test_adaptive_max_pool_matches_torch(size):
   torch = pytest.importorskip("torch")
   x = np.random.default_rng(size).normal(size=(2, size, size + 2, 4)).astype(np.float32)
   want = torch.nn.functional.adaptive_max_pool2d(torch.from_numpy(x.transpose(0, 3, 1, 2)), 4).numpy()
-  got = np.asarray(adaptive_pool(jnp.asarray(x), 4, jnp.max)).transpose(0, 3, 1, 2)
+  got = np.asarray(adaptive_pool(jnp.asarray(x), 4, argmax_max)).transpose(0, 3, 1, 2)
   np.testing.assert_array_equal(got, want)
+
+
+def test_adaptive_max_pool_gradient_matches_torch_and_goes_to_one_maximum():
+  """The gradient goes to one maximum per window (torch's backward), never split among ties
+  (jnp.max's rule, which gives 0 / 0 = NaN when the compiled step recomputes the maximum
+  with other rounding)."""
+  torch = pytest.importorskip("torch")
+  x = np.random.default_rng(0).normal(size=(2, 6, 8, 3)).astype(np.float32)
+  weights = np.random.default_rng(1).normal(size=(2, 4, 4, 3)).astype(np.float32)
+  t = torch.from_numpy(x.transpose(0, 3, 1, 2)).requires_grad_()
+  (torch.nn.functional.adaptive_max_pool2d(t, 4) * torch.from_numpy(weights.transpose(0, 3, 1, 2))).sum().backward()
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(adaptive_pool(x, 4, argmax_max) * weights)))
+  np.testing.assert_allclose(np.asarray(grad(jnp.asarray(x))).transpose(0, 3, 1, 2), t.grad.numpy(),
+                             atol=1e-6)
+  tied = np.asarray(grad(jnp.ones_like(x)))              # every element is a window's maximum
+  assert np.all(np.count_nonzero(tied, axis=(1, 2)) <= 16)
+  np.testing.assert_allclose(tied.sum(axis=(1, 2)), weights.sum(axis=(1, 2)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape,kernel,strides,groups,padding", [
+    ((2, 9, 11, 64), (3, 3, 2, 64), (2, 2), 32, ((1, 1), (1, 1))),
+    ((2, 8, 8, 8), (3, 3, 4, 6), (1, 1), 2, "SAME"),
+    ((2, 10, 10, 8), (5, 3, 4, 4), (2, 1), 2, ((2, 1), (0, 2)))])
+def test_grouped_conv_as_patches_equals_lax(shape, kernel, strides, groups, padding):
+  """ResNeXt's grouped 3x3 convolutions on CPU: patches + a group-batched matmul, the same
+  values and gradients as lax.conv_general_dilated."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  w = jnp.asarray(rng.normal(size=kernel), jnp.float32)
+  conv = lambda fn: jax.jit(lambda x, w: fn(x, w, strides, padding, feature_group_count=groups,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  want, got = conv(jax.lax.conv_general_dilated), conv(grouped_conv_general_dilated)
+  np.testing.assert_allclose(got(x, w), want(x, w), rtol=1e-5, atol=1e-5)
+  grads = [jax.grad(lambda x, w, f=f: jnp.sum(jnp.sin(f(x, w))), (0, 1))(x, w) for f in (want, got)]
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_sized_backbones_keep_taps_at_a_base_width():
+  """build_backbone(blocks_per_stage, width): the CPU rows' knobs; the same taps at the same
+  resolution, ResNet channels scaled by width / 64, a DenseNet's stem at `width`."""
+  x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  shapes = lambda arch, **kw: jax.eval_shape(
+      lambda x: build_backbone(arch, **kw).init_with_output(jax.random.key(0), x)[0], x)
+  for arch, tap in (("resnet101", "layer4"), ("resnext50_32x4d", "layer4"), ("resnet18", "layer4")):
+    full, cut = shapes(arch), shapes(arch, blocks_per_stage=1, width=32)
+    assert cut[tap].shape == full[tap].shape[:3] + (full[tap].shape[3] // 2,), arch
+    assert "layer3_1" in full and "layer3_1" not in cut
+  dense = shapes("densenet121", blocks_per_stage=1, width=32)
+  assert dense["stem"].shape == (1, 16, 16, 32) and dense["features"].shape[:3] == (1, 2, 2)
+  assert shapes("vgg16", blocks_per_stage=1, width=32)["pool5"].shape == (1, 2, 2, 512)

@@ -94,21 +94,76 @@ def d_model():
   return module, init(module, batch), batch
 
 
-def test_pairs_from_the_sample_rng_and_identity_at_eval(d_model):
+def test_pairs_from_the_sample_rng_and_a_fixed_shift_at_eval(d_model):
   module, variables, batch = d_model
   label = np.asarray(batch["label"])
   key = jax.random.key(7)
   out, _ = module.apply(variables, batch, train=True, mutable=["batch_stats"],
                         rngs={"dropout": jax.random.key(8), "sample": key})
   perm = np.asarray(out["pair_perm"])
-  assert sorted(perm) == list(range(6))
+  assert sorted(perm) == list(range(6)) and not np.any(perm == np.arange(6))
   again, _ = module.apply(variables, batch, train=True, mutable=["batch_stats"],
                           rngs={"dropout": jax.random.key(9), "sample": key})
   np.testing.assert_array_equal(again["pair_perm"], perm)     # drawn from "sample" only.
   np.testing.assert_array_equal(cin.same_class(jnp.asarray(label), out["pair_perm"]),
                                 (label == label[perm]).astype(np.float32))
   evaluated = module.apply(variables, batch, train=False)
-  np.testing.assert_array_equal(evaluated["pair_perm"], np.arange(6))
+  np.testing.assert_array_equal(evaluated["pair_perm"], [1, 2, 3, 4, 5, 0])
+
+
+def test_training_pairs_are_uniform_derangements():
+  """No image is paired with itself, for any batch size; for B = 4 the 9 derangements come
+  about equally often (a permutation would also give the 15 with a fixed point)."""
+  draw = jax.jit(jax.vmap(cin.pair_permutation, in_axes=(0, None)), static_argnums=1)
+  for size in (2, 3, 5, 8, 33):
+    perms = np.asarray(draw(jax.random.split(jax.random.key(size), 200), size))
+    assert np.all(np.sort(perms, axis=1) == np.arange(size))
+    assert not np.any(perms == np.arange(size)), size
+  perms = np.asarray(draw(jax.random.split(jax.random.key(0), 4500), 4))
+  _, counts = np.unique(perms, axis=0, return_counts=True)
+  assert len(counts) == 9 and counts.min() > 400 and counts.max() < 600, counts   # 500 each
+  np.testing.assert_array_equal(cin.pair_permutation(jax.random.key(0), 1), [0])
+
+
+def test_evaluation_distinguish_loss_on_real_pairs(d_model):
+  """At evaluation the pair labels are those of the shifted pairs (not all ones), and a pair
+  of an image with itself (B = 1) is left out."""
+  module, variables, batch = d_model
+  config = cin_config("D")
+  out = module.apply(variables, batch, train=False)
+  label = np.asarray(batch["label"])
+  target = (label == np.roll(label, -1)).astype(np.float32)
+  assert 0 < target.sum() < len(target)
+  _, aux = cin.loss(out, batch, config, {})
+  bce = np.mean(np.asarray(optax_bce(out["pair_logit"], target)))
+  np.testing.assert_allclose(aux["distinguish"], bce, rtol=1e-5)
+  single = {k: v[:1] for k, v in batch.items()}
+  _, aux = cin.loss(module.apply(variables, single, train=False), single, config, {})
+  assert float(aux["distinguish"]) == 0.0
+
+
+def optax_bce(logits, labels):
+  return np.logaddexp(0, np.asarray(logits)) - np.asarray(logits) * labels
+
+
+def test_alpha_and_beta_in_the_loss_metrics():
+  """Eq. 3's alpha, beta (both branches with D) are logged."""
+  config = cin_config("F")
+  config.model.use_distinguish = True
+  module = cin.build(config)
+  batch = batches.model_batch(2, SIZE, label=np.array([0, 1], np.int32))
+  variables = init(module, batch)
+  params = variables["params"]
+  for branch, name, value in (("a", "alpha", 0.25), ("a", "beta", 0.0), ("b", "alpha", 0.0),
+                              ("b", "beta", -0.5)):
+    params[f"branch_{branch}"]["attention"][name] = jnp.float32(value)
+  out = module.apply(variables, batch, train=False)
+  _, aux = cin.loss(out, batch, config, {})
+  assert {k: float(aux[k]) for k in ("alpha", "beta", "alpha_b", "beta_b")} == {
+      "alpha": 0.25, "beta": 0.0, "alpha_b": 0.0, "beta_b": -0.5}
+  _, aux = cin.loss(cin.build(cin_config("D")).apply(
+      init(cin.build(cin_config("D")), batch), batch, train=False), batch, cin_config("D"), {})
+  assert "alpha" not in aux
 
 
 def test_test_time_sum_of_branch_probabilities():
@@ -121,10 +176,12 @@ def test_test_time_sum_of_branch_probabilities():
 
 
 def test_evaluated_model_sums_its_branches(d_model):
-  """Both branches read the same image at evaluation; logits = their summed probabilities."""
+  """Both branches read the same image at evaluation; logits = their summed probabilities
+  (class_logits_b are branch b's of the partners, image i + 1)."""
   module, variables, batch = d_model
   out = module.apply(variables, batch, train=False)
-  pa, pb = jax.nn.softmax(out["class_logits_a"]), jax.nn.softmax(out["class_logits_b"])
+  pa = jax.nn.softmax(out["class_logits_a"])
+  pb = jax.nn.softmax(np.roll(np.asarray(out["class_logits_b"]), 1, axis=0))
   assert not np.allclose(pa, pb)   # two branches with their own weights.
   np.testing.assert_allclose(jax.nn.sigmoid(out["logits"])[:, 0], (pa[:, 1] + pb[:, 1]) / 2, rtol=1e-5)
 

@@ -34,8 +34,9 @@ def test_parse_row(compare):
 
 def test_dry_run_writes_a_config_file_with_the_overrides(compare, tmp_path, capsys):
   compare.main([f"--out={tmp_path}", "--rows=gaze.py:thesis@data.evidence_ablation=only",
-                "--seeds=3", "--num_images=8,4,6", "--dry_run"])
+                "--seeds=3", "--num_images=8,4,6", "--dry_run", "--launcher=flock -s L"])
   command = capsys.readouterr().out.split()
+  assert command[:3] == ["flock", "-s", "L"]
   config_file = next(a for a in command if a.startswith("--config="))[len("--config="):]
   config = runpy.run_path(config_file)["get_config"]()
   expected = config_lib.load_config(os.path.join(REPO, "configs", "gaze.py"), "thesis")
@@ -44,7 +45,28 @@ def test_dry_run_writes_a_config_file_with_the_overrides(compare, tmp_path, caps
   assert config.model.to_dict() == expected.model.to_dict()
   assert "--config.seed=3" in command
   assert any(a.endswith("synthetic_isic2017_hard_6-8-4") for a in command)
+  compare.main([f"--out={tmp_path}", "--rows=zoome.py:zoome@data.synthetic_age_signal=True",
+                "--num_images=8,4,6", "--dry_run"])
+  assert "synthetic_isic2020_hard_6-8-4_age_signal_True" in capsys.readouterr().out
   assert not os.path.exists(os.path.join(tmp_path, "summary.json"))
+
+
+def test_a_rows_chain_their_stage_1_run_per_seed(compare, tmp_path, capsys):
+  """CIN's A rows (configs/cin.py PRETRAINED_FROM) train from lesion_attention's run of the
+  same seed, which runs first; rows without A do not."""
+  compare.main([f"--out={tmp_path}", "--rows=cin.py:A+F@data.target=melanoma,cin.py:F",
+                "--seeds=0,1", "--dry_run"])
+  lines = [l.split() for l in capsys.readouterr().out.splitlines() if "dermjax.main" in l]
+  runs = [(next(a for a in l if a.startswith("--workdir=")), l) for l in lines]
+  stage1 = [w for w, _ in runs if "cin_lesion_attention" in w]
+  assert stage1 == [f"--workdir={tmp_path}/cin_lesion_attention/seed{s}" for s in (0, 1)]
+  for seed in (0, 1):
+    _, line = next((w, l) for w, l in runs if w.endswith(f"cin_ApF__target_melanoma/seed{seed}"))
+    assert f"--config.model.pretrained={tmp_path}/cin_lesion_attention/seed{seed}" in line
+  assert not any(a.startswith("--config.model.pretrained") for w, l in runs if "cin_F" in w
+                 for a in l)
+  assert [w for w, _ in runs].index(stage1[0]) < [w for w, _ in runs].index(
+      f"--workdir={tmp_path}/cin_ApF__target_melanoma/seed0")
 
 
 def _stat(mean, std):

@@ -10,7 +10,6 @@ type and taps; ResNets keep their widths, a DenseNet's width follows its depth):
 test, and compiling ResNet-101 and DenseNet-121 for each of ~35 rows was most of CI's time.
 """
 
-import functools
 import glob
 import json
 import os
@@ -114,28 +113,17 @@ def prepared_layout(synthetic_isic, tmp_path_factory):
   return make
 
 
-def shallow(backbone: backbones.Backbone) -> backbones.Backbone:
-  """The same architecture with one block per stage (ResNet stages, DenseNet blocks)."""
-  kw = dict(getattr(backbone.module, "keywords", {}))
-  for depth in ("stage_sizes", "block_config"):
-    if depth in kw:
-      kw[depth] = (1,) * len(kw[depth])
-  if not kw or kw == backbone.module.keywords:
-    return backbone
-  return backbone._replace(module=functools.partial(backbone.module.func, **kw))
-
-
 @pytest.fixture
 def shallow_backbones(monkeypatch):
   for arch, backbone in list(backbones.BACKBONES.items()):
-    monkeypatch.setitem(backbones.BACKBONES, arch, shallow(backbone))
+    monkeypatch.setitem(backbones.BACKBONES, arch, backbones.shallow(backbone))
 
 
 def test_shallow_backbones_keep_taps_and_widths():
   """The cut networks end in the same tap at the same resolution; ResNets with the same channels."""
   image = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
   for arch in ("resnet101", "resnext50_32x4d", "densenet121"):
-    full, cut = backbones.BACKBONES[arch], shallow(backbones.BACKBONES[arch])
+    full, cut = backbones.BACKBONES[arch], backbones.shallow(backbones.BACKBONES[arch])
     assert cut.module is not full.module
     shapes = [jax.eval_shape(lambda x, b=b: b.module().init_with_output(jax.random.key(0), x)[0],
                              image)[b.features].shape for b in (full, cut)]

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from dermjax.models.common import crop
 
@@ -30,6 +31,35 @@ def test_map_box_matches_brute_force_including_ties_and_constant_maps():
   np.testing.assert_allclose(got, want, atol=1e-6)
   np.testing.assert_allclose(got[3], crop.WHOLE_IMAGE)
   assert np.all(np.isfinite(got)) and np.all(got[:, 2] > got[:, 0]) and np.all(got[:, 3] > got[:, 1])
+
+
+def largest_region_scipy(mask):
+  """The largest 4-connected region of a [h, w] mask by scipy.ndimage.label (first on ties)."""
+  labels, count = ndimage.label(mask)
+  if count == 0:
+    return np.zeros_like(mask, bool)
+  return labels == 1 + np.argmax(np.bincount(labels.ravel())[1:])
+
+
+def test_largest_region_matches_scipy_and_compiles_once():
+  rng = np.random.default_rng(0)
+  traces = []
+
+  @jax.jit
+  def largest(masks):
+    traces.append(1)
+    return crop.largest_region(masks)
+
+  for trial in range(4):
+    masks = rng.random((64, 7, 9)) < rng.uniform(0.2, 0.8, (64, 1, 1))
+    masks[0] = False                                # empty: stays empty
+    masks[1] = np.eye(7, 9, dtype=bool)             # diagonal cells are not 4-connected
+    got = np.asarray(largest(masks))
+    np.testing.assert_array_equal(got, [largest_region_scipy(m) for m in masks], f"trial {trial}")
+  assert len(traces) == 1
+  maps = rng.normal(size=(8, 7, 9)).astype(np.float32)
+  np.testing.assert_allclose(crop.map_box(maps, region="largest"),
+                             [brute_force_box(largest_region_scipy(m >= m.mean())) for m in maps])
 
 
 def test_mask_box_empty_is_whole_image_and_min_size_stays_inside():

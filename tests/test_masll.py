@@ -27,7 +27,7 @@ from dermjax.models.backbones.resnet import ResNet
 from dermjax.models.baselines import gap_classifier
 from dermjax.models.common import crop
 from flax_helpers import random_variables  # tests/ is on sys.path under pytest.
-from test_crop import brute_force_box
+from test_crop import brute_force_box, largest_region_scipy
 
 TINY = Backbone(functools.partial(ResNet, stage_sizes=(1, 1, 1, 1), block="basic"), "layer4", 512)
 
@@ -46,6 +46,7 @@ def tiny_backbone(monkeypatch):
 def small_model(source_size=None, **fields):
   config = load_config("masll_resnet101")
   config.model.backbone = "tiny_resnet"
+  config.model.update(blocks_per_stage=0, backbone_width=0)   # the tiny backbone as it is.
   config.model.update(fields)
   if source_size or fields.get("crop_source") == "source":
     config.data.source_size = source_size or 256
@@ -124,6 +125,19 @@ def test_activation_map_box_and_crop_follow_eqs_1_2():
   want = np.stack([brute_force_box(mi >= mi.mean()) for mi in np.asarray(out["activation_map"])])
   np.testing.assert_allclose(out["box"], want, atol=1e-6)
   np.testing.assert_allclose(out["crop"], crop.crop_and_resize(x, want, 128), atol=1e-5)
+
+
+def test_largest_region_box_in_the_model():
+  """box_region "largest": the box of the largest connected above-mean region of M."""
+  module = small_model(box_region="largest")
+  x = images(batch=4, seed=3)
+  variables = variables_for(module, {"image": x})
+  out = jax.jit(module.apply)(variables, {"image": x})
+  want = [brute_force_box(largest_region_scipy(m >= m.mean()))
+          for m in np.asarray(out["activation_map"])]
+  np.testing.assert_allclose(out["box"], want, atol=1e-6)
+  with pytest.raises(ValueError, match="box_region"):
+    small_model(box_region="biggest")
 
 
 def test_forward_compiles_once_for_different_boxes():
@@ -303,7 +317,7 @@ def test_table_rows_and_paper_scale():
     augment = config.data.augment
     assert augment.rotation == "uniform" and augment.hflip and augment.vflip
     cpu = load_config(row)
-    assert cpu.data.image_size == 64 and cpu.data.batch_size == 4
+    assert (cpu.data.image_size, cpu.model.blocks_per_stage) == (128, 1)   # maps 4 x 4.
   config = load_config("masll_densenet121")
   assert dict(config.model.pretrained_targets) == {"global_backbone": "", "local_backbone": ""}
   config.model.fusion = "sum"
@@ -321,11 +335,13 @@ def test_loss_is_cross_entropy():
   config = load_config("masll_resnet101")
   logits = jnp.array([[0.3], [-1.2], [2.0]])
   batch = {"label": jnp.array([1, 0, 0]), "valid": jnp.array([1.0, 1.0, 0.0])}
-  value, metrics = masll.loss({"logits": logits}, batch, config, {})
+  box = jnp.array([[0.0, 0.0, 0.5, 0.5], [0.25, 0.0, 0.75, 1.0], [0.0, 0.0, 1.0, 1.0]])
+  value, metrics = masll.loss({"logits": logits, "box": box}, batch, config, {})
   p = sigmoid(np.array([0.3, -1.2]))
   want = -(np.log(p[0]) + np.log(1 - p[1])) / 2
   assert float(value) == pytest.approx(want, rel=1e-5)
-  assert set(metrics) == {"cross_entropy", "loss"}
+  assert set(metrics) == {"cross_entropy", "loss", "box_area"}
+  assert float(metrics["box_area"]) == pytest.approx((0.25 + 0.5) / 2)   # real rows only.
 
 
 # ----------------------------------------------------------------------------- baseline
@@ -333,7 +349,7 @@ def test_loss_is_cross_entropy():
 
 def test_gap_classifier_cam_averages_to_the_logit():
   config = load_config("resnet101")
-  config.model.backbone = "tiny_resnet"
+  config.model.update(backbone="tiny_resnet", blocks_per_stage=0, backbone_width=0)
   module = gap_classifier.build(config)
   x = images(size=64)
   variables = variables_for(module, {"image": x})

@@ -239,12 +239,15 @@ def _metadata(rng, layout, index, style, informative_age=True):
 
 
 def iter_examples(layout, num_images=None, *, seed=0, min_side=240, max_side=400,
-                  difficulty="easy"):
+                  difficulty="easy", age_signal=None):
   """Yields (split token, image id, diagnosis index, metadata, drawn dict), in file order.
 
   difficulty: see the module docstring; the hard drawing adds "evidence_mask" and
-  "jpeg_quality" to the drawn dict (and "malignant_drawn": the class actually drawn)."""
+  "jpeg_quality" to the drawn dict (and "malignant_drawn": the class actually drawn).
+  age_signal: whether isic2020's age carries the melanoma signal; None: on the easy drawing
+  only (the hard one keeps the label in the evidence alone)."""
   strength = difficulty_strength(difficulty)
+  informative_age = strength is None if age_signal is None else bool(age_signal)
   if layout not in _TOKENS:
     raise ValueError(f"Unknown layout {layout!r}; known: {LAYOUTS}")
   counts = dict(DEFAULT_NUM_IMAGES, **(num_images or {}))
@@ -268,7 +271,7 @@ def iter_examples(layout, num_images=None, *, seed=0, min_side=240, max_side=400
                                          strength=strength, with_globules=layout == "isic2018")
         drawn["malignant_drawn"] = malignant
       yield _TOKENS[layout][split], f"ISIC_{index:07d}", diagnosis, _metadata(
-          rng, layout, index, style, informative_age=strength is None), drawn
+          rng, layout, index, style, informative_age=informative_age), drawn
       index += 1
 
 
@@ -311,12 +314,13 @@ def _save_superpixels(superpixels, path):
 
 def write_synthetic(layout: str, out_dir: str, *, num_images: dict | None = None,
                     seed: int = 0, min_side: int = 240, max_side: int = 400,
-                    difficulty="easy") -> str:
+                    difficulty="easy", age_signal=None) -> str:
   """Writes a synthetic dataset in `layout`'s official file layout under `out_dir`.
 
   num_images: {split: count}, default DEFAULT_NUM_IMAGES; for sets without an official
   validation/test split (2016 validation, 2019, 2020) those images go to the training set.
-  difficulty: "easy" | "hard" | a strength in [0, 1] (module docstring). Returns out_dir.
+  difficulty: "easy" | "hard" | a strength in [0, 1] (module docstring); age_signal: see
+  iter_examples. Returns out_dir.
   """
   o = lambda *parts: os.path.join(out_dir, *parts)
   names = [n for n, _, _ in _DIAGNOSES[layout]]
@@ -324,7 +328,7 @@ def write_synthetic(layout: str, out_dir: str, *, num_images: dict | None = None
   try:
     for s, i, diagnosis, meta, drawn in iter_examples(
         layout, num_images, seed=seed, min_side=min_side, max_side=max_side,
-        difficulty=difficulty):
+        difficulty=difficulty, age_signal=age_signal):
       name = names[diagnosis]
       quality = drawn.get("jpeg_quality", 92)
       if "evidence_mask" in drawn:

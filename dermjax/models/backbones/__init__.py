@@ -39,8 +39,41 @@ BACKBONES = {
 }
 
 
-def build_backbone(arch: str, **kw: Any) -> nn.Module:
-  """The `arch` backbone; kw sets module fields (num_classes, frozen_bn, dtype, ...)."""
+# Module fields that count blocks per stage: ResNet residual blocks, DenseNet dense layers.
+DEPTH_FIELDS = ("stage_sizes", "block_config")
+
+
+def shallow(backbone: Backbone, blocks_per_stage: int = 1) -> Backbone:
+  """The same architecture with `blocks_per_stage` blocks in every stage (same block type, taps
+  and stage widths; a DenseNet's output width follows its depth). Networks without stages
+  (VGG, AlexNet) and blocks_per_stage <= 0 come back unchanged."""
+  kw = dict(getattr(backbone.module, "keywords", {}))
+  depth = [f for f in DEPTH_FIELDS if f in kw]
+  if blocks_per_stage <= 0 or not depth:
+    return backbone
+  kw.update({f: (int(blocks_per_stage),) * len(kw[f]) for f in depth})
+  return backbone._replace(module=functools.partial(backbone.module.func, **kw))
+
+
+def narrow(backbone: Backbone, width: int) -> Backbone:
+  """The same architecture at base width `width` (torchvision's: 64): a ResNet's stem and
+  stage-1 planes (stage i: width 2^(i-1); ResNeXt keeps its groups, each width / 16 x
+  width_per_group / 4 channels wide), a DenseNet's stem features (growth rate width / 2).
+  VGG / AlexNet and width <= 0 come back unchanged."""
+  kw = dict(getattr(backbone.module, "keywords", {}))
+  if width <= 0 or not any(f in kw for f in DEPTH_FIELDS):
+    return backbone
+  if "stage_sizes" in kw:
+    kw["width"] = int(width)
+  else:
+    kw.update(num_init_features=int(width), growth_rate=max(int(width) // 2, 1))
+  return backbone._replace(module=functools.partial(backbone.module.func, **kw))
+
+
+def build_backbone(arch: str, *, blocks_per_stage: int = 0, width: int = 0, **kw: Any) -> nn.Module:
+  """The `arch` backbone; kw sets module fields (num_classes, frozen_bn, dtype, ...);
+  blocks_per_stage > 0 cuts every stage to that many blocks (`shallow`) and width > 0 sets
+  the base width (`narrow`): the CPU-sized rows' knobs (0: the architecture's own)."""
   if arch not in BACKBONES:
     raise ValueError(f"Unknown backbone {arch!r}; known: {sorted(BACKBONES)}")
-  return BACKBONES[arch].module(**kw)
+  return narrow(shallow(BACKBONES[arch], blocks_per_stage), width).module(**kw)

@@ -23,7 +23,7 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from dermjax.models.backbones.layers import batch_norm
+from dermjax.models.backbones.layers import batch_norm, grouped_conv_general_dilated
 
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu").
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -69,7 +69,8 @@ class Bottleneck(nn.Module):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
     norm = functools.partial(batch_norm, train, self.frozen_bn, self.dtype)
     y = nn.relu(norm("bn1")(conv(width, (1, 1), name="conv1")(x)))
-    y = conv(width, (3, 3), self.strides, padding=1, feature_group_count=self.groups, name="conv2")(y)
+    y = conv(width, (3, 3), self.strides, padding=1, feature_group_count=self.groups,
+             conv_general_dilated=grouped_conv_general_dilated, name="conv2")(y)
     y = nn.relu(norm("bn2")(y))
     y = norm("bn3")(conv(self.features * self.expansion, (1, 1), name="conv3")(y))
     return nn.relu(y + shortcut(x, self.features * self.expansion, self.strides, conv, norm))
@@ -88,11 +89,12 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 class ResNet(nn.Module):
   """ResNet / ResNeXt. Input [B, H, W, 3] (ImageNet-normalised); returns a dict of taps:
 
-    stem          [B, H/4, W/4, 64]       after the stem's max pool
+    stem          [B, H/4, W/4, width]    after the stem's max pool
     layer{i}_{j}  output of block j of stage i (i = 1..4, j from 0; after the block_module)
-    layer{i}      output of stage i: [B, H/2^(i+1), W/2^(i+1), 64 2^(i-1) expansion]
+    layer{i}      output of stage i: [B, H/2^(i+1), W/2^(i+1), width 2^(i-1) expansion]
     pre_logits    [B, C] global average of layer4, and logits [B, num_classes] (with num_classes)
-  At 224 px layer4 is [B, 7, 7, 512] (ResNet-18) or [B, 7, 7, 2048] (the others).
+  At 224 px layer4 is [B, 7, 7, 512] (ResNet-18) or [B, 7, 7, 2048] (the others); `width`
+  (torchvision: 64) scales every stage (tests narrow it).
   """
 
   stage_sizes: Sequence[int]
@@ -104,6 +106,7 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   block_module: Optional[Callable[..., nn.Module]] = None
   block_module_name: str = "module"
+  width: int = 64               # stem channels and stage 1's planes (stage i: width 2^(i-1)).
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -111,7 +114,7 @@ class ResNet(nn.Module):
       raise ValueError(f"Unknown ResNet block {self.block!r}; known: {sorted(BLOCKS)}")
     block = functools.partial(BLOCKS[self.block], groups=self.groups, width_per_group=self.width_per_group,
                               frozen_bn=self.frozen_bn, dtype=self.dtype)
-    x = nn.Conv(64, (7, 7), 2, padding=3, use_bias=False, dtype=self.dtype, kernel_init=conv_init,
+    x = nn.Conv(self.width, (7, 7), 2, padding=3, use_bias=False, dtype=self.dtype, kernel_init=conv_init,
                 name="conv1")(x)
     x = nn.relu(batch_norm(train, self.frozen_bn, self.dtype, "bn1")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -119,7 +122,7 @@ class ResNet(nn.Module):
     for i, num_blocks in enumerate(self.stage_sizes, start=1):
       for j in range(num_blocks):
         strides = 2 if i > 1 and j == 0 else 1
-        x = block(64 * 2**(i - 1), strides, name=f"layer{i}_{j}")(x, train=train)
+        x = block(self.width * 2**(i - 1), strides, name=f"layer{i}_{j}")(x, train=train)
         if self.block_module is not None:
           x = self.block_module(name=f"layer{i}_{j}_{self.block_module_name}")(x)
         taps[f"layer{i}_{j}"] = x

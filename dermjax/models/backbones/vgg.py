@@ -17,6 +17,10 @@ from dermjax.models.backbones.layers import adaptive_pool, batch_norm
 
 # (output channels, convolutions) per block.
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+# torchvision's VGG init: kaiming_normal_(mode="fan_out", nonlinearity="relu"), bias 0. Flax's
+# default (LeCun, variance 1 / fan_in) halves the signal's variance at every ReLU, so the
+# plain VGG-16 (no BN) trained from scratch starts with a vanishing signal after 13 layers.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class VGGBlock(nn.Module):
@@ -31,7 +35,8 @@ class VGGBlock(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     for k in range(1, self.num_convs + 1):
-      x = nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype, name=f"conv{k}")(x)
+      x = nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype, kernel_init=conv_init,
+                  name=f"conv{k}")(x)
       if self.batch_norm:
         x = batch_norm(train, self.frozen_bn, self.dtype, f"bn{k}")(x)
       x = nn.relu(x)

@@ -33,12 +33,15 @@ class GAPClassifier(nn.Module):
 
   backbone: str = "resnet101"
   num_classes: int = 1
+  blocks_per_stage: int = 0     # > 0: the backbone cut to this many blocks per stage (CPU rows).
+  backbone_width: int = 0       # > 0: its base width (backbones.narrow; CPU rows).
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, batch, *, train: bool = False):
     spec = BACKBONES[self.backbone]
-    features = build_backbone(self.backbone, dtype=self.dtype, name="backbone")(
+    features = build_backbone(self.backbone, blocks_per_stage=self.blocks_per_stage,
+                              width=self.backbone_width, dtype=self.dtype, name="backbone")(
         batch["image"].astype(self.dtype), train=train)[spec.features].astype(jnp.float32)
     dense = nn.Dense(self.num_classes, name="classifier")
     logits = dense(jnp.mean(features, axis=(1, 2)))
@@ -57,7 +60,9 @@ def build(config) -> nn.Module:
   if m.backbone not in BACKBONES:
     raise ValueError(f"config.model.backbone must be one of {sorted(BACKBONES)}, "
                      f"got {m.backbone!r}")
-  return GAPClassifier(backbone=m.backbone, num_classes=m.num_classes, dtype=compute_dtype(config))
+  return GAPClassifier(backbone=m.backbone, num_classes=m.num_classes,
+                       blocks_per_stage=m.get("blocks_per_stage", 0),
+                       backbone_width=m.get("backbone_width", 0), dtype=compute_dtype(config))
 
 
 def loss(outputs, batch, config, stats):

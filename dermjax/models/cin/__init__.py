@@ -20,9 +20,9 @@ from dermjax.models.cin.explain import explain, saliency
 from dermjax.models.cin.lesion import LesionAttention
 from dermjax.models.cin.loss import class_weights, loss, loss_stats, train_class_counts
 from dermjax.models.cin.model import (CIN, Branch, Distinguish, build, pair_permutation, same_class,
-                                      summed_logits)
+                                      shifted_pairs, summed_logits)
 
 __all__ = ["build", "loss", "loss_stats", "explain", "saliency", "CIN", "Branch", "Distinguish",
            "LesionAttention", "LesionFeatureAttention", "spatial_normalize", "correlation_map",
-           "combine", "pair_permutation", "same_class", "summed_logits", "class_weights",
+           "combine", "pair_permutation", "shifted_pairs", "same_class", "summed_logits", "class_weights",
            "train_class_counts"]

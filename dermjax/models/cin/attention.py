@@ -60,7 +60,8 @@ def combine(f, q, p, alpha, beta):
 
 
 class LesionFeatureAttention(nn.Module):
-  """F [B, H, W, C] -> (F_A [B, H, W, C] float32, {"q": [B, H, W], "p": [B, M, M]})."""
+  """F [B, H, W, C] -> (F_A [B, H, W, C] float32, {"q": [B, H, W], "p": [B, M, M], "alpha": (),
+  "beta": ()})."""
 
   spatial: bool = True
   correlation: bool = True
@@ -88,4 +89,5 @@ class LesionFeatureAttention(nn.Module):
       maps["p"] = p
     alpha = self.param("alpha", nn.initializers.zeros, ())
     beta = self.param("beta", nn.initializers.zeros, ())
+    maps.update(alpha=alpha, beta=beta)
     return combine(f, q, p, alpha, beta), maps

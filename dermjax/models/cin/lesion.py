@@ -67,12 +67,15 @@ class LesionAttention(nn.Module):
   aux_size: int = 64
   aux_features: Sequence[int] = (32, 64)
   aux_input: str = "masked"
+  blocks_per_stage: int = 0     # > 0 / width > 0: the CPU-sized encoder (backbones.build_backbone).
+  width: int = 0
   dtype: Any = jnp.float32
 
   def setup(self):
     if self.aux_input not in AUX_INPUTS:
       raise ValueError(f"model.lesion.aux_input must be one of {AUX_INPUTS}, got {self.aux_input!r}")
-    self.encoder = build_backbone(self.arch, dtype=self.dtype)
+    self.encoder = build_backbone(self.arch, blocks_per_stage=self.blocks_per_stage, width=self.width,
+                                  dtype=self.dtype)
     self.decoder = [[ConvBNReLU(f, self.dtype, name=f"decoder{i}_{j}") for j in range(2)]
                     for i, f in enumerate(self.decoder_features)]
     self.head = nn.Conv(2, (1, 1), dtype=self.dtype, name="head")
@@ -140,7 +143,8 @@ def module_kwargs(config) -> dict:
   c = config.model.lesion
   return dict(arch=c.arch, decoder_features=tuple(c.decoder_features), threshold=c.threshold,
               min_box=c.min_box, aux_size=c.aux_size, aux_features=tuple(c.aux_features),
-              aux_input=c.aux_input, dtype=compute_dtype(config))
+              aux_input=c.aux_input, blocks_per_stage=c.get("blocks_per_stage", 0),
+              width=c.get("width", 0), dtype=compute_dtype(config))
 
 
 def build(config):

@@ -55,7 +55,8 @@ def weighted_ce(logits, labels, weights):
 def loss(outputs, batch, config, stats):
   """L = L_c + lambda L_d. L_c (eq. 4): the mean over every image fed to a branch (both images
   of each pair) of w_y CE; L_d (eq. 5): mean BCE of the pair logits against same_class.
-  Padding rows and unknown labels (< 0) do not count (nor do pairs holding one)."""
+  Padding rows and unknown labels (< 0) do not count (nor do pairs holding one, nor an image
+  paired with itself). With module F the metrics also carry eq. 3's alpha and beta."""
   label = batch["label"]
   valid = batch["valid"].astype(jnp.float32) * (label >= 0)
   weights = jnp.asarray(stats.get("class_weights", jnp.ones(head_classes(config.model.num_classes))),
@@ -67,12 +68,14 @@ def loss(outputs, batch, config, stats):
     perm = outputs["pair_perm"]
     ce_sum += jnp.sum(valid[perm] * weighted_ce(outputs["class_logits_b"], label[perm], weights))
     count += jnp.sum(valid[perm])
-    pair_valid = valid * valid[perm]
+    pair_valid = valid * valid[perm] * (perm != jnp.arange(perm.shape[0]))
     bce = optax.sigmoid_binary_cross_entropy(outputs["pair_logit"], same_class(label, perm))
     l_d = jnp.sum(pair_valid * bce) / jnp.maximum(jnp.sum(pair_valid), 1.0)
     metrics["distinguish"] = l_d
   l_c = ce_sum / jnp.maximum(count, 1.0)
   metrics["classification"] = l_c
   total = l_c + config.loss.distinguish_weight * metrics.get("distinguish", 0.0)
+  metrics.update({k: jnp.mean(outputs[k]) for k in ("alpha", "beta", "alpha_b", "beta_b")
+                  if k in outputs})
   metrics["loss"] = total
   return total, metrics

@@ -2,9 +2,14 @@
 
   x = crop_and_resize(image, stage-1 box, S)            (A; else x = image)
   branch(x): F = ResNet-18 layer4 -> F_A (eq. 3; F) -> GAP -> FC -> ReLU -> FC -> class logits
-  D: pairs (i, perm[i]) from the batch, perm = a random permutation drawn on device with
-     make_rng("sample") in training, the identity at evaluation; branch_a reads x, branch_b
-     reads x[perm]; distinguish(F_A^a, F_A^b) -> "same class" logit (Fig. 4).
+  D: pairs (i, perm[i]) from the batch, perm a derangement (no image paired with itself,
+     which would be a trivially "same class" pair): uniformly random, drawn on device with
+     make_rng("sample"), in training; the fixed shift perm[i] = i + 1 mod B at evaluation, so
+     the evaluation's distinguish loss is computed on real pairs, deterministically.
+     branch_a reads x, branch_b reads x (its outputs gathered at perm: branch b of image
+     perm[i], as if it read x[perm], since both branches are per-example functions of the
+     batch, BN statistics included); distinguish(F_A^a, F_A^b[perm]) -> "same class" logit
+     (Fig. 4).
 
 The two branches have their own weights (`share_branches = False`, as the synergic network
 [22] CIN builds on; True: one Siamese network). At test time each image goes through both
@@ -14,7 +19,9 @@ follows the model contract: for num_classes = 1 (binary targets, the paper's tas
 logit log(p_1 / p_0) of the mean (p_a + p_b) / 2, so the trainer's sigmoid reads exactly that
 mean probability of class 1 (binary AUC / AP / ACC / SE / SP); for num_classes = K > 1 the
 log of the mean probabilities [B, K]. Without D there is one branch. In training
-outputs["logits"] is branch a's (on the unpaired images).
+outputs["logits"] is branch a's (on the unpaired images). With F, outputs["alpha"] and
+["beta"] (branch a; "alpha_b", "beta_b" for branch b) are eq. 3's scalars broadcast to [B]
+(outputs stay per-example), which the loss logs so a user sees whether module F is used.
 
 Stage 1 (`lesion_attention`, dermjax.models.cin.lesion.LesionAttention) always runs with
 train=False (running BN statistics) behind a stop_gradient; its parameters come from the
@@ -44,11 +51,14 @@ class Branch(nn.Module):
   reduction: int = 8
   correlation_norm: str = "global"
   correlation: bool = True
+  blocks_per_stage: int = 0     # > 0 / width > 0: the CPU-sized ResNet (backbones.build_backbone).
+  width: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    f = build_backbone(self.arch, dtype=self.dtype, name="backbone")(x, train=train)["layer4"]
+    f = build_backbone(self.arch, blocks_per_stage=self.blocks_per_stage, width=self.width,
+                       dtype=self.dtype, name="backbone")(x, train=train)["layer4"]
     out = {}
     if self.attention:
       f, maps = LesionFeatureAttention(correlation=self.correlation, reduction=self.reduction,
@@ -57,6 +67,8 @@ class Branch(nn.Module):
       out["q"] = maps["q"]
     h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(jnp.mean(f, axis=(1, 2))))
     out["class_logits"] = nn.Dense(self.num_classes, dtype=self.dtype, name="fc2")(h).astype(jnp.float32)
+    if self.attention:
+      out.update({k: jnp.broadcast_to(maps[k], x.shape[:1]) for k in ("alpha", "beta")})
     out["features"] = f
     return out
 
@@ -82,8 +94,26 @@ class Distinguish(nn.Module):
 
 
 def pair_permutation(rng, batch_size: int):
-  """A random permutation [B] int32 of the batch (the partner of image i is perm[i])."""
-  return jax.random.permutation(rng, batch_size).astype(jnp.int32)
+  """A uniformly random derangement [B] int32 of the batch (the partner of image i is perm[i]
+  != i), by rejection: permutations are drawn until one has no fixed point (e ~ 2.7 draws
+  on average). B = 1 has none: the identity."""
+  if batch_size < 2:
+    return jnp.zeros((batch_size,), jnp.int32)
+  index = jnp.arange(batch_size, dtype=jnp.int32)
+
+  def draw(carry):
+    key, _ = carry
+    key, sub = jax.random.split(key)
+    return key, jax.random.permutation(sub, batch_size).astype(jnp.int32)
+
+  _, perm = jax.lax.while_loop(lambda carry: jnp.any(carry[1] == index), draw,
+                               draw((rng, index)))
+  return perm
+
+
+def shifted_pairs(batch_size: int):
+  """The evaluation's fixed derangement: perm[i] = i + 1 mod B ([B] int32; B = 1: identity)."""
+  return jnp.roll(jnp.arange(batch_size, dtype=jnp.int32), -1)
 
 
 def same_class(label, perm):
@@ -132,6 +162,8 @@ class CIN(nn.Module):
   distinguish_hidden: int = 256
   dropout: float = 0.5
   lesion_kwargs: Any = None     # LesionAttention fields (dermjax.models.cin.lesion.module_kwargs).
+  blocks_per_stage: int = 0     # the branches' CPU-sized ResNet (Branch).
+  backbone_width: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -144,25 +176,25 @@ class CIN(nn.Module):
       out["lesion_map"], out["crop_box"] = found["lesion_map"], found["box"]
       image = crop.crop_and_resize(image, found["box"], image.shape[1])
     branch = lambda name: Branch(head_classes(self.num_classes), self.arch, self.attention, self.hidden,
-                                 self.reduction, self.correlation_norm, self.correlation, self.dtype,
-                                 name=name)
+                                 self.reduction, self.correlation_norm, self.correlation,
+                                 self.blocks_per_stage, self.backbone_width, self.dtype, name=name)
     branch_a = branch("branch_a")
     a = branch_a(image, train=train)
     out["class_logits_a"] = a["class_logits"]
-    if "q" in a:
-      out["q"] = a["q"]
+    out.update({k: a[k] for k in ("q", "alpha", "beta") if k in a})
     if not self.distinguish:
       out["logits"] = contract_logits(a["class_logits"], self.num_classes)
       return out
     size = image.shape[0]
-    perm = (pair_permutation(self.make_rng("sample"), size) if train
-            else jnp.arange(size, dtype=jnp.int32))
+    perm = (pair_permutation(self.make_rng("sample"), size) if train else shifted_pairs(size))
     branch_b = branch_a if self.share_branches else branch("branch_b")
-    b = branch_b(image[perm], train=train)
-    out["class_logits_b"], out["pair_perm"] = b["class_logits"], perm
+    b = branch_b(image, train=train)
+    out["class_logits_b"], out["pair_perm"] = b["class_logits"][perm], perm
+    out.update({f"{k}_b": b[k] for k in ("alpha", "beta") if k in b and not self.share_branches})
     out["pair_logit"] = Distinguish(self.distinguish_features, self.distinguish_hidden, self.dropout,
-                                    self.dtype, name="distinguish")(a["features"], b["features"], train=train)
-    # Evaluation pairs are the identity: both branches saw the same image; sum their probabilities.
+                                    self.dtype, name="distinguish")(a["features"], b["features"][perm],
+                                                                    train=train)
+    # Test time (Sec. 3.2): each image through both branches, their probabilities summed.
     out["logits"] = (contract_logits(a["class_logits"], self.num_classes) if train
                      else summed_logits(a["class_logits"], b["class_logits"], self.num_classes))
     return out
@@ -177,4 +209,5 @@ def build(config):
              correlation=m.use_correlation,
              distinguish_features=m.distinguish_features, distinguish_hidden=m.distinguish_hidden,
              dropout=m.dropout, lesion_kwargs=lesion.module_kwargs(config) if m.use_lesion else None,
+             blocks_per_stage=m.get("blocks_per_stage", 0), backbone_width=m.get("backbone_width", 0),
              dtype=compute_dtype(config))

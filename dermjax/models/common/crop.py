@@ -50,14 +50,41 @@ def _at_least(lo, hi, size):
   return jnp.clip(lo + shift, 0.0, 1.0), jnp.clip(hi + shift, 0.0, 1.0)
 
 
-def map_box(maps, *, min_size: float = 0.0):
-  """MASLL eqs. 1-2 box: maps [B, h, w] -> [B, 4], the rectangle of the map >= its mean.
+REGIONS = ("all", "largest")
+
+
+def largest_region(mask):
+  """The largest 4-connected region of each mask: [B, h, w] bool -> [B, h, w] bool (ties: the
+  region whose first cell comes first in raster order, scipy.ndimage.label's numbering; an
+  empty mask stays empty). Labels propagate on device, one compilation for any mask: each
+  cell takes the smallest flat index of its region, h * w rounds of 4-neighbour minima."""
+  mask = jnp.asarray(mask, bool)
+  b, h, w = mask.shape
+  none = h * w
+  labels = jnp.where(mask, jnp.arange(none).reshape(1, h, w), none)
+
+  def spread(_, labels):
+    padded = jnp.pad(labels, ((0, 0), (1, 1), (1, 1)), constant_values=none)
+    neighbours = jnp.minimum(jnp.minimum(padded[:, :-2, 1:-1], padded[:, 2:, 1:-1]),
+                             jnp.minimum(padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]))
+    return jnp.where(mask, jnp.minimum(labels, neighbours), none)
+
+  labels = jax.lax.fori_loop(0, none, spread, labels)
+  sizes = jnp.sum(labels.reshape(b, none, 1) == jnp.arange(none), axis=1)      # [B, h * w]
+  return mask & (labels == jnp.argmax(sizes, axis=1)[:, None, None])
+
+
+def map_box(maps, *, min_size: float = 0.0, region: str = "all"):
+  """MASLL eqs. 1-2 box: maps [B, h, w] -> [B, 4], the rectangle of the map >= its mean
+  (`region` "all": of every such cell; "largest": of their largest 4-connected region).
 
   A constant map holds every position (the whole image); NaN-free for any finite map.
   """
+  if region not in REGIONS:
+    raise ValueError(f"box region must be one of {REGIONS}, got {region!r}")
   maps = jnp.asarray(maps, jnp.float32)
-  threshold = jnp.mean(maps, axis=(1, 2), keepdims=True)
-  return mask_box(maps >= threshold, min_size=min_size)
+  above = maps >= jnp.mean(maps, axis=(1, 2), keepdims=True)
+  return mask_box(largest_region(above) if region == "largest" else above, min_size=min_size)
 
 
 def crop_and_resize(images, boxes, size: int, *, method: str = "linear",

@@ -8,12 +8,12 @@ project folder.
 Its Table I baselines (ResNet101, DenseNet121) are the shared backbone + GAP + dense
 classifier `dermjax.models.baselines.gap_classifier` (model name "gap_classifier"). This
 module is the model contract (dermjax/models/__init__.py) for `model.name = "masll"`; the
-loss is the baseline's (cross-entropy with config.loss.focal_gamma = 0).
+loss is the baseline's (cross-entropy with config.loss.focal_gamma = 0) plus the mean box
+area as a metric.
 """
 
-from dermjax.models.baselines.gap_classifier import loss
 from dermjax.models.masll.model import (CROP_SOURCES, FUSIONS, MASLL, WFI, build, eval_arrays,
-                                        explain, pretrained_targets, report, saliency)
+                                        explain, loss, pretrained_targets, report, saliency)
 
 __all__ = ["build", "loss", "eval_arrays", "report", "explain", "saliency", "MASLL", "WFI", "FUSIONS",
            "CROP_SOURCES", "pretrained_targets"]

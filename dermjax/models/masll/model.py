@@ -4,7 +4,9 @@
   M = mean_k g_k                        [B, h, w]      eq. 1
   M' = M >= mean_ij M                   [B, h, w]      eq. 2 (T = the map's mean)
   box = smallest rectangle holding M'   [B, 4]         fractions of the side; map cell (i, j)
-                                                       covers image rows [i/h, (i+1)/h) S.
+                                                       covers image rows [i/h, (i+1)/h) S;
+                                                       `box_region` "largest": the box of
+                                                       the largest 4-connected region of M'
   x^ = crop_and_resize(x, box, S)       [B, S, S, 3]   bilinear, on device, no box gradient;
                                                        `crop_source` "source": from the
                                                        batch's source_image [B, R, R, 3] (the
@@ -33,8 +35,10 @@ import numpy as np
 from PIL import Image
 
 from dermjax import fileio
+from dermjax import losses
 from dermjax import visualize
 from dermjax.models.backbones import BACKBONES, build_backbone
+from dermjax.models.baselines import gap_classifier
 from dermjax.models.common import compute_dtype, crop
 
 FUSIONS = ("pooled", "maps")
@@ -84,20 +88,26 @@ class MASLL(nn.Module):
   crop_size: int = 0            # 0: the input size (the paper: both branches at 256 px).
   min_box: float = 0.0          # smallest box side, a fraction of the image (crop.mask_box).
   crop_source: str = "input"    # | "source": crop batch["source_image"] (CROP_SOURCES).
+  box_region: str = "all"       # "all" above-mean cells of M | their "largest" connected region.
+  blocks_per_stage: int = 0     # > 0: both backbones cut to this many blocks per stage (CPU rows).
+  backbone_width: int = 0       # > 0: their base width (backbones.narrow; CPU rows).
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, batch, *, train: bool = False):
     image = batch["image"]
     tap = BACKBONES[self.backbone].features
-    global_net = build_backbone(self.backbone, dtype=self.dtype, name="global_backbone")
+    global_net = build_backbone(self.backbone, blocks_per_stage=self.blocks_per_stage,
+                                width=self.backbone_width, dtype=self.dtype, name="global_backbone")
     g = global_net(image.astype(self.dtype), train=train)[tap]
     activation = jnp.mean(g.astype(jnp.float32), axis=-1)                       # eq. 1
-    box = crop.map_box(jax.lax.stop_gradient(activation), min_size=self.min_box)  # eq. 2
+    box = crop.map_box(jax.lax.stop_gradient(activation), min_size=self.min_box,  # eq. 2
+                       region=self.box_region)
     size = self.crop_size or image.shape[1]
     local_image = crop.crop_and_resize(self._crop_source(batch).astype(jnp.float32), box, size)
     local_net = global_net if self.share_weights else build_backbone(
-        self.backbone, dtype=self.dtype, name="local_backbone")
+        self.backbone, blocks_per_stage=self.blocks_per_stage, width=self.backbone_width,
+        dtype=self.dtype, name="local_backbone")
     l = local_net(local_image.astype(self.dtype), train=train)[tap]
     fused = WFI(self.fusion, name="wfi")(g, l)
     logits = nn.Dense(self.num_classes, name="classifier")(fused)
@@ -130,6 +140,9 @@ def build(config) -> nn.Module:
   if crop_source == "source" and not config.data.get("source_size", 0):
     raise ValueError("config.model.crop_source = 'source' needs config.data.source_size > 0 "
                      "(the side of the higher-resolution copy the box is cropped from)")
+  region = m.get("box_region", "all")
+  if region not in crop.REGIONS:
+    raise ValueError(f"config.model.box_region must be one of {crop.REGIONS}, got {region!r}")
   targets = m.get("pretrained_targets") or {}
   if m.share_weights and m.get("pretrained") and "local_backbone" in targets:
     raise ValueError("config.model.share_weights=True has no local_backbone; set "
@@ -137,7 +150,9 @@ def build(config) -> nn.Module:
                      "(masll.pretrained_targets(share_weights=True))")
   return MASLL(backbone=m.backbone, num_classes=m.num_classes, share_weights=m.share_weights,
                fusion=m.fusion, crop_size=m.get("crop_size", 0), min_box=m.get("min_box", 0.0),
-               crop_source=crop_source, dtype=compute_dtype(config))
+               crop_source=crop_source, box_region=region,
+               blocks_per_stage=m.get("blocks_per_stage", 0),
+               backbone_width=m.get("backbone_width", 0), dtype=compute_dtype(config))
 
 
 def pretrained_targets(share_weights: bool) -> dict:
@@ -145,6 +160,20 @@ def pretrained_targets(share_weights: bool) -> dict:
   if share_weights:
     return {"global_backbone": ""}
   return {"global_backbone": "", "local_backbone": ""}
+
+
+def box_area(box):
+  """Box [B, 4] (fractions) -> its area [B], a fraction of the image."""
+  return (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+
+
+def loss(outputs, batch, config, stats):
+  """The baseline's cross-entropy (gap_classifier.loss), plus "box_area": the mean SLL box area
+  (a fraction of the image) of the real rows, so the training and evaluation summaries show
+  how much the local branch zooms in."""
+  value, metrics = gap_classifier.loss(outputs, batch, config, stats)
+  area = losses.weighted_mean(box_area(outputs["box"]), batch["valid"].astype(jnp.float32))
+  return value, {**metrics, "box_area": area}
 
 
 def eval_arrays(outputs, batch, config):
@@ -158,8 +187,7 @@ def report(arrays, config):
   del config
   if "box" not in arrays or len(arrays["box"]) == 0:
     return {}
-  box = np.asarray(arrays["box"], np.float64)
-  area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+  area = box_area(np.asarray(arrays["box"], np.float64))
   return {"box_area_mean": float(area.mean()), "box_area_min": float(area.min()),
           "box_area_max": float(area.max()),
           "box_whole_image_fraction": float(np.mean(area >= 1.0 - 1e-6))}

@@ -41,7 +41,8 @@ def build(config) -> ZooME:
   return ZooME(arch=m.arch, zoom_se=m.zoom_se, metadata=m.metadata, num_classes=1,
                reduction=m.zoom_se_reduction, pool_size=m.zoom_se_pool_size,
                reading=m.zoom_se_reading, metadata_hidden=m.metadata_hidden,
-               dtype=compute_dtype(config))
+               blocks_per_stage=m.get("blocks_per_stage", 0),
+               backbone_width=m.get("backbone_width", 0), dtype=compute_dtype(config))
 
 
 def loss(outputs, batch, config, stats):

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from dermjax.data import metadata as metadata_lib
 from dermjax.models.backbones import BACKBONES, build_backbone
-from dermjax.models.backbones.layers import adaptive_pool
+from dermjax.models.backbones.layers import adaptive_pool, argmax_max
 from dermjax.models.backbones.resnet import ResNet
 from dermjax.models.backbones.vgg import VGGClassifierHead
 from dermjax.models.common import gradcam
@@ -54,7 +54,7 @@ class ZoomSE(nn.Module):
     if self.reading not in READINGS:
       raise ValueError(f"Zoom-SE reading must be one of {READINGS}, got {self.reading!r}")
     channels = u.shape[-1]
-    z = adaptive_pool(u.astype(jnp.float32), self.pool_size, jnp.max)      # zoom-in [B, P, P, C]
+    z = adaptive_pool(u.astype(jnp.float32), self.pool_size, argmax_max)   # zoom-in [B, P, P, C]
     s = jnp.mean(z, axis=(1, 2))                                           # eq. 1 [B, C]
     hidden = nn.relu(nn.Dense(max(channels // self.reduction, 1), dtype=self.dtype, name="fc1")(s))
     q = nn.Dense(channels, dtype=self.dtype, name="fc2")(hidden).astype(jnp.float32)   # eq. 2
@@ -115,6 +115,8 @@ class ZooME(nn.Module):
   pool_size: int = 4
   reading: str = "se"
   metadata_hidden: int = 128
+  blocks_per_stage: int = 0     # > 0: the backbone cut to this many blocks per stage (CPU rows).
+  backbone_width: int = 0       # > 0: its base width (backbones.narrow; CPU rows).
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -127,7 +129,8 @@ class ZooME(nn.Module):
         raise ValueError(f"Zoom-SE sits at the end of residual blocks: {self.arch!r} is no ResNet / ResNeXt")
       kw = dict(block_module=functools.partial(ZoomSE, self.reduction, self.pool_size, self.reading,
                                                self.dtype), block_module_name="zoom_se")
-    taps = build_backbone(self.arch, dtype=self.dtype, name="backbone", **kw)(
+    taps = build_backbone(self.arch, blocks_per_stage=self.blocks_per_stage,
+                          width=self.backbone_width, dtype=self.dtype, name="backbone", **kw)(
         batch["image"].astype(self.dtype), train=train)
     x = taps[BACKBONES[self.arch].features].astype(jnp.float32)            # [B, h, w, N]
     head = (AlexNetHead(self.num_classes, name="head") if self.arch == "alexnet"
