@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
 
@@ -206,7 +207,7 @@ def ceiling_summary(runs: list[dict], shapes: list[dict]) -> dict:
   for row in rounds:
     for i, v in row.get("ceiling", {}).items():
       medians.setdefault(i, []).append(v)
-  return {"rounds": rounds, "ceiling_median": {i: sorted(v)[len(v) // 2] for i, v in
+  return {"rounds": rounds, "ceiling_median": {i: statistics.median(v) for i, v in
                                                medians.items()},
           "ceiling_rounds": {i: len(v) for i, v in medians.items()}}
 
