@@ -12,8 +12,11 @@
   A+F+D, cin        cin         CIN (A+F+D), Tables 2-3
   dataset  isic2017 (default) | isic2016
   paper    the whole image resized to 448 x 448, batch 32 (stage 1: batch 16), ImageNet
-           normalisation; without it CPU-sized for synthetic data (64 px, batch 4, 1 epoch),
-           same model and loss.
+           normalisation; without it CPU-sized for synthetic data: 128 px, batch 16, 10
+           epochs, ResNet-18 cut to one block per stage at base width 32 (stage 1's encoder
+           and the branches alike, so the graft fits), same model and loss; stage-2 CPU rows
+           predict melanoma (the synthetic sets' only diagnosis signal; the ISIC 2017 paper
+           rows keep seborrheic keratosis).
 
 Two stages, chained by one flag (the rows with A need a trained stage 1):
 

@@ -94,7 +94,10 @@ Code behaviour deliberately not reproduced:
   rates encoder 0 / Attentive ConvLSTM 1e-2 / branches 1e-4, weight decay 1e-6, frozen
   encoder: give its ImageNet weights with --config.model.pretrained=FILE (torchvision vgg16_bn;
   vgg16 for noskip_nobn).
-  cpu (the default): the same model CPU-sized for the synthetic ISIC 2017 set (cpu_sized()).
+  cpu (the default): the same model CPU-sized for the synthetic ISIC 2017 set (cpu_sized()):
+  32 px, T = 3, batch 16, every group at Adam 1e-3 from scratch, 4 epochs (on the hard
+  synthetic preset 4 epochs gave test AUC 0.894 +- 0.020 over 3 seeds, RESULTS.md; at 2, one
+  seed in three stayed near chance).
   No argument: `thesis,cpu`, the embedded default of `python -m dermjax.main`.
 e.g. `configs/gaze.py:thesis,paper`, `configs/gaze.py:deco_gap_17`, `configs/gaze.py:vgg_gap`.
 """
@@ -211,7 +214,7 @@ def cpu_sized(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.optim.learning_rate = 1e-3
   for group, (regex, _) in config.optim.groups.items():
     config.optim.groups[group] = (regex, 1e-3)
-  config.train.num_epochs = 2       # validation AUC reaches 1.0 on the synthetic set after 1 epoch.
+  config.train.num_epochs = 4       # the hard preset's 3 seeds all learn at 4 (docstring).
   config.train.log_every_steps = 5
   config.eval.num_visualizations = 4
   return config

@@ -368,7 +368,8 @@ def test_table_rows():
     m = config_lib.load_config(TABLE, row).model
     assert (m.use_lesion, m.use_attention, m.use_distinguish) == (a, f, d), row
   assert config_lib.load_config(TABLE, "cin,isic2016").data.target == "melanoma"
-  assert config_lib.load_config(TABLE, "A").data.target == "seborrheic_keratosis"
+  assert config_lib.load_config(TABLE, "A,paper").data.target == "seborrheic_keratosis"
+  assert config_lib.load_config(TABLE, "A").data.target == "melanoma"   # CPU: the synthetic label.
   stage1 = config_lib.load_config(TABLE, "lesion_attention")
   assert stage1.model.name == "cin_lesion" and stage1.train.checkpoint_metric == "validation/report/jaccard"
 

@@ -75,8 +75,9 @@ def test_memory_mode_without_remat_same_loss_and_gradients():
   config.model.memory_remat = False
   loss2, grads2, new2 = loss_and_grads(config, fake_batch(32), variables)
   np.testing.assert_allclose(float(loss2), float(loss1), rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads2, grads1)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), new2, new1)
+  # XLA fuses the two programs differently, so f32 sums reassociate (|diff| ~2e-7 seen on CI).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads2, grads1)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new2, new1)
   assert _has_remat(tiny_config(2, 1)) and not _has_remat(config)
 
 

@@ -184,7 +184,7 @@ def test_crop_from_the_source_keeps_detail_the_input_has_lost(monkeypatch):
   copy; for a small lesion with fine texture the crop keeps the texture that the 64 px
   input (and so the "input" crop) has averaged away."""
   image, source, box = lesion_with_fine_texture()
-  monkeypatch.setattr(crop, "map_box", lambda maps, min_size=0.0: jnp.asarray(box))
+  monkeypatch.setattr(crop, "map_box", lambda maps, **_: jnp.asarray(box))
   batch = {"image": image, "source_image": source}
   crops = {}
   for crop_source in masll.CROP_SOURCES:

@@ -125,7 +125,8 @@ def test_metadata_encoding_marks_missing_values():
 
 def _tiny_config(with_metadata, arch="resnet18"):
   config = config_lib.load_config(TABLE, "zoome")
-  config.model.update(arch=arch, zoom_se=False, metadata=with_metadata, blocks_per_stage=0)
+  config.model.update(arch=arch, zoom_se=False, metadata=with_metadata, blocks_per_stage=0,
+                      backbone_width=0)
   return config
 
 
