@@ -41,6 +41,25 @@ def synthetic_isic(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def prepared_synthetic(synthetic_isic, tmp_path_factory):
+  """Factory: (layout, num_images, seed=0) -> (raw dir, prepared dir) of a synthetic set of
+  40-56 px images, prepared with 2 folds, once per session."""
+  from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
+  cache = {}
+
+  def make(layout, num_images, seed=0):
+    key = (layout, tuple(sorted(num_images.items())), seed)
+    if key not in cache:
+      raw = synthetic_isic(layout, num_images, seed=seed, min_side=40, max_side=56)
+      out = str(tmp_path_factory.mktemp(f"prepared_{layout}"))
+      prepare.prepare(layout, raw, out, num_folds=2)
+      cache[key] = (raw, out)
+    return cache[key]
+
+  return make
+
+
+@pytest.fixture(scope="session")
 def isic2017_raw(synthetic_isic):
   return synthetic_isic("isic2017", TINY_ISIC)
 

@@ -96,21 +96,10 @@ def test_paper_scale_shapes(path, row, prepared_layout):
 
 
 @pytest.fixture(scope="session")
-def prepared_layout(synthetic_isic, tmp_path_factory):
+def prepared_layout(prepared_synthetic):
   """layout -> (raw dir, prepared dir) of a tiny synthetic set, prepared once per session."""
-  from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
-  cache = {}
-
-  def make(layout):
-    if layout not in cache:
-      images = ONE_SPLIT_IMAGES if layout in ("isic2019", "isic2020") else CONTRACT_IMAGES
-      raw = synthetic_isic(layout, images, min_side=40, max_side=56)
-      out = str(tmp_path_factory.mktemp(f"prepared_{layout}"))
-      prepare.prepare(layout, raw, out, num_folds=2)
-      cache[layout] = (raw, out)
-    return cache[layout]
-
-  return make
+  return lambda layout: prepared_synthetic(
+      layout, ONE_SPLIT_IMAGES if layout in ("isic2019", "isic2020") else CONTRACT_IMAGES)
 
 
 @pytest.fixture

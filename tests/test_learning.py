@@ -29,7 +29,6 @@ from dermjax import config_lib
 from dermjax import input_pipeline
 from dermjax import models
 from dermjax import steps
-from dermjax.data import prepare
 from dermjax.metrics import diagnosis
 from dermjax.models import backbones
 from dermjax.models.backbones import alexnet, vgg
@@ -64,20 +63,10 @@ def settings(table, row):
 
 
 @pytest.fixture(scope="module")
-def learning_data(synthetic_isic, tmp_path_factory):
+def learning_data(prepared_synthetic):
   """layout -> (raw dir, prepared dir) of 16+ easy synthetic images, prepared once."""
-  cache = {}
-
-  def make(layout):
-    if layout not in cache:
-      images = ONE_SPLIT if layout in ("isic2019", "isic2020") else IMAGES
-      raw = synthetic_isic(layout, images, seed=1, min_side=40, max_side=56)
-      out = str(tmp_path_factory.mktemp(f"learning_{layout}"))
-      prepare.prepare(layout, raw, out, num_folds=2)
-      cache[layout] = (raw, out)
-    return cache[layout]
-
-  return make
+  return lambda layout: prepared_synthetic(
+      layout, ONE_SPLIT if layout in ("isic2019", "isic2020") else IMAGES, seed=1)
 
 
 @pytest.fixture
