@@ -16,9 +16,10 @@ XLA's own loop emitter (reductions) run. The choices:
 Which is faster depends on the CPU (BENCHMARKS.md, issue #24: per-shape and whole-step
 numbers). DEFAULT is "eigen": on the one CPU measured quietly (AMD EPYC Zen 3, 2026-12-03)
 its convolutions run at 1.07-1.12x PyTorch's (forward + both gradients, the gaze shapes)
-against YNNPACK's 0.48-0.65x, whose weight gradients run at 0.2-0.4x; the whole gaze step
-went from 0.39x to 0.71x PyTorch eager with it. Other CPUs (AMX, avx512) are unmeasured:
-time both with scripts/benchmark_conv_ceiling.py. XLA reads XLA_FLAGS once, when the backend starts, so the choice must be applied
+against YNNPACK's 0.48-0.65x, whose weight gradients run at 0.2-0.4x; the gaze step in
+memory mode went from 0.47x to 0.64x PyTorch eager with it. Other CPUs (AMX, avx512) are
+unmeasured: time both with scripts/benchmark_conv_ceiling.py. XLA reads XLA_FLAGS once,
+when the backend starts, so the choice must be applied
 before anything touches jax devices:
 
   config.train.xla_cpu_conv = "ynnpack" | "eigen" | "eigen_individual" | ""
