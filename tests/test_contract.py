@@ -1,13 +1,17 @@
 """The model contract (dermjax/models/__init__.py), for every row of every experiment table.
 
 Each row of each configs/<paper>.py (its ROWS) must: build; run at its paper scale as shapes
-only (jax.eval_shape of init and a training apply + loss); and train CPU-sized through the
-real trainer (dermjax.train.train_and_evaluate) on prepared synthetic data of its layout,
-then evaluate (eval_arrays, report) and explain. Adding a paper's table adds its rows here.
+only (jax.eval_shape of init, a training apply + loss, and an evaluation apply + eval_arrays +
+saliency). One row per trainer path (`trainer_rows`: model, metadata input, stage-1 graft,
+pairs) trains CPU-sized through the real trainer (dermjax.train.train_and_evaluate) on
+prepared synthetic data of its layout, then evaluates (eval_arrays, report) and explains.
+Every CPU-distinct row trains through the real train step in tests/test_learning.py. Adding
+a paper's table adds its rows here.
 
-Training runs with every ResNet / ResNeXt / DenseNet cut to one block per stage (same block
-type and taps; ResNets keep their widths, a DenseNet's width follows its depth): depth is a repeat count, checked at paper scale by the eval_shape
-test, and compiling ResNet-101 and DenseNet-121 for each of ~35 rows was most of CI's time.
+Training runs with the networks cut (conftest.narrow_networks: every ResNet / ResNeXt /
+DenseNet one block per stage at base width 16, the same block types and taps; VGG-16 and
+the gaze decoder at 1/8 width): depth and width are repeat counts and channel numbers,
+checked at paper scale by the eval_shape test; the trainer's plumbing is what runs here.
 """
 
 import glob
@@ -66,9 +70,29 @@ def test_every_table_has_rows_and_a_registered_model():
     models.get(name)   # imports and has the required hooks
 
 
+# Config fields that change what the trainer, evaluation and explanations run around a model:
+# rows that agree on them differ only inside the network (tests/test_learning.py trains each).
+TRAINER_PATH_FIELDS = ("name", "metadata", "use_lesion", "use_distinguish")
+
+
+def trainer_rows():
+  """distinct_cpu_rows grouped by TRAINER_PATH_FIELDS of config.model: the first row of each
+  group (table order), its id naming the rows it stands for."""
+  groups = {}
+  for param in distinct_cpu_rows():
+    path, row = param.values
+    model = config_lib.load_config(path, row.split("=")[0]).model
+    key = tuple(repr(model.get(field)) for field in TRAINER_PATH_FIELDS)
+    groups.setdefault(key, []).append(param)
+  for params in groups.values():
+    path, row = params[0].values
+    yield pytest.param(path, row, id="+".join(p.id for p in params))
+
+
 @pytest.mark.parametrize("path,row", ROWS)
-def test_paper_scale_shapes(path, row, prepared_layout):
-  """Paper-scale init + training forward + loss as shapes only: the row is well formed."""
+def test_paper_scale_shapes(path, row, prepared_layout, tmp_path):
+  """Paper-scale init, training forward + loss, evaluation forward + eval_arrays + saliency
+as shapes only, then explain on outputs of those shapes: the row is well formed."""
   from dermjax.data import prepare  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config(path, f"{row},paper")
   model_lib = models.get(config.model.name)
@@ -89,10 +113,30 @@ def test_paper_scale_shapes(path, row, prepared_layout):
     loss, aux = model_lib.loss(outputs, batch, config, stats)
     return outputs, loss, aux
 
+  def evaluate(batch):
+    batch = steps.preprocess(batch, rngs["dropout"], config, mean, std, train=False)
+    variables = module.init(rngs, batch, train=False)
+    outputs = module.apply(variables, batch, train=False)
+    hooks = [getattr(model_lib, hook, None) for hook in ("eval_arrays", "saliency")]
+    return outputs, *(hook(outputs, batch, config) if hook else {} for hook in hooks)
+
   outputs, loss, aux = jax.eval_shape(forward, batch)
   assert loss.shape == () and all(v.shape == () for v in aux.values())
   if "logits" in outputs:
     assert outputs["logits"].shape == (2, max(int(config.model.num_classes), 1))
+  outputs, arrays, maps = jax.eval_shape(evaluate, batch)
+  assert all(v.shape[0] == 2 for v in (*arrays.values(), *maps.values())), (arrays, maps)
+  assert all(v.ndim == 3 for v in maps.values()), maps
+  if "logits" in outputs:
+    assert outputs["logits"].shape == (2, max(int(config.model.num_classes), 1))
+  explain = getattr(model_lib, "explain", None)
+  if explain is not None:   # on random outputs of the evaluation's shapes and a zero host batch,
+    rng = np.random.default_rng(0)   # sorted along the last axis: boxes (y0, x0, y1, x1) ordered.
+    filled = lambda s: (np.sort(rng.uniform(size=s.shape), axis=-1).astype(s.dtype)
+                        if jnp.issubdtype(s.dtype, jnp.floating) else np.zeros(s.shape, s.dtype))
+    host = {k: np.zeros(v.shape, v.dtype) for k, v in batch.items()}
+    explain(jax.tree.map(filled, outputs), host, host["image"], ["a", "b"], config,
+            str(tmp_path))
 
 
 @pytest.fixture(scope="session")
@@ -100,12 +144,6 @@ def prepared_layout(prepared_synthetic):
   """layout -> (raw dir, prepared dir) of a tiny synthetic set, prepared once per session."""
   return lambda layout: prepared_synthetic(
       layout, ONE_SPLIT_IMAGES if layout in ("isic2019", "isic2020") else CONTRACT_IMAGES)
-
-
-@pytest.fixture
-def shallow_backbones(monkeypatch):
-  for arch, backbone in list(backbones.BACKBONES.items()):
-    monkeypatch.setitem(backbones.BACKBONES, arch, backbones.shallow(backbone))
 
 
 def test_shallow_backbones_keep_taps_and_widths():
@@ -121,8 +159,8 @@ def test_shallow_backbones_keep_taps_and_widths():
     assert arch.startswith("res") or shapes[1][3] < shapes[0][3], (arch, shapes)   # it is cut.
 
 
-@pytest.mark.usefixtures("shallow_backbones")
-@pytest.mark.parametrize("path,row", list(distinct_cpu_rows()))
+@pytest.mark.usefixtures("narrow_networks")
+@pytest.mark.parametrize("path,row", list(trainer_rows()))
 def test_row_trains_evaluates_and_explains(path, row, prepared_layout, tmp_path):
   config = config_lib.load_config(path, row)
   raw, prepared = prepared_layout(config.data.layout)

@@ -12,8 +12,9 @@ Adam on every group the row trains (groups of rate 0 stay frozen). After a few s
 The rows are reshuffled every step, so labels that are misaligned with their images (a
 permutation in the loss or the pipeline) cannot be memorised and the AUC stays below 1.
 
-Networks are cut for speed (`narrow_networks`): ResNets / DenseNets one block per stage at
-base width 16, VGG-16 and the gaze decoder at 1/8 of their widths, AlexNet's convs at 1/4.
+Networks are cut for speed (conftest.narrow_networks): ResNets / DenseNets one block per
+stage at base width 16, VGG-16 and the gaze decoder at 1/8 of their widths, AlexNet's convs
+at 1/4.
 """
 
 import os
@@ -30,9 +31,6 @@ from dermjax import input_pipeline
 from dermjax import models
 from dermjax import steps
 from dermjax.metrics import diagnosis
-from dermjax.models import backbones
-from dermjax.models.backbones import alexnet, vgg
-from dermjax.models.gaze import model as gaze_model
 
 IMAGES = {"train": 16, "validation": 4, "test": 4}
 ONE_SPLIT = {"train": 40, "validation": 0, "test": 0}   # ISIC 2020: test / validation carved.
@@ -67,20 +65,6 @@ def learning_data(prepared_synthetic):
   """layout -> (raw dir, prepared dir) of 16+ easy synthetic images, prepared once."""
   return lambda layout: prepared_synthetic(
       layout, ONE_SPLIT if layout in ("isic2019", "isic2020") else IMAGES, seed=1)
-
-
-@pytest.fixture
-def narrow_networks(monkeypatch):
-  """Every ResNet / DenseNet one block per stage at base width 16 (a row's own CPU width
-  wins), VGG-16 and the gaze decoder at 1/8 of their widths, AlexNet's convs at 1/4."""
-  for arch, backbone in list(backbones.BACKBONES.items()):
-    monkeypatch.setitem(backbones.BACKBONES, arch,
-                        backbones.narrow(backbones.shallow(backbone), 16))
-  monkeypatch.setattr(vgg, "VGG16_BLOCKS", tuple((c // 8, n) for c, n in vgg.VGG16_BLOCKS))
-  monkeypatch.setattr(gaze_model, "DECODER_BLOCKS", tuple(
-      tuple(max(c // 8, 1) for c in block) for block in gaze_model.DECODER_BLOCKS))
-  monkeypatch.setattr(alexnet, "ALEXNET_CONVS", tuple(
-      (c // 4, *rest) for c, *rest in alexnet.ALEXNET_CONVS))
 
 
 def learning_config(path, row, data, *, rate, size):
