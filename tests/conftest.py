@@ -10,6 +10,8 @@
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests check values, not speed: LLVM's cheapest level compiles the suite's many small programs
@@ -18,9 +20,25 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
+# One persistent compilation cache per test run, shared by the xdist workers and the
+# subprocesses tests start (they inherit the environment): the trainer runs that the
+# reliability, fault and resume tests repeat in fresh processes compile each program once.
+# Every program is cached (minimum compile time 0). Removed when the run ends.
+_CACHE_OWNER = "DERMJAX_TEST_JAX_CACHE_OWNER"
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dermjax-test-jax-cache-")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ[_CACHE_OWNER] = str(os.getpid())
+
 import pytest  # pylint: disable=g-import-not-at-top
 
 TINY_ISIC = {"train": 24, "validation": 8, "test": 12}
+
+
+def pytest_unconfigure(config):  # pylint: disable=unused-argument
+  """The process that made the compilation cache (the xdist controller) removes it."""
+  if os.environ.get(_CACHE_OWNER) == str(os.getpid()):
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

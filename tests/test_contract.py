@@ -2,8 +2,8 @@
 
 Each row of each configs/<paper>.py (its ROWS) must: build; run at its paper scale as shapes
 only (jax.eval_shape of init, a training apply + loss, and an evaluation apply + eval_arrays +
-saliency). One row per trainer path (`trainer_rows`: model, metadata input, stage-1 graft,
-pairs) trains CPU-sized through the real trainer (dermjax.train.train_and_evaluate) on
+saliency, then its explain on outputs of those shapes). One row per trainer path
+(`trainer_rows`: the model and its metadata input) trains CPU-sized through the real trainer (dermjax.train.train_and_evaluate) on
 prepared synthetic data of its layout, then evaluates (eval_arrays, report) and explains.
 Every CPU-distinct row trains through the real train step in tests/test_learning.py. Adding
 a paper's table adds its rows here.
@@ -70,23 +70,26 @@ def test_every_table_has_rows_and_a_registered_model():
     models.get(name)   # imports and has the required hooks
 
 
-# Config fields that change what the trainer, evaluation and explanations run around a model:
-# rows that agree on them differ only inside the network (tests/test_learning.py trains each).
-TRAINER_PATH_FIELDS = ("name", "metadata", "use_lesion", "use_distinguish")
+# Config fields that change what the trainer and evaluation feed a model: rows that agree on
+# them differ only inside the network (tests/test_learning.py trains each).
+TRAINER_PATH_FIELDS = ("name", "metadata")
 
 
 def trainer_rows():
-  """distinct_cpu_rows grouped by TRAINER_PATH_FIELDS of config.model: the first row of each
-  group (table order), its id naming the rows it stands for."""
+  """distinct_cpu_rows grouped by TRAINER_PATH_FIELDS of config.model; each group is run by
+  its row with the most switches on (True fields of config.model, e.g. CIN's A+F+D, gaze's
+  decoder and skips; the first in table order on ties); its id: that row, then the rest."""
   groups = {}
   for param in distinct_cpu_rows():
     path, row = param.values
     model = config_lib.load_config(path, row.split("=")[0]).model
     key = tuple(repr(model.get(field)) for field in TRAINER_PATH_FIELDS)
-    groups.setdefault(key, []).append(param)
-  for params in groups.values():
-    path, row = params[0].values
-    yield pytest.param(path, row, id="+".join(p.id for p in params))
+    switches = sum(value is True for value in model.values())
+    groups.setdefault(key, []).append((-switches, len(groups.get(key, [])), param))
+  for members in groups.values():
+    chosen = min(members)[2]
+    others = [p.id for _, _, p in members if p is not chosen]
+    yield pytest.param(*chosen.values, id="+".join([chosen.id, *others]))
 
 
 @pytest.mark.parametrize("path,row", ROWS)
