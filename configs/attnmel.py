@@ -47,7 +47,11 @@ Departures from the paper or the authors' code, each with its reason:
                  keep "dataset" (the training split's mean / std, stats.json).
   oversampling   on the fly (data.sampling "oversample", melanoma x4) instead of the code's
                  offline train_oversample.csv; the paper gives no factor.
-  CPU rows       one pass per epoch (data.passes_per_epoch 1) to stay small.
+  CPU rows       one pass per epoch (data.passes_per_epoch 1) to stay small; from scratch
+                 (issue #22): Adam 1e-3 (L2 1e-4, no decay within the run), 8 epochs. With
+                 the code's SGD 0.01 (a fine-tuning recipe) and 4 epochs one seed in three
+                 stayed near chance on the hard preset (test AUC 0.943 / 0.929 / 0.558,
+                 RESULTS.md 2026-11-30); the recipe was chosen on seed 0 only.
 """
 
 import ml_collections
@@ -130,4 +134,5 @@ def get_config(arg=None):
     t.num_epochs = 50
     return config
   data.augment.crop_size = 56          # 56 / 64 = 224 / 256.
-  return config_lib.cpu_sized(config, batch_size=8, num_epochs=2)
+  o.name, o.learning_rate = "adam", 1e-3   # CPU rows train from scratch (the docstring).
+  return config_lib.cpu_sized(config, batch_size=8, num_epochs=8)

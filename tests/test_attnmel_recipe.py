@@ -77,13 +77,14 @@ def test_passes_per_epoch_scales_steps_per_epoch_and_the_schedule(isic2017_raw, 
     steps_per_epoch[passes] = input_pipeline.create_datasets(config.data, mesh=mesh).steps_per_epoch
   per_pass = steps_per_epoch[1]
   assert per_pass >= 1 and steps_per_epoch[3] == 3 * per_pass
-  # lr 0.01 x 0.1 every 10 epochs: the first decay comes 3x later in steps.
+  # The rate x 0.1 every 10 epochs: the first decay comes 3x later in steps.
+  rate = config.optim.learning_rate
   for passes, spe in steps_per_epoch.items():
     decay_step = 10 * spe
     before = optim.learning_rates(config.optim, spe, decay_step - 1)
     after = optim.learning_rates(config.optim, spe, decay_step)
-    assert list(before.values()) == pytest.approx([0.01])
-    assert list(after.values()) == pytest.approx([0.001])
+    assert list(before.values()) == pytest.approx([rate])
+    assert list(after.values()) == pytest.approx([0.1 * rate])
   config.data.passes_per_epoch = 0
   with pytest.raises(ValueError, match="passes_per_epoch"):
     input_pipeline.create_datasets(config.data, mesh=mesh)
