@@ -51,7 +51,7 @@ Departures from the paper or the authors' code, each with its reason:
                  (issue #22): Adam 1e-3 (L2 1e-4, no decay within the run), 8 epochs. With
                  the code's SGD 0.01 (a fine-tuning recipe) and 4 epochs one seed in three
                  stayed near chance on the hard preset (test AUC 0.943 / 0.929 / 0.558,
-                 RESULTS.md 2026-11-30); the recipe was chosen on seed 0 only.
+                 RESULTS.md 2026-11-30); one trial (ZooME's CPU rate), not tuned.
 """
 
 import ml_collections

@@ -14,7 +14,7 @@
            stride-32 map, so SLL chooses among 16 cells), both backbones cut to one block per
            stage at base width 32 (backbones.build_backbone), batch 16, 10 epochs, Adam 1e-3
            (L2 1e-4): from scratch, SGD (0.01, no decay) reached test AUC 0.725 on seed 0 of
-           the hard preset (issue #22, RESULTS.md); the rate was chosen on seed 0 only.
+           the hard preset (issue #22, RESULTS.md); one trial (ZooME's CPU rate), not tuned.
 
 e.g. `configs/masll.py:masll_densenet121,paper`. ImageNet weights: --config.model.pretrained=
 <torchvision resnet101 / densenet121 .pth> (pretrained_arch follows the row); both MASLL
