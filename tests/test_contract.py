@@ -3,8 +3,9 @@
 Each row of each configs/<paper>.py (its ROWS) must: build; run at its paper scale as shapes
 only (jax.eval_shape of init, a training apply + loss, and an evaluation apply + eval_arrays +
 saliency, then its explain on outputs of those shapes). One row per trainer path
-(`trainer_rows`: the model and its metadata input) trains CPU-sized through the real trainer (dermjax.train.train_and_evaluate) on
-prepared synthetic data of its layout, then evaluates (eval_arrays, report) and explains.
+(`trainer_rows`: the model and its metadata input) trains CPU-sized through the real
+trainer (dermjax.train.train_and_evaluate) on prepared synthetic data of its layout, then
+evaluates (eval_arrays, report) and explains.
 Every CPU-distinct row trains through the real train step in tests/test_learning.py. Adding
 a paper's table adds its rows here.
 
@@ -81,14 +82,13 @@ def trainer_rows():
   decoder and skips; the first in table order on ties); its id: that row, then the rest."""
   groups = {}
   for param in distinct_cpu_rows():
-    path, row = param.values
-    model = config_lib.load_config(path, row.split("=")[0]).model
+    model = config_lib.load_config(*param.values).model
     key = tuple(repr(model.get(field)) for field in TRAINER_PATH_FIELDS)
     switches = sum(value is True for value in model.values())
-    groups.setdefault(key, []).append((-switches, len(groups.get(key, [])), param))
+    groups.setdefault(key, []).append((switches, param))
   for members in groups.values():
-    chosen = min(members)[2]
-    others = [p.id for _, _, p in members if p is not chosen]
+    chosen = max(members, key=lambda member: member[0])[1]   # max keeps the first of ties.
+    others = [p.id for _, p in members if p is not chosen]
     yield pytest.param(*chosen.values, id="+".join([chosen.id, *others]))
 
 
@@ -123,15 +123,14 @@ as shapes only, then explain on outputs of those shapes: the row is well formed.
     hooks = [getattr(model_lib, hook, None) for hook in ("eval_arrays", "saliency")]
     return outputs, *(hook(outputs, batch, config) if hook else {} for hook in hooks)
 
-  outputs, loss, aux = jax.eval_shape(forward, batch)
+  train_outputs, loss, aux = jax.eval_shape(forward, batch)
   assert loss.shape == () and all(v.shape == () for v in aux.values())
-  if "logits" in outputs:
-    assert outputs["logits"].shape == (2, max(int(config.model.num_classes), 1))
   outputs, arrays, maps = jax.eval_shape(evaluate, batch)
   assert all(v.shape[0] == 2 for v in (*arrays.values(), *maps.values())), (arrays, maps)
   assert all(v.ndim == 3 for v in maps.values()), maps
-  if "logits" in outputs:
-    assert outputs["logits"].shape == (2, max(int(config.model.num_classes), 1))
+  for out in (train_outputs, outputs):
+    if "logits" in out:
+      assert out["logits"].shape == (2, max(int(config.model.num_classes), 1))
   explain = getattr(model_lib, "explain", None)
   if explain is not None:   # on random outputs of the evaluation's shapes and a zero host batch,
     rng = np.random.default_rng(0)   # sorted along the last axis: boxes (y0, x0, y1, x1) ordered.
