@@ -82,10 +82,10 @@ Paper setting (Sec. III-IV) and the choices where it is silent or inconsistent:
 - CPU rows (the embedded synthetic ISIC 2020 set, trained from scratch; issue #22): 128 px
   (the ResNe(X)t's stride-32 map is 4 x 4, so Grad-CAM has 16 cells), the backbone cut to one
   block per stage at base width 32 (backbones.build_backbone: the same block types, one
-  Zoom-SE after each block), batch 16, Adam 1e-3: the paper's 1e-4 is a
-  fine-tuning rate, and from scratch the full-depth network at 64 px stayed at chance (test
-  AUC 0.465 after 4 epochs, RESULTS.md 2026-11-30). The rate was chosen on seed 0's run
-  (RESULTS.md, issue #22 section), so seed 0's number is not a held-out one; seeds 1-2 are.
+  Zoom-SE after each block), batch 16, Adam 1e-3: the paper's 1e-4 is a fine-tuning rate,
+  and from scratch the full-depth network at 64 px stayed at chance (test AUC 0.465 after 4
+  epochs, RESULTS.md 2026-11-30). The rate was chosen on seed 0's run (RESULTS.md, issue #22
+  section), so seed 0's number is not a held-out one; seeds 1-2 are.
   Data: 1680 synthetic images (train 1200 + validation 240 + test 240 drawn, one patient-
   grouped pool: ~1170 train, 168 validation, 336 test after the carving) for 3 epochs
   (219 steps). On the 420-image set for 10 epochs (180 steps) the image branch fits its
