@@ -290,7 +290,9 @@ def test_source_of_the_image_size_is_the_image_exactly():
   for aug, train in ((FULL, True), (dict(OFF, rotation="k90", crop_size=12), True),
                      (dict(OFF, crop_size=12), False)):
     out = _run(batch, jax.random.key(5), aug, train=train, mean=(1.0, 2.0, 3.0), std=(2.0, 2.0, 2.0))
-    np.testing.assert_allclose(out["source_image"], out["image"], atol=1e-4)
+    # Equal up to f32 rounding: the two paths may fuse (and round) their sampling coordinates
+    # differently, ~1e-6 x a neighbour difference of up to 127.5 here; a grey level is 0.5.
+    np.testing.assert_allclose(out["source_image"], out["image"], atol=1e-3)
 
 
 def test_evaluation_centre_crop_of_a_double_size_source():
