@@ -6,7 +6,7 @@
   isic2017_prepared   (prepared_dir, "isic2017"): isic2017_raw through prepare.prepare;
                       read it with dermjax.data.prepare.load(prepared_dir, "isic2017")
   narrow_networks     every backbone / VGG / gaze decoder / AlexNet cut for speed (tests that
-                      check plumbing and learning, not paper widths)
+                      check plumbing and learning, not paper widths or depths)
 """
 
 import os
@@ -100,14 +100,15 @@ def isic2017_prepared(isic2017_raw, tmp_path_factory):
 @pytest.fixture
 def narrow_networks(monkeypatch):
   """Every ResNet / DenseNet one block per stage at base width 16 (a row's own CPU width
-  wins), VGG-16 and the gaze decoder at 1/8 of their widths, AlexNet's convs at 1/4."""
+  wins), VGG-16 one conv per block (the same five blocks, pools and taps) and the gaze
+  decoder at 1/8 of their widths, AlexNet's convs at 1/4."""
   from dermjax.models import backbones  # pylint: disable=g-import-not-at-top
   from dermjax.models.backbones import alexnet, vgg  # pylint: disable=g-import-not-at-top
   from dermjax.models.gaze import model as gaze_model  # pylint: disable=g-import-not-at-top
   for arch, backbone in list(backbones.BACKBONES.items()):
     monkeypatch.setitem(backbones.BACKBONES, arch,
                         backbones.narrow(backbones.shallow(backbone), 16))
-  monkeypatch.setattr(vgg, "VGG16_BLOCKS", tuple((c // 8, n) for c, n in vgg.VGG16_BLOCKS))
+  monkeypatch.setattr(vgg, "VGG16_BLOCKS", tuple((c // 8, 1) for c, _ in vgg.VGG16_BLOCKS))
   monkeypatch.setattr(gaze_model, "DECODER_BLOCKS", tuple(
       tuple(max(c // 8, 1) for c in block) for block in gaze_model.DECODER_BLOCKS))
   monkeypatch.setattr(alexnet, "ALEXNET_CONVS", tuple(

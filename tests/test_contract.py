@@ -10,9 +10,10 @@ Every CPU-distinct row trains through the real train step in tests/test_learning
 a paper's table adds its rows here.
 
 Training runs with the networks cut (conftest.narrow_networks: every ResNet / ResNeXt /
-DenseNet one block per stage at base width 16, the same block types and taps; VGG-16 and
-the gaze decoder at 1/8 width): depth and width are repeat counts and channel numbers,
-checked at paper scale by the eval_shape test; the trainer's plumbing is what runs here.
+DenseNet one block per stage at base width 16, the same block types and taps; VGG-16 one
+conv per block and the gaze decoder at 1/8 width): depth and width are repeat counts and
+channel numbers, checked at paper scale by the eval_shape test; the trainer's plumbing is
+what runs here.
 """
 
 import glob
