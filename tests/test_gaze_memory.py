@@ -1,5 +1,9 @@
 """Gaze memory mode (config.model.decoder_chunk > 0): the same loss and gradients as the
-batched decoder, a compiled program independent of T, temporaries flat in T."""
+batched decoder, a compiled program independent of T, temporaries flat in T.
+
+On the cut networks (conftest.narrow_networks): the claims are about how the decoder's steps
+are chunked, not about widths. Every test of this module runs under the fixture, so the
+cached runs (`run`) are all of the cut model."""
 
 import functools
 import os
@@ -15,6 +19,7 @@ from dermjax.models import gaze
 from test_gaze_model import fake_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.usefixtures("narrow_networks")
 STATS = {"splits": {"train": {"structure_presence": dict(zip(
     schema.STRUCTURES, [2000, 2000, 1131, 126, 573, 116]))}}}
 
