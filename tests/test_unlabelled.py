@@ -19,8 +19,6 @@ from dermjax import models
 from dermjax import train
 from dermjax.data import isic
 from dermjax.data import schema
-from dermjax.models.backbones import vgg
-from dermjax.models.gaze import model as gaze_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, SIZE, STEPS = 4, 8, 3
@@ -103,18 +101,8 @@ def test_focal_loss_masks_unlabelled_rows_and_gaze_keeps_their_masks():
   assert float(after["loss_seg"]) != pytest.approx(float(before["loss_seg"]))
 
 
-@pytest.fixture
-def thin_gaze(monkeypatch):
-  """The gaze model's VGG-16 blocks and decoder at 1/8 of their widths (same layers, skips
-  and heads): this test is about the data and the losses; tests/test_contract.py trains
-  the full-width rows."""
-  monkeypatch.setattr(vgg, "VGG16_BLOCKS", tuple((c // 8, n) for c, n in vgg.VGG16_BLOCKS))
-  monkeypatch.setattr(gaze_model, "DECODER_BLOCKS",
-                      tuple(tuple(max(c // 8, 1) for c in b) for b in gaze_model.DECODER_BLOCKS))
-
-
 @pytest.mark.slow
-@pytest.mark.usefixtures("thin_gaze")
+@pytest.mark.usefixtures("narrow_networks")   # about the data and the losses, not widths
 def test_gaze_trains_on_the_official_isic2018_task12_layout(synthetic_isic, tmp_path):
   """ISIC 2018 Task 1-2 without Task 3 labels (as published: no Task 1-2 image has one):
   every record has label -1; the gaze model trains (segmentation + structures) to the
