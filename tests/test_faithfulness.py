@@ -39,17 +39,20 @@ def test_perfect_map():
   np.testing.assert_allclose([share[0], chance[0]], [1.0, .25])
 
 
-def test_uniform_map_is_chance_and_points_at_the_first_cell():
+def test_uniform_and_tied_maps_point_at_chance():
   uniform = np.ones((1, 4, 4), np.float32)
   share, chance = F.energy_share(uniform, _evidence())
   np.testing.assert_allclose([share[0], chance[0]], [.25, .25])
-  # The argmax of a constant map is cell (0, 0); evidence cells are columns 2-3, so the hit
-  # needs the dilation to reach column 0: tolerance 2 yes, 1 no.
-  assert float(F.pointing_game(uniform, _evidence(), 1)[0]) == 0
-  assert float(F.pointing_game(uniform, _evidence(), 2)[0]) == 1
-  # Chance: evidence cells are rows 0-1 x cols 2-3; dilated by 1: rows 0-2 x cols 1-3 = 9/16.
-  np.testing.assert_allclose(F.pointing_chance((4, 4), _evidence(), 0), [4 / 16])
-  np.testing.assert_allclose(F.pointing_chance((4, 4), _evidence(), 1), [9 / 16])
+  # Every cell is a maximum, so the point is shared: the share of hit cells, = chance.
+  # Evidence cells are rows 0-1 x cols 2-3 (4/16); dilated by 1: rows 0-2 x cols 1-3 (9/16).
+  for tolerance, hits in ((0, 4 / 16), (1, 9 / 16), (2, 1.0)):
+    np.testing.assert_allclose(F.pointing_game(uniform, _evidence(), tolerance), [hits])
+    np.testing.assert_allclose(F.pointing_chance((4, 4), _evidence(), tolerance), [hits])
+  # Two tied maxima, one on the evidence: half a point (the first in row-major order, the
+  # evidence cell (0, 2), would have scored a whole one).
+  tied = _map({(0, 2): 1, (3, 0): 1, (1, 1): .5})
+  np.testing.assert_allclose(F.pointing_game(tied, _evidence(), 0), [.5])
+  np.testing.assert_allclose(F.pointing_game(np.zeros((1, 4, 4)), _evidence(), 0), [.25])
   zero = np.zeros((1, 4, 4), np.float32)     # an all-zero map counts as uniform
   np.testing.assert_allclose(F.energy_share(zero, _evidence())[0], [.25])
 
@@ -89,10 +92,16 @@ def test_deletion_curves_hand_worked():
   adversarial = curve(1 - evidence)
   np.testing.assert_allclose(adversarial[0], [1, 1, 1, 1, 0], atol=1e-6)
   np.testing.assert_allclose(F.curve_auc(adversarial)[0], .875)
-  # Uniform: ties by position, evidence pixels at ranks 0, 1, 4, 5: [1, .5, 0, 0, 0], AUC .25.
-  uniform = curve(np.ones((1, 4, 4), np.float32))
-  np.testing.assert_allclose(uniform[0], [1, .5, 0, 0, 0], atol=1e-6)
-  np.testing.assert_allclose(F.curve_auc(uniform)[0], .25)
+
+
+def test_deletion_breaks_ties_without_a_spatial_bias():
+  """A constant map's pixels are all tied: they go in a fixed pseudo-random order (the same
+  every call), not top rows first as ranking by position did."""
+  ranks = np.asarray(F.deletion_ranks(np.ones((2, 4, 4), np.float32), (16, 16)))
+  np.testing.assert_array_equal(np.sort(ranks[0]), np.arange(256))
+  np.testing.assert_array_equal(ranks[0], ranks[1])
+  first = ranks[0].reshape(16, 16) < 64          # the first quarter deleted
+  assert 0.1 < first[:4].mean() < 0.45, first[:4].mean()   # by position: 1.0
 
 
 def test_deletion_metrics_share_the_curve_ends():

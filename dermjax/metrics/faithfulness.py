@@ -4,17 +4,22 @@ Model-agnostic: a map is any [B, h, w] array over the model's input image (highe
 attended), the evidence a 0/1 mask [B, H, W] at the input resolution (the synthetic
 `hard` preset's evidence_mask). All functions are jnp, static-shaped and jit-friendly.
 
-  pointing_game   1 where the map's maximum (first one in row-major order) falls on an
-                  evidence cell, the evidence taken at map resolution (a cell is evidence
-                  when any of its pixels is) and dilated by `tolerance` cells (a
-                  (2t+1) x (2t+1) max filter); tolerance 0 by default (a cell already counts
-                  with one evidence pixel; CPU-sized maps are ~4 x 4). Its chance level
+  pointing_game   1 where the map's maximum falls on an evidence cell, the evidence taken
+                  at map resolution (a cell is evidence when any of its pixels is) and
+                  dilated by `tolerance` cells (a (2t+1) x (2t+1) max filter); tolerance 0 by
+                  default (a cell already counts with one evidence pixel; CPU-sized maps are
+                  ~4 x 4). Tied maxima share the point: the score is the share of the cells
+                  equal to the maximum that are hits (what a random pick among them scores),
+                  so a constant map scores its chance level, not its first cell's (saturated
+                  sigmoid attention ties at exactly 1.0 on many cells). Its chance level
                   (pointing_chance) is the share of such cells in the map.
   energy_share    sum(relu(map) * c) / sum(relu(map)), c the evidence's area share of each
                   map cell; its chance level is mean(c), the mask's area share (what a
                   uniform map gets). An all-zero map counts as uniform.
   deletion_curve  the model's positive-class score as the k/K most-attended pixels
-                  (k = 0..K; the map upsampled bilinearly to the image, ties by position)
+                  (k = 0..K; the map upsampled bilinearly to the image, equal values in a
+                  fixed pseudo-random order, so a constant region is deleted as the random
+                  baseline would, not top rows first)
                   are replaced by the image's skin colour; a random order gives the
                   baseline. Its AUC (trapezoid over the fraction deleted, in [0, 1]) is
                   lower when the map points at what the score depends on.
@@ -54,12 +59,12 @@ def pointing_cells(evidence, shape, tolerance: int = 0):
 
 
 def pointing_game(maps, evidence, tolerance: int = 0):
-  """maps [B, h, w], evidence [B, H, W] -> float32 [B]: 1 where the argmax is a hit."""
+  """maps [B, h, w], evidence [B, H, W] -> float32 [B] in [0, 1]: the share of the map's
+  maxima (cells equal to its maximum) that are hits; 1 or 0 for a unique maximum."""
   maps = jnp.asarray(maps, jnp.float32)
-  b, h, w = maps.shape
-  cells = pointing_cells(evidence, (h, w), tolerance)
-  top = jnp.argmax(maps.reshape(b, -1), axis=1)
-  return jnp.take_along_axis(cells.reshape(b, -1), top[:, None], axis=1)[:, 0]
+  cells = pointing_cells(evidence, maps.shape[1:], tolerance)
+  top = (maps == jnp.max(maps, axis=(1, 2), keepdims=True)).astype(jnp.float32)
+  return (top * cells).sum(axis=(1, 2)) / jnp.maximum(top.sum(axis=(1, 2)), 1.0)
 
 
 def pointing_chance(shape, evidence, tolerance: int = 0):
@@ -95,12 +100,19 @@ def skin_colour(images, lesion, has_lesion, xp=jnp):
   return (images * weights).sum(axis=(1, 2)) / weights.sum(axis=(1, 2))
 
 
+# Equal map values are deleted in this fixed order (a key of its own, not the random
+# baseline's): no spatial bias, and the same order for every map and run.
+TIE_KEY = 1
+
+
 def deletion_ranks(maps, image_shape):
   """maps [B, h, w] -> int32 [B, H * W]: each pixel's rank (0 = most attended) once the map
-  is upsampled bilinearly to image_shape (H, W); equal values rank by position."""
+  is upsampled bilinearly to image_shape (H, W); equal values rank in a fixed pseudo-random
+  order (TIE_KEY)."""
   maps = jnp.asarray(maps, jnp.float32)
   up = jax.image.resize(maps, (maps.shape[0],) + tuple(image_shape), "linear")
-  order = jnp.argsort(-up.reshape(up.shape[0], -1), axis=1, stable=True)
+  shuffle = jax.random.permutation(jax.random.PRNGKey(TIE_KEY), int(np.prod(image_shape)))
+  order = shuffle[jnp.argsort(-up.reshape(up.shape[0], -1)[:, shuffle], axis=1, stable=True)]
   return jnp.argsort(order, axis=1).astype(jnp.int32)
 
 
